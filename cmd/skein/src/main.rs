@@ -1,0 +1,127 @@
+//! The `skein` command: the daemon (`skein run`), configuration tools, and (later) the CNI
+//! plugin entry. Parsing arguments and setting up logging live here; the work lives in the
+//! `internal/` crates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "skein",
+    version,
+    about = "One daemon per node that gives a small Kubernetes cluster its whole network",
+    long_about = "skein gives a small Kubernetes cluster its network from one process per node: \
+                  pod addressing (CNI), a WireGuard overlay between nodes, the service proxy, \
+                  cluster DNS and NetworkPolicy, configured by one file.\n\n\
+                  Start it with `skein run` (normally through systemd: `systemctl enable --now \
+                  skein`), then open the status page at http://127.0.0.1:9610/."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon in the foreground until SIGTERM or SIGINT.
+    Run {
+        /// Configuration file. Without it /etc/skein/config.toml is read if it exists, else
+        /// built-in defaults apply.
+        #[arg(long, short, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Inspect configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate a configuration file (with SKEIN_* environment overrides) and print the
+    /// effective configuration. Exits non-zero and names every problem when it is invalid.
+    Check {
+        /// The file to check; default /etc/skein/config.toml.
+        #[arg(value_name = "PATH")]
+        path: Option<PathBuf>,
+    },
+    /// Print the default configuration, every key documented.
+    Default,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skein: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config } => {
+            let loaded = skein_config::load(config.as_deref(), std::env::vars())?;
+            init_logging(&loaded.config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("skein")
+                .build()
+                .context("cannot start the async runtime")?;
+            let result = runtime.block_on(skein_daemon::run(loaded));
+            // Parts were given their grace period already; do not wait on stragglers.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+            if let Err(e) = &result {
+                tracing::error!("{e}");
+            }
+            Ok(result?)
+        }
+        Command::Config { command: ConfigCommand::Check { path } } => {
+            let loaded = skein_config::load(path.as_deref(), std::env::vars())?;
+            println!("# effective configuration from {}", loaded.source);
+            for name in &loaded.overrides {
+                println!("# overridden by the environment: {name}");
+            }
+            print!("{}", loaded.config.to_toml());
+            eprintln!("config OK: {}", loaded.source);
+            Ok(())
+        }
+        Command::Config { command: ConfigCommand::Default } => {
+            print!("{}", skein_config::DEFAULT_TOML);
+            Ok(())
+        }
+        Command::Version => {
+            println!("skein {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    }
+}
+
+/// Text for people or JSON for machines; level from RUST_LOG, else `log.level`. Under systemd
+/// (JOURNAL_STREAM set) lines carry no timestamp, since the journal adds its own.
+fn init_logging(config: &skein_config::Config) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.is_empty() => {
+            EnvFilter::try_new(&spec).with_context(|| format!("RUST_LOG = {spec:?}"))?
+        }
+        _ => EnvFilter::try_new(&config.log.level)
+            .with_context(|| format!("log.level = {:?}", config.log.level))?,
+    };
+    let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = match (config.log_format(), under_journal) {
+        (skein_config::LogFormat::Json, _) => builder.json().flatten_event(true).try_init(),
+        (skein_config::LogFormat::Text, true) => builder.without_time().with_ansi(false).try_init(),
+        (skein_config::LogFormat::Text, false) => builder.try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+}

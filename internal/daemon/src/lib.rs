@@ -1,0 +1,171 @@
+//! `skein run`: the daemon's lifecycle. It opens the state store (which takes the state
+//! directory's lock), binds the status page, starts the parts under the [`Supervisor`], tells
+//! systemd it is ready, and on SIGTERM or SIGINT stops everything within a few seconds.
+//!
+//! The daemon wires parts together; it implements none of them.
+
+use std::time::Duration;
+
+use skein_config::{Config, Loaded};
+use skein_status::{Identity, StatusBoard};
+use skein_store::Store;
+use tokio_util::sync::CancellationToken;
+
+pub mod supervisor;
+#[cfg(test)]
+mod tests;
+
+pub use supervisor::{Backoff, PartResult, Supervisor};
+
+/// How long parts get to stop after a signal; systemd's default stop timeout is far longer, but
+/// a node being drained should not wait on us.
+const STOP_GRACE: Duration = Duration::from_secs(4);
+/// How often the store part checks the database.
+const STORE_CHECK_EVERY: Duration = Duration::from_secs(60);
+/// How often the write-ahead log is folded back into the database.
+const STORE_CHECKPOINT_EVERY: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] skein_store::StoreError),
+    #[error("dashboard.listen = \"{addr}\": cannot listen: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
+    let config = loaded.config;
+    let node = config.node_name(&hostname());
+    let board = StatusBoard::new(Identity {
+        node: node.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        config_path: loaded.source.to_string(),
+        state_path: config.store.path.display().to_string(),
+    });
+    tracing::info!(node = %node, config = %loaded.source, "starting skein {}", env!("CARGO_PKG_VERSION"));
+    for name in &loaded.overrides {
+        tracing::info!("configuration overridden by {name}");
+    }
+
+    let store = Store::open(&config.store.path).await?;
+    let start_id = store.record_start(env!("CARGO_PKG_VERSION")).await?;
+    tracing::info!(path = %store.path().display(), "state store open");
+
+    let listen = config.dashboard.listen.clone();
+    let listener = std::net::TcpListener::bind(config.dashboard_listen())
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| DaemonError::Listen { addr: listen.clone(), source })?;
+    let page = format!("http://{}", listener.local_addr().map_or(listen.clone(), |a| a.to_string()));
+
+    let mut parts = Supervisor::new(board.clone(), Backoff::default());
+    spawn_parts(&mut parts, &config, &board, &store, listener, &page);
+
+    board.set_ready(true);
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("serving the status page on {page}")),
+    ]);
+    tracing::info!("ready; status page on {page}");
+
+    wait_for_stop_signal().await?;
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("stopping");
+    board.set_ready(false);
+    parts.shutdown(STOP_GRACE).await;
+    if let Err(e) = store.record_clean_stop(start_id).await {
+        tracing::warn!("could not record the clean stop: {e}");
+    }
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn spawn_parts(
+    parts: &mut Supervisor,
+    _config: &Config,
+    board: &StatusBoard,
+    store: &Store,
+    listener: std::net::TcpListener,
+    page: &str,
+) {
+    let store = store.clone();
+    parts.spawn("store", move |handle, cancel| store_part(store.clone(), handle, cancel));
+
+    let board = board.clone();
+    let page = page.to_string();
+    parts.spawn("dashboard", move |handle, cancel| {
+        // The listener was bound before readiness; each (re)start serves on a clone of it.
+        let listener = listener.try_clone();
+        let board = board.clone();
+        let page = page.clone();
+        async move {
+            let listener = listener
+                .and_then(tokio::net::TcpListener::from_std)
+                .map_err(|e| format!("cannot reuse the listening socket: {e}"))?;
+            handle.ok(format!("serving {page}"));
+            skein_dashboard::serve(listener, board, cancel.cancelled_owned())
+                .await
+                .map_err(|e| format!("serving {page}: {e}"))
+        }
+    });
+}
+
+/// Keeps an eye on the database: a quick consistency check now and then, and WAL checkpoints.
+async fn store_part(
+    store: Store,
+    handle: skein_status::PartHandle,
+    cancel: CancellationToken,
+) -> PartResult {
+    let mut check = tokio::time::interval(STORE_CHECK_EVERY);
+    let mut checkpoint = tokio::time::interval(STORE_CHECKPOINT_EVERY);
+    checkpoint.tick().await; // the first tick is immediate; no need to checkpoint at start
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = check.tick() => {
+                store.check().await.map_err(|e| e.to_string())?;
+                let s = store.summary().await.map_err(|e| e.to_string())?;
+                let unclean = match s.unclean_stops {
+                    0 => String::new(),
+                    1 => " · 1 earlier run did not stop cleanly".to_string(),
+                    n => format!(" · {n} earlier runs did not stop cleanly"),
+                };
+                handle.ok(format!(
+                    "{} · schema v{} · start #{}{unclean}",
+                    store.path().display(), s.schema_version, s.starts
+                ));
+            }
+            _ = checkpoint.tick() => store.checkpoint().await.map_err(|e| e.to_string())?,
+        }
+    }
+}
+
+async fn wait_for_stop_signal() -> Result<(), DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+/// Tells systemd (when it started us with Type=notify) how we are doing; a no-op otherwise.
+fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
+}
+
+/// The machine's hostname, for a node name left empty in the configuration.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

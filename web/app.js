@@ -1,0 +1,75 @@
+// The status page: polls /api/v1/status and renders it. No framework, nothing secret shown
+// (the API carries none).
+"use strict";
+
+const REFRESH_MS = 3000;
+let lastOk = null;
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function ago(seconds) {
+  if (seconds < 0) seconds = 0;
+  if (seconds < 60) return `${seconds}s`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)}m ${seconds % 60}s`;
+  if (seconds < 86400) return `${Math.floor(seconds / 3600)}h ${Math.floor((seconds % 3600) / 60)}m`;
+  return `${Math.floor(seconds / 86400)}d ${Math.floor((seconds % 86400) / 3600)}h`;
+}
+
+function setText(id, text) {
+  document.getElementById(id).textContent = text;
+}
+
+function render(s) {
+  setText("node", s.node);
+  document.title = `skein · ${s.node} · ${s.overall}`;
+  const overall = document.getElementById("overall");
+  overall.textContent = s.overall;
+  overall.className = `badge ${s.overall}`;
+  setText("version", s.version);
+  setText("uptime", ago(s.uptime_seconds));
+  setText("ready", s.ready ? "yes" : "not yet");
+  document.querySelector("#config code").textContent = s.config_path;
+  document.querySelector("#state code").textContent = s.state_path;
+
+  const list = document.getElementById("parts");
+  list.replaceChildren(...s.parts.map((p) => {
+    const li = el("li", `part ${p.state}`);
+    li.dataset.part = p.name;
+    const head = el("div", "part-head");
+    head.append(el("span", "part-name", p.name), el("span", `badge ${p.state}`, p.state));
+    li.append(head);
+    if (p.detail) li.append(el("p", "detail", p.detail));
+    li.append(el("p", "since", `${p.state} for ${ago(s.now - p.since)}` +
+      (p.restarts ? ` · restarted ${p.restarts}×` : "")));
+    if (p.last_error) {
+      const when = p.last_error_at ? ` (${ago(s.now - p.last_error_at)} ago)` : "";
+      li.append(el("p", "error", `last error${when}: ${p.last_error}`));
+    }
+    return li;
+  }));
+}
+
+async function refresh() {
+  const banner = document.getElementById("banner");
+  try {
+    const res = await fetch("/api/v1/status", { cache: "no-store" });
+    if (!res.ok) throw new Error(`the daemon answered ${res.status}`);
+    render(await res.json());
+    lastOk = Date.now();
+    banner.hidden = true;
+  } catch (err) {
+    banner.hidden = false;
+    banner.textContent = lastOk
+      ? `Cannot reach the daemon (${err.message}); showing what it said ${ago(Math.round((Date.now() - lastOk) / 1000))} ago.`
+      : `Cannot reach the daemon: ${err.message}. Retrying…`;
+  }
+  setText("updated", lastOk ? `updated ${new Date(lastOk).toLocaleTimeString()}` : "not updated yet");
+}
+
+refresh();
+setInterval(refresh, REFRESH_MS);
