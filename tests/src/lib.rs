@@ -1,1 +1,216 @@
-pub fn placeholder() {}
+//! Support for black-box tests: find the built `skein`, run daemons on temporary state with
+//! a free port, wait for conditions with a deadline (never a bare sleep), and decide whether a
+//! test that needs root or an external tool runs or skips.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Set by CI: every test runs, and a missing privilege or tool fails instead of skipping.
+pub const REQUIRE_ALL: &str = "SKEIN_TEST_ALL";
+
+/// The `skein` binary of this build (target/<profile>/skein, next to the test's deps/ dir).
+pub fn skein_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SKEIN_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let bin = profile_dir.join("skein");
+    assert!(bin.exists(), "{} not found: build it first (cargo build --bins)", bin.display());
+    bin
+}
+
+/// Whether a test needing `what` may run: true if `present`; otherwise it skips with a visible
+/// message, or fails when [`REQUIRE_ALL`] is set.
+pub fn require(present: bool, what: &str) -> bool {
+    if present {
+        return true;
+    }
+    if std::env::var_os(REQUIRE_ALL).is_some_and(|v| v == "1") {
+        panic!("{REQUIRE_ALL}=1 but this test cannot run: {what}");
+    }
+    eprintln!("SKIPPED: {what} (set {REQUIRE_ALL}=1 to make this a failure)");
+    false
+}
+
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// The path of `program` on PATH, if it is there.
+pub fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
+
+/// Polls `check` until it returns `Some`, or panics naming `what` after `deadline`.
+pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+/// A minimal HTTP/1.1 GET: (status code, body). `None` when nothing answers.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    conn.write_all(req.as_bytes()).ok()?;
+    let mut buf = String::new();
+    conn.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// A `skein run` on a temporary state directory and config, killed when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+/// A temporary directory for one test's daemons, with a config pointing into it.
+#[derive(Debug)]
+pub struct Sandbox {
+    pub tmp: tempfile::TempDir,
+    pub config: PathBuf,
+    pub addr: SocketAddr,
+}
+
+impl Sandbox {
+    /// A config with `node.name = node`, state under the sandbox, a free page port, and
+    /// `extra` TOML appended (sections not already used above).
+    pub fn new(node: &str, extra: &str) -> Self {
+        let tmp = tempfile::Builder::new().prefix("skein-test-").tempdir().expect("tmp");
+        let port = free_port();
+        let config = tmp.path().join("config.toml");
+        let text = format!(
+            "[node]\nname = \"{node}\"\n\n[store]\npath = \"{}\"\n\n[dashboard]\nlisten = \"127.0.0.1:{port}\"\n\n{extra}",
+            tmp.path().join("state").join("state.db").display()
+        );
+        std::fs::write(&config, text).expect("write config");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        Self { tmp, config, addr }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.tmp.path().join("state")
+    }
+
+    /// Starts `skein run` on this sandbox; stderr goes to `<sandbox>/daemon-N.log`.
+    pub fn start(&self) -> Daemon {
+        self.start_with(&[])
+    }
+
+    pub fn start_with(&self, env: &[(&str, &str)]) -> Daemon {
+        let n = std::fs::read_dir(self.tmp.path()).map_or(0, |d| d.count());
+        let log = self.tmp.path().join(format!("daemon-{n}.log"));
+        let child = Command::new(skein_bin())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env_remove("RUST_LOG")
+            .env_remove("JOURNAL_STREAM")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn skein run");
+        Daemon { dir: self.tmp.path().to_path_buf(), config: self.config.clone(), addr: self.addr, child: Some(child) }
+    }
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Waits until `/readyz` answers 200, failing early with the daemon's log if it exits.
+    pub fn wait_ready(&mut self) {
+        let addr = self.addr;
+        wait_for("the daemon to be ready", Duration::from_secs(20), || {
+            if let Some(status) = self.try_exit() {
+                panic!("daemon exited with {status} before it was ready:\n{}", self.logs());
+            }
+            http_get(addr, "/readyz").filter(|(code, _)| *code == 200).map(drop)
+        });
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = http_get(self.addr, "/api/v1/status").expect("status API answers");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("status is not JSON ({e}): {body}"))
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill").args(["-s", signal, &self.pid().to_string()]).status().expect("kill");
+        assert!(ok.success(), "kill -s {signal} failed");
+    }
+
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().expect("try_wait")
+    }
+
+    /// Waits for the process to end, panicking after `deadline`.
+    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let status = wait_for("the daemon to exit", deadline, || self.try_exit());
+        self.child = None;
+        status
+    }
+
+    /// Everything the daemons of this sandbox logged so far.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        let mut entries: Vec<_> = std::fs::read_dir(&self.dir).into_iter().flatten().flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for p in entries.iter().filter(|p| p.extension().is_some_and(|e| e == "log")) {
+            out.push_str(&format!("--- {}\n{}", p.display(), std::fs::read_to_string(p).unwrap_or_default()));
+        }
+        out
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `skein` with `args` and `env`, returning (exit success, stdout, stderr).
+pub fn skein(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(skein_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run skein");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

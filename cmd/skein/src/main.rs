@@ -79,9 +79,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let result = runtime.block_on(skein_daemon::run(loaded));
             // Parts were given their grace period already; do not wait on stragglers.
             runtime.shutdown_timeout(std::time::Duration::from_millis(500));
-            if let Err(e) = &result {
-                tracing::error!("{e}");
-            }
             Ok(result?)
         }
         Command::Config { command: ConfigCommand::Check { path } } => {
@@ -117,7 +114,11 @@ fn init_logging(config: &skein_config::Config) -> anyhow::Result<()> {
             .with_context(|| format!("log.level = {:?}", config.log.level))?,
     };
     let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
     let result = match (config.log_format(), under_journal) {
         (skein_config::LogFormat::Json, _) => builder.json().flatten_event(true).try_init(),
         (skein_config::LogFormat::Text, true) => builder.without_time().with_ansi(false).try_init(),

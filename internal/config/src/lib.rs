@@ -295,7 +295,8 @@ pub fn load(
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Loaded, ConfigError> {
     let (file_path, explicit) = match path {
-        Some(p) => (p.to_path_buf(), true),
+        // Absolute, so messages and the status page say which file was meant.
+        Some(p) => (std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()), true),
         None => (PathBuf::from(DEFAULT_PATH), false),
     };
     let text = match std::fs::read_to_string(&file_path) {
