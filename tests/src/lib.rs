@@ -17,9 +17,16 @@ pub fn skein_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let bin = profile_dir.join("skein");
-    assert!(bin.exists(), "{} not found: build it first (cargo build --bins)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (cargo build --bins)",
+        bin.display()
+    );
     bin
 }
 
@@ -39,7 +46,11 @@ pub fn require(present: bool, what: &str) -> bool {
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -59,14 +70,20 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Op
         if let Some(v) = check() {
             return v;
         }
-        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
 }
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }
 
 /// A minimal HTTP/1.1 GET: (status code, body). `None` when nothing answers.
@@ -103,7 +120,10 @@ impl Sandbox {
     /// A config with `node.name = node`, state under the sandbox, a free page port, and
     /// `extra` TOML appended (sections not already used above).
     pub fn new(node: &str, extra: &str) -> Self {
-        let tmp = tempfile::Builder::new().prefix("skein-test-").tempdir().expect("tmp");
+        let tmp = tempfile::Builder::new()
+            .prefix("skein-test-")
+            .tempdir()
+            .expect("tmp");
         let port = free_port();
         let config = tmp.path().join("config.toml");
         let text = format!(
@@ -138,7 +158,12 @@ impl Sandbox {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn skein run");
-        Daemon { dir: self.tmp.path().to_path_buf(), config: self.config.clone(), addr: self.addr, child: Some(child) }
+        Daemon {
+            dir: self.tmp.path().to_path_buf(),
+            config: self.config.clone(),
+            addr: self.addr,
+            child: Some(child),
+        }
     }
 }
 
@@ -152,9 +177,14 @@ impl Daemon {
         let addr = self.addr;
         wait_for("the daemon to be ready", Duration::from_secs(20), || {
             if let Some(status) = self.try_exit() {
-                panic!("daemon exited with {status} before it was ready:\n{}", self.logs());
+                panic!(
+                    "daemon exited with {status} before it was ready:\n{}",
+                    self.logs()
+                );
             }
-            http_get(addr, "/readyz").filter(|(code, _)| *code == 200).map(drop)
+            http_get(addr, "/readyz")
+                .filter(|(code, _)| *code == 200)
+                .map(drop)
         });
     }
 
@@ -165,7 +195,10 @@ impl Daemon {
     }
 
     pub fn signal(&self, signal: &str) {
-        let ok = Command::new("kill").args(["-s", signal, &self.pid().to_string()]).status().expect("kill");
+        let ok = Command::new("kill")
+            .args(["-s", signal, &self.pid().to_string()])
+            .status()
+            .expect("kill");
         assert!(ok.success(), "kill -s {signal} failed");
     }
 
@@ -183,10 +216,22 @@ impl Daemon {
     /// Everything the daemons of this sandbox logged so far.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        let mut entries: Vec<_> = std::fs::read_dir(&self.dir).into_iter().flatten().flatten().map(|e| e.path()).collect();
+        let mut entries: Vec<_> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         entries.sort();
-        for p in entries.iter().filter(|p| p.extension().is_some_and(|e| e == "log")) {
-            out.push_str(&format!("--- {}\n{}", p.display(), std::fs::read_to_string(p).unwrap_or_default()));
+        for p in entries
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        {
+            out.push_str(&format!(
+                "--- {}\n{}",
+                p.display(),
+                std::fs::read_to_string(p).unwrap_or_default()
+            ));
         }
         out
     }

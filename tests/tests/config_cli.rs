@@ -18,7 +18,10 @@ fn the_default_config_passes_check() {
     let (ok, out, err) = skein(&["config", "check", &path], &[]);
     assert!(ok, "{err}");
     assert!(err.contains("config OK"), "{err}");
-    assert!(out.contains("pod_cidr = \"10.42.0.0/16\""), "prints the effective config: {out}");
+    assert!(
+        out.contains("pod_cidr = \"10.42.0.0/16\""),
+        "prints the effective config: {out}"
+    );
 }
 
 #[test]
@@ -35,17 +38,27 @@ fn an_unknown_key_fails_naming_the_key_and_the_file() {
 #[test]
 fn a_bad_cidr_fails_naming_key_and_value() {
     let dir = tempfile::tempdir().expect("tmp");
-    let path = write(&dir, "cidr.toml", "[cluster]\npod_cidr = \"10.42.0.0/33\"\n");
+    let path = write(
+        &dir,
+        "cidr.toml",
+        "[cluster]\npod_cidr = \"10.42.0.0/33\"\n",
+    );
     let (ok, _, err) = skein(&["config", "check", &path], &[]);
     assert!(!ok);
-    assert!(err.contains("cluster.pod_cidr = \"10.42.0.0/33\": not a CIDR"), "{err}");
+    assert!(
+        err.contains("cluster.pod_cidr = \"10.42.0.0/33\": not a CIDR"),
+        "{err}"
+    );
 }
 
 #[test]
 fn environment_overrides_show_in_the_effective_config() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = write(&dir, "empty.toml", "");
-    let (ok, out, err) = skein(&["config", "check", &path], &[("SKEIN_OVERLAY__LISTEN_PORT", "51999")]);
+    let (ok, out, err) = skein(
+        &["config", "check", &path],
+        &[("SKEIN_OVERLAY__LISTEN_PORT", "51999")],
+    );
     assert!(ok, "{err}");
     assert!(out.contains("listen_port = 51999"), "{out}");
     assert!(out.contains("SKEIN_OVERLAY__LISTEN_PORT"), "{out}");
@@ -55,12 +68,18 @@ fn environment_overrides_show_in_the_effective_config() {
 fn run_refuses_an_invalid_config_before_touching_state() {
     let dir = tempfile::tempdir().expect("tmp");
     let state = dir.path().join("state");
-    let text = format!("[store]\npath = \"{}/state.db\"\n[log]\nformat = \"xml\"\n", state.display());
+    let text = format!(
+        "[store]\npath = \"{}/state.db\"\n[log]\nformat = \"xml\"\n",
+        state.display()
+    );
     let path = write(&dir, "bad.toml", &text);
     let (ok, _, err) = skein(&["run", "--config", &path], &[]);
     assert!(!ok);
     assert!(err.contains("log.format = \"xml\""), "{err}");
-    assert!(!state.exists(), "no state directory made for a config that was refused");
+    assert!(
+        !state.exists(),
+        "no state directory made for a config that was refused"
+    );
 }
 
 #[test]
@@ -68,7 +87,12 @@ fn version_and_help_speak_plainly() {
     let (ok, out, _) = skein(&["version"], &[]);
     assert!(ok);
     assert_eq!(out.trim(), format!("skein {}", env!("CARGO_PKG_VERSION")));
-    for args in [&["--help"][..], &["run", "--help"], &["config", "check", "--help"], &["config", "default", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["config", "check", "--help"],
+        &["config", "default", "--help"],
+    ] {
         let (ok, out, _) = skein(args, &[]);
         assert!(ok, "{args:?}");
         assert!(out.contains("Usage:"), "{args:?}: {out}");

@@ -19,7 +19,10 @@ fn status_api_has_the_documented_fields() {
     assert_eq!(s["ready"], true);
     let parts = s["parts"].as_array().expect("parts");
     let names: Vec<&str> = parts.iter().filter_map(|p| p["name"].as_str()).collect();
-    assert!(names.contains(&"store") && names.contains(&"dashboard"), "{s}");
+    assert!(
+        names.contains(&"store") && names.contains(&"dashboard"),
+        "{s}"
+    );
     for p in parts {
         for field in ["state", "since", "last_error", "detail", "restarts"] {
             assert!(p.get(field).is_some(), "part lacks {field}: {p}");
@@ -27,10 +30,20 @@ fn status_api_has_the_documented_fields() {
     }
     let store = wait_for("the store part to report", Duration::from_secs(10), || {
         let s = d.status();
-        let p = s["parts"].as_array()?.iter().find(|p| p["name"] == "store")?.clone();
+        let p = s["parts"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == "store")?
+            .clone();
         (p["state"] == "ok").then_some(p)
     });
-    assert!(store["detail"].as_str().unwrap_or_default().contains("schema v1"), "{store}");
+    assert!(
+        store["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("schema v1"),
+        "{store}"
+    );
     assert_eq!(http_get(sb.addr, "/healthz").map(|r| r.0), Some(200));
 }
 
@@ -40,7 +53,8 @@ fn state_is_private_and_sigterm_stops_cleanly_within_five_seconds() {
     let mut d = sb.start();
     d.wait_ready();
     let db = sb.state_dir().join("state.db");
-    let mode = |p: &std::path::Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
     assert_eq!(mode(&db), 0o600, "database file mode");
     assert_eq!(mode(&sb.state_dir()), 0o700, "state directory mode");
     d.signal("TERM");
@@ -66,12 +80,18 @@ fn a_second_daemon_on_the_same_state_says_who_holds_it() {
     first.wait_ready();
     // Same state directory, another page port: only the lock can stop it.
     let other_port = skein_e2e::free_port().to_string();
-    let mut second = sb.start_with(&[("SKEIN_DASHBOARD__LISTEN", &format!("127.0.0.1:{other_port}"))]);
+    let mut second = sb.start_with(&[(
+        "SKEIN_DASHBOARD__LISTEN",
+        &format!("127.0.0.1:{other_port}"),
+    )]);
     let status = second.wait_exit(Duration::from_secs(10));
     assert!(!status.success(), "second daemon must fail");
     let logs = second.logs();
     assert!(logs.contains("another skein is running"), "{logs}");
-    assert!(logs.contains(&format!("pid {}", first.pid())), "names the first one's pid: {logs}");
+    assert!(
+        logs.contains(&format!("pid {}", first.pid())),
+        "names the first one's pid: {logs}"
+    );
     assert_eq!(first.status()["ready"], true, "the first one is unharmed");
 }
 
@@ -84,7 +104,10 @@ fn a_busy_page_port_is_a_clear_error_naming_the_key() {
     let status = d.wait_exit(Duration::from_secs(10));
     assert!(!status.success());
     let logs = d.logs();
-    assert!(logs.contains(&format!("dashboard.listen = \"{addr}\"")), "{logs}");
+    assert!(
+        logs.contains(&format!("dashboard.listen = \"{addr}\"")),
+        "{logs}"
+    );
 }
 
 #[test]
@@ -102,11 +125,21 @@ fn sigkill_at_any_point_of_startup_leaves_a_store_that_opens_cleanly() {
     d.wait_ready();
     let store = wait_for("the store check", Duration::from_secs(10), || {
         let s = d.status();
-        let p = s["parts"].as_array()?.iter().find(|p| p["name"] == "store")?.clone();
+        let p = s["parts"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == "store")?
+            .clone();
         (p["state"] != "starting").then_some(p)
     });
     assert_eq!(store["state"], "ok", "{store}\n{}", d.logs());
-    assert!(store["detail"].as_str().unwrap_or_default().contains("did not stop cleanly"), "{store}");
+    assert!(
+        store["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("did not stop cleanly"),
+        "{store}"
+    );
     d.signal("TERM");
     assert!(d.wait_exit(Duration::from_secs(5)).success());
 }
@@ -122,8 +155,12 @@ fn json_logs_for_machines_and_no_timestamps_under_the_journal() {
     let lines: Vec<&str> = logs.lines().filter(|l| !l.starts_with("---")).collect();
     assert!(!lines.is_empty());
     for line in lines {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        assert!(v.get("level").is_some() && v.get("timestamp").is_some(), "{line}");
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v.get("level").is_some() && v.get("timestamp").is_some(),
+            "{line}"
+        );
     }
 
     let sb = Sandbox::new("node-h", "");
@@ -132,7 +169,45 @@ fn json_logs_for_machines_and_no_timestamps_under_the_journal() {
     d.signal("TERM");
     d.wait_exit(Duration::from_secs(5));
     let logs = d.logs();
-    let first = logs.lines().find(|l| l.contains("starting skein")).expect("a start line");
-    assert!(first.trim_start().starts_with("INFO"), "no timestamp expected: {first}");
-    assert!(!first.contains('\u{1b}'), "no colour codes in the journal: {first}");
+    let first = logs
+        .lines()
+        .find(|l| l.contains("starting skein"))
+        .expect("a start line");
+    assert!(
+        first.trim_start().starts_with("INFO"),
+        "no timestamp expected: {first}"
+    );
+    assert!(
+        !first.contains('\u{1b}'),
+        "no colour codes in the journal: {first}"
+    );
+}
+
+#[test]
+fn systemd_hears_ready_then_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let sb = Sandbox::new("node-i", "");
+    let socket_path = sb.tmp.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut d = sb.start_with(&[("NOTIFY_SOCKET", socket_path.to_str().expect("utf-8"))]);
+
+    let mut buf = [0u8; 4096];
+    let mut next = || {
+        let n = socket
+            .recv(&mut buf)
+            .expect("a notification from the daemon");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert!(ready.contains("STATUS="), "{ready}");
+    // Ready is only said once the page answers.
+    assert_eq!(http_get(sb.addr, "/readyz").map(|r| r.0), Some(200));
+    d.signal("TERM");
+    let stopping = next();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    assert!(d.wait_exit(Duration::from_secs(5)).success());
 }

@@ -81,7 +81,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             runtime.shutdown_timeout(std::time::Duration::from_millis(500));
             Ok(result?)
         }
-        Command::Config { command: ConfigCommand::Check { path } } => {
+        Command::Config {
+            command: ConfigCommand::Check { path },
+        } => {
             let loaded = skein_config::load(path.as_deref(), std::env::vars())?;
             println!("# effective configuration from {}", loaded.source);
             for name in &loaded.overrides {
@@ -91,7 +93,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             eprintln!("config OK: {}", loaded.source);
             Ok(())
         }
-        Command::Config { command: ConfigCommand::Default } => {
+        Command::Config {
+            command: ConfigCommand::Default,
+        } => {
             print!("{}", skein_config::DEFAULT_TOML);
             Ok(())
         }

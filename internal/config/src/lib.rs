@@ -101,7 +101,9 @@ pub struct Ipam {
 
 impl Default for Ipam {
     fn default() -> Self {
-        Self { gc_interval: "5m".into() }
+        Self {
+            gc_interval: "5m".into(),
+        }
     }
 }
 
@@ -136,7 +138,10 @@ pub struct Proxy {
 
 impl Default for Proxy {
     fn default() -> Self {
-        Self { enabled: true, nodeport_addresses: Vec::new() }
+        Self {
+            enabled: true,
+            nodeport_addresses: Vec::new(),
+        }
     }
 }
 
@@ -181,7 +186,10 @@ pub struct Dashboard {
 
 impl Default for Dashboard {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9610".into(), allow_remote: false }
+        Self {
+            listen: "127.0.0.1:9610".into(),
+            allow_remote: false,
+        }
     }
 }
 
@@ -193,7 +201,9 @@ pub struct Store {
 
 impl Default for Store {
     fn default() -> Self {
-        Self { path: "/var/lib/skein/state.db".into() }
+        Self {
+            path: "/var/lib/skein/state.db".into(),
+        }
     }
 }
 
@@ -206,7 +216,10 @@ pub struct Log {
 
 impl Default for Log {
     fn default() -> Self {
-        Self { level: "info".into(), format: "text".into() }
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
     }
 }
 
@@ -265,17 +278,27 @@ impl fmt::Display for Source {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("{origin}: {message}")]
     Type { origin: String, message: String },
     #[error("{} problem{} in {origin}:\n{}", .problems.len(), if .problems.len() == 1 { "" } else { "s" }, list(.problems))]
-    Invalid { origin: String, problems: Vec<Problem> },
+    Invalid {
+        origin: String,
+        problems: Vec<Problem>,
+    },
 }
 
 fn list(problems: &[Problem]) -> String {
-    problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A configuration that passed validation, and where it came from.
@@ -296,13 +319,21 @@ pub fn load(
 ) -> Result<Loaded, ConfigError> {
     let (file_path, explicit) = match path {
         // Absolute, so messages and the status page say which file was meant.
-        Some(p) => (std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()), true),
+        Some(p) => (
+            std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
+            true,
+        ),
         None => (PathBuf::from(DEFAULT_PATH), false),
     };
     let text = match std::fs::read_to_string(&file_path) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => None,
-        Err(source) => return Err(ConfigError::Read { path: file_path, source }),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: file_path,
+                source,
+            });
+        }
     };
     let source = match text {
         Some(_) => Source::File(file_path.clone()),
@@ -326,7 +357,10 @@ pub fn load(
     for key in &file_keys {
         // An empty known section (`[proxy]` with nothing under it) is fine.
         if !known.contains(key) && !sections.contains(key.as_str()) {
-            unknown.push(Problem { key: key.clone(), message: unknown_message(key, &known) });
+            unknown.push(Problem {
+                key: key.clone(),
+                message: unknown_message(key, &known),
+            });
         }
     }
     let mut env_map = config::Map::new();
@@ -343,7 +377,10 @@ pub fn load(
         }
     }
     if !unknown.is_empty() {
-        return Err(ConfigError::Invalid { origin: source.to_string(), problems: unknown });
+        return Err(ConfigError::Invalid {
+            origin: source.to_string(),
+            problems: unknown,
+        });
     }
 
     let built = config::Config::builder()
@@ -359,15 +396,26 @@ pub fn load(
                 .source(Some(env_map)),
         )
         .build()
-        .map_err(|e| ConfigError::Type { origin: source.to_string(), message: e.to_string() })?;
-    let config: Config = built
-        .try_deserialize()
-        .map_err(|e| ConfigError::Type { origin: source.to_string(), message: e.to_string() })?;
+        .map_err(|e| ConfigError::Type {
+            origin: source.to_string(),
+            message: e.to_string(),
+        })?;
+    let config: Config = built.try_deserialize().map_err(|e| ConfigError::Type {
+        origin: source.to_string(),
+        message: e.to_string(),
+    })?;
     let problems = config.problems();
     if !problems.is_empty() {
-        return Err(ConfigError::Invalid { origin: source.to_string(), problems });
+        return Err(ConfigError::Invalid {
+            origin: source.to_string(),
+            problems,
+        });
     }
-    Ok(Loaded { config, source, overrides })
+    Ok(Loaded {
+        config,
+        source,
+        overrides,
+    })
 }
 
 /// `SKEIN_CLUSTER__POD_CIDR` -> `cluster.pod_cidr`. Variables without a `__` (such as a test
@@ -390,7 +438,11 @@ fn flatten_json(prefix: &str, value: &serde_json::Value, out: &mut BTreeSet<Stri
     match value {
         serde_json::Value::Object(map) => {
             for (k, v) in map {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten_json(&key, v, out);
             }
         }
@@ -414,7 +466,11 @@ fn flatten_toml(prefix: &str, value: &toml::Value, out: &mut BTreeSet<String>) {
                 out.insert(prefix.to_string());
             }
             for (k, v) in map {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten_toml(&key, v, out);
             }
         }
@@ -467,11 +523,16 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 fn problem(key: &str, value: impl fmt::Display, why: &str) -> Problem {
-    Problem { key: key.to_string(), message: format!(" = \"{value}\": {why}") }
+    Problem {
+        key: key.to_string(),
+        message: format!(" = \"{value}\": {why}"),
+    }
 }
 
 fn parse_cidr(s: &str) -> Result<IpNet, &'static str> {
-    let net: IpNet = s.parse().map_err(|_| "not a CIDR (expected e.g. 10.42.0.0/16)")?;
+    let net: IpNet = s
+        .parse()
+        .map_err(|_| "not a CIDR (expected e.g. 10.42.0.0/16)")?;
     if net.trunc() != net {
         return Err("host bits are set (the network address is expected)");
     }
@@ -522,7 +583,11 @@ impl Config {
                 out.push(problem(key, value, why));
             }
         };
-        check("node.name", &self.node.name, check_node_name(&self.node.name));
+        check(
+            "node.name",
+            &self.node.name,
+            check_node_name(&self.node.name),
+        );
         if !self.node.underlay_interface.is_empty() {
             let v = &self.node.underlay_interface;
             check("node.underlay_interface", v, check_ifname(v));
@@ -532,7 +597,11 @@ impl Config {
         let pod = parse_cidr(&self.cluster.pod_cidr);
         check("cluster.pod_cidr", &self.cluster.pod_cidr, pod.map(drop));
         let svc = parse_cidr(&self.cluster.service_cidr);
-        check("cluster.service_cidr", &self.cluster.service_cidr, svc.map(drop));
+        check(
+            "cluster.service_cidr",
+            &self.cluster.service_cidr,
+            svc.map(drop),
+        );
         if let (Ok(pod), Ok(svc)) = (pod, svc)
             && (pod.contains(&svc.network()) || svc.contains(&pod.network()))
         {
@@ -549,7 +618,11 @@ impl Config {
         ] {
             check(key, &path.display().to_string(), relative_path(path, false));
         }
-        check("cni.bridge", &self.cni.bridge, check_ifname(&self.cni.bridge));
+        check(
+            "cni.bridge",
+            &self.cni.bridge,
+            check_ifname(&self.cni.bridge),
+        );
         check("cni.mtu", &self.cni.mtu, parse_mtu(&self.cni.mtu).map(drop));
         let gc = &self.ipam.gc_interval;
         check("ipam.gc_interval", gc, parse_duration(gc).map(drop));
@@ -558,16 +631,36 @@ impl Config {
         let ifname = &self.overlay.interface;
         check("overlay.interface", ifname, check_ifname(ifname));
         if self.overlay.interface == self.cni.bridge {
-            check("overlay.interface", ifname, Err("is the same name as cni.bridge"));
+            check(
+                "overlay.interface",
+                ifname,
+                Err("is the same name as cni.bridge"),
+            );
         }
         if self.overlay.listen_port == 0 {
-            check("overlay.listen_port", "0", Err("expected a port from 1 to 65535"));
+            check(
+                "overlay.listen_port",
+                "0",
+                Err("expected a port from 1 to 65535"),
+            );
         }
-        check("overlay.mtu", &self.overlay.mtu, parse_mtu(&self.overlay.mtu).map(drop));
+        check(
+            "overlay.mtu",
+            &self.overlay.mtu,
+            parse_mtu(&self.overlay.mtu).map(drop),
+        );
         let ka = &self.overlay.persistent_keepalive;
-        check("overlay.persistent_keepalive", ka, parse_duration(ka).map(drop));
+        check(
+            "overlay.persistent_keepalive",
+            ka,
+            parse_duration(ka).map(drop),
+        );
         for (i, a) in self.proxy.nodeport_addresses.iter().enumerate() {
-            check(&format!("proxy.nodeport_addresses[{i}]"), a, parse_cidr(a).map(drop));
+            check(
+                &format!("proxy.nodeport_addresses[{i}]"),
+                a,
+                parse_cidr(a).map(drop),
+            );
         }
         let ip = &self.dns.cluster_ip;
         match ip.parse::<IpAddr>() {
@@ -581,23 +674,41 @@ impl Config {
             }
         }
         for (i, u) in self.dns.upstreams.iter().enumerate() {
-            check(&format!("dns.upstreams[{i}]"), u, check_upstream(u).map(drop));
+            check(
+                &format!("dns.upstreams[{i}]"),
+                u,
+                check_upstream(u).map(drop),
+            );
         }
-        check("dns.ttl", &self.dns.ttl, parse_duration(&self.dns.ttl).map(drop));
+        check(
+            "dns.ttl",
+            &self.dns.ttl,
+            parse_duration(&self.dns.ttl).map(drop),
+        );
         let listen = &self.dashboard.listen;
         match listen.parse::<SocketAddr>() {
-            Err(_) => check("dashboard.listen", listen, Err("not an address (expected IP:port)")),
+            Err(_) => check(
+                "dashboard.listen",
+                listen,
+                Err("not an address (expected IP:port)"),
+            ),
             Ok(addr) if !addr.ip().is_loopback() && !self.dashboard.allow_remote => check(
                 "dashboard.listen",
                 listen,
-                Err("is not a loopback address; set dashboard.allow_remote = true to serve the \
-                     status page beyond this machine"),
+                Err(
+                    "is not a loopback address; set dashboard.allow_remote = true to serve the \
+                     status page beyond this machine",
+                ),
             ),
             Ok(_) => {}
         }
         let level = &self.log.level;
         check("log.level", level, check_log_level(level));
-        check("log.format", &self.log.format, parse_log_format(&self.log.format).map(drop));
+        check(
+            "log.format",
+            &self.log.format,
+            parse_log_format(&self.log.format).map(drop),
+        );
         out
     }
 
@@ -610,7 +721,10 @@ impl Config {
     }
 
     pub fn dashboard_listen(&self) -> SocketAddr {
-        self.dashboard.listen.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9610)))
+        self.dashboard
+            .listen
+            .parse()
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9610)))
     }
 
     pub fn overlay_mode(&self) -> OverlayMode {
@@ -635,7 +749,11 @@ impl Config {
 
     /// The node name to use: the configured one, else `hostname`.
     pub fn node_name(&self, hostname: &str) -> String {
-        if self.node.name.is_empty() { hostname.to_lowercase() } else { self.node.name.clone() }
+        if self.node.name.is_empty() {
+            hostname.to_lowercase()
+        } else {
+            self.node.name.clone()
+        }
     }
 
     /// The effective configuration as TOML, for `skein config check`.
@@ -668,7 +786,11 @@ fn check_log_level(s: &str) -> Result<(), &'static str> {
             let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
             LOG_LEVELS.contains(&level.trim())
         });
-    if ok { Ok(()) } else { Err("expected error, warn, info, debug, trace, or e.g. \"info,skein_store=debug\"") }
+    if ok {
+        Ok(())
+    } else {
+        Err("expected error, warn, info, debug, trace, or e.g. \"info,skein_store=debug\"")
+    }
 }
 
 /// A Kubernetes node name: a DNS subdomain (RFC 1123), lower case; empty means the hostname.
@@ -683,7 +805,8 @@ fn check_domain(s: &str) -> Result<(), &'static str> {
     let label_ok = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
-            && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             && !l.starts_with('-')
             && !l.ends_with('-')
     };
@@ -696,7 +819,15 @@ fn check_domain(s: &str) -> Result<(), &'static str> {
 
 fn relative_path(p: &Path, empty_ok: bool) -> Result<(), &'static str> {
     if p.as_os_str().is_empty() {
-        return if empty_ok { Ok(()) } else { Err("must not be empty") };
+        return if empty_ok {
+            Ok(())
+        } else {
+            Err("must not be empty")
+        };
     }
-    if p.is_absolute() { Ok(()) } else { Err("must be an absolute path") }
+    if p.is_absolute() {
+        Ok(())
+    } else {
+        Err("must be an absolute path")
+    }
 }

@@ -32,7 +32,11 @@ fn shipped_default_file_is_exactly_the_defaults() {
 #[test]
 fn shipped_default_file_documents_every_key() {
     let documented = toml_keys(DEFAULT_TOML).expect("parses");
-    assert_eq!(documented, known_keys(), "default.toml and the schema differ");
+    assert_eq!(
+        documented,
+        known_keys(),
+        "default.toml and the schema differ"
+    );
 }
 
 #[test]
@@ -46,16 +50,31 @@ fn missing_default_path_means_defaults_but_missing_explicit_path_is_an_error() {
 #[test]
 fn unknown_keys_are_named_with_the_file() {
     let cases = [
-        ("[cluster]\npod_cidrr = \"10.0.0.0/8\"\n", "cluster.pod_cidrr", "did you mean `cluster.pod_cidr`"),
-        ("[clustr]\npod_cidr = \"10.0.0.0/8\"\n", "clustr.pod_cidr", "unknown section `clustr`"),
-        ("pod_cidr = \"10.0.0.0/8\"\n", "pod_cidr", "keys belong in a section"),
+        (
+            "[cluster]\npod_cidrr = \"10.0.0.0/8\"\n",
+            "cluster.pod_cidrr",
+            "did you mean `cluster.pod_cidr`",
+        ),
+        (
+            "[clustr]\npod_cidr = \"10.0.0.0/8\"\n",
+            "clustr.pod_cidr",
+            "unknown section `clustr`",
+        ),
+        (
+            "pod_cidr = \"10.0.0.0/8\"\n",
+            "pod_cidr",
+            "keys belong in a section",
+        ),
     ];
     for (text, key, hint) in cases {
         let err = load_text(text, &[]).expect_err(text);
         let msg = err.to_string();
         assert!(msg.contains(key), "{msg}");
         assert!(msg.contains(hint), "{msg}");
-        assert!(msg.contains(".tmp") || msg.contains("/tmp"), "names the file: {msg}");
+        assert!(
+            msg.contains(".tmp") || msg.contains("/tmp"),
+            "names the file: {msg}"
+        );
     }
 }
 
@@ -67,28 +86,71 @@ fn empty_known_section_is_accepted() {
 #[test]
 fn invalid_values_name_key_value_and_what_is_allowed() {
     let cases = [
-        ("[cluster]\npod_cidr = \"10.42.0.0/33\"", "cluster.pod_cidr = \"10.42.0.0/33\": not a CIDR"),
-        ("[cluster]\npod_cidr = \"10.42.0.1/16\"", "host bits are set"),
-        ("[cluster]\nservice_cidr = \"10.42.128.0/20\"", "overlaps cluster.pod_cidr"),
+        (
+            "[cluster]\npod_cidr = \"10.42.0.0/33\"",
+            "cluster.pod_cidr = \"10.42.0.0/33\": not a CIDR",
+        ),
+        (
+            "[cluster]\npod_cidr = \"10.42.0.1/16\"",
+            "host bits are set",
+        ),
+        (
+            "[cluster]\nservice_cidr = \"10.42.128.0/20\"",
+            "overlaps cluster.pod_cidr",
+        ),
         ("[cluster]\ndomain = \"Cluster.Local\"", "cluster.domain"),
-        ("[cni]\nmtu = \"big\"", "cni.mtu = \"big\": expected \"auto\" or a number"),
-        ("[cni]\nbridge = \"a-very-long-bridge-name\"", "1 to 15 characters"),
-        ("[cni]\nsocket = \"run/cni.sock\"", "cni.socket = \"run/cni.sock\": must be an absolute path"),
-        ("[overlay]\nmode = \"fast\"", "overlay.mode = \"fast\": expected \"auto\", \"kernel\" or \"userspace\""),
-        ("[overlay]\npersistent_keepalive = \"soon\"", "overlay.persistent_keepalive"),
+        (
+            "[cni]\nmtu = \"big\"",
+            "cni.mtu = \"big\": expected \"auto\" or a number",
+        ),
+        (
+            "[cni]\nbridge = \"a-very-long-bridge-name\"",
+            "1 to 15 characters",
+        ),
+        (
+            "[cni]\nsocket = \"run/cni.sock\"",
+            "cni.socket = \"run/cni.sock\": must be an absolute path",
+        ),
+        (
+            "[overlay]\nmode = \"fast\"",
+            "overlay.mode = \"fast\": expected \"auto\", \"kernel\" or \"userspace\"",
+        ),
+        (
+            "[overlay]\npersistent_keepalive = \"soon\"",
+            "overlay.persistent_keepalive",
+        ),
         ("[overlay]\nlisten_port = 0", "overlay.listen_port"),
-        ("[proxy]\nnodeport_addresses = [\"1.2.3.4/40\"]", "proxy.nodeport_addresses[0]"),
-        ("[dns]\ncluster_ip = \"10.99.0.10\"", "outside cluster.service_cidr"),
-        ("[dns]\nupstreams = [\"resolver\"]", "dns.upstreams[0] = \"resolver\""),
-        ("[dashboard]\nlisten = \"0.0.0.0:9610\"", "dashboard.allow_remote = true"),
-        ("[dashboard]\nlisten = \"localhost\"", "dashboard.listen = \"localhost\": not an address"),
+        (
+            "[proxy]\nnodeport_addresses = [\"1.2.3.4/40\"]",
+            "proxy.nodeport_addresses[0]",
+        ),
+        (
+            "[dns]\ncluster_ip = \"10.99.0.10\"",
+            "outside cluster.service_cidr",
+        ),
+        (
+            "[dns]\nupstreams = [\"resolver\"]",
+            "dns.upstreams[0] = \"resolver\"",
+        ),
+        (
+            "[dashboard]\nlisten = \"0.0.0.0:9610\"",
+            "dashboard.allow_remote = true",
+        ),
+        (
+            "[dashboard]\nlisten = \"localhost\"",
+            "dashboard.listen = \"localhost\": not an address",
+        ),
         ("[log]\nformat = \"xml\"", "log.format = \"xml\""),
         ("[log]\nlevel = \"loud\"", "log.level = \"loud\""),
         ("[node]\nname = \"Node_1\"", "node.name"),
     ];
     for (text, expected) in cases {
         let problems = problems_of(text);
-        let joined = problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
+        let joined = problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
         assert!(joined.contains(expected), "for {text:?}: {joined}");
     }
 }
@@ -102,8 +164,11 @@ fn every_problem_is_reported_not_just_the_first() {
 
 #[test]
 fn remote_dashboard_is_allowed_when_asked_for() {
-    load_text("[dashboard]\nlisten = \"0.0.0.0:9610\"\nallow_remote = true\n", &[])
-        .expect("explicit allow_remote");
+    load_text(
+        "[dashboard]\nlisten = \"0.0.0.0:9610\"\nallow_remote = true\n",
+        &[],
+    )
+    .expect("explicit allow_remote");
 }
 
 #[test]
@@ -138,7 +203,11 @@ fn unknown_environment_override_is_an_error_naming_the_variable() {
 #[test]
 fn invalid_environment_value_is_validated_like_the_file() {
     let err = load_text("", &[("SKEIN_CLUSTER__POD_CIDR", "10.0.0.0/99")]).expect_err("bad");
-    assert!(err.to_string().contains("cluster.pod_cidr = \"10.0.0.0/99\""), "{err}");
+    assert!(
+        err.to_string()
+            .contains("cluster.pod_cidr = \"10.0.0.0/99\""),
+        "{err}"
+    );
 }
 
 #[test]

@@ -30,7 +30,10 @@ pub enum DaemonError {
     #[error(transparent)]
     Store(#[from] skein_store::StoreError),
     #[error("dashboard.listen = \"{addr}\": cannot listen: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -57,8 +60,16 @@ pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
     let listen = config.dashboard.listen.clone();
     let listener = std::net::TcpListener::bind(config.dashboard_listen())
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|source| DaemonError::Listen { addr: listen.clone(), source })?;
-    let page = format!("http://{}", listener.local_addr().map_or(listen.clone(), |a| a.to_string()));
+        .map_err(|source| DaemonError::Listen {
+            addr: listen.clone(),
+            source,
+        })?;
+    let page = format!(
+        "http://{}",
+        listener
+            .local_addr()
+            .map_or(listen.clone(), |a| a.to_string())
+    );
 
     let mut parts = Supervisor::new(board.clone(), Backoff::default());
     spawn_parts(&mut parts, &config, &board, &store, listener, &page);
@@ -92,7 +103,9 @@ fn spawn_parts(
     page: &str,
 ) {
     let store = store.clone();
-    parts.spawn("store", move |handle, cancel| store_part(store.clone(), handle, cancel));
+    parts.spawn("store", move |handle, cancel| {
+        store_part(store.clone(), handle, cancel)
+    });
 
     let board = board.clone();
     let page = page.to_string();

@@ -54,13 +54,20 @@ pub struct Supervisor {
 
 impl std::fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Supervisor").field("parts", &self.tasks.len()).finish()
+        f.debug_struct("Supervisor")
+            .field("parts", &self.tasks.len())
+            .finish()
     }
 }
 
 impl Supervisor {
     pub fn new(board: StatusBoard, backoff: Backoff) -> Self {
-        Self { board, backoff, cancel: CancellationToken::new(), tasks: JoinSet::new() }
+        Self {
+            board,
+            backoff,
+            cancel: CancellationToken::new(),
+            tasks: JoinSet::new(),
+        }
     }
 
     /// Starts `run` as the part `name`; it is called again after each failure.

@@ -16,7 +16,12 @@ fn board() -> StatusBoard {
 }
 
 fn state_of(board: &StatusBoard, name: &str) -> skein_status::PartStatus {
-    board.report().parts.into_iter().find(|p| p.name == name).expect("registered")
+    board
+        .report()
+        .parts
+        .into_iter()
+        .find(|p| p.name == name)
+        .expect("registered")
 }
 
 #[test]
@@ -34,7 +39,11 @@ fn backoff_doubles_up_to_the_cap_and_resets_after_a_healthy_run() {
         seen.push(d.as_secs());
     }
     assert_eq!(seen, [1, 2, 4, 8, 8, 8]);
-    assert_eq!(b.next(Some(Duration::from_secs(8)), Duration::from_secs(61)).as_secs(), 1);
+    assert_eq!(
+        b.next(Some(Duration::from_secs(8)), Duration::from_secs(61))
+            .as_secs(),
+        1
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -95,7 +104,13 @@ async fn a_panicking_part_is_reported_and_restarted() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     let p = state_of(&board, "panicky");
     assert_eq!(p.state, State::Failed);
-    assert!(p.last_error.as_deref().unwrap_or_default().contains("panicked: boom"), "{p:?}");
+    assert!(
+        p.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("panicked: boom"),
+        "{p:?}"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(attempts.load(Ordering::SeqCst), 2);
     sup.shutdown(Duration::from_secs(1)).await;

@@ -17,9 +17,21 @@ mod tests;
 
 /// The page's files, embedded so the binary is all a node needs.
 const ASSETS: &[(&str, &str, &str)] = &[
-    ("/", "text/html; charset=utf-8", include_str!("../../../web/index.html")),
-    ("/app.js", "text/javascript; charset=utf-8", include_str!("../../../web/app.js")),
-    ("/style.css", "text/css; charset=utf-8", include_str!("../../../web/style.css")),
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_str!("../../../web/index.html"),
+    ),
+    (
+        "/app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web/app.js"),
+    ),
+    (
+        "/style.css",
+        "text/css; charset=utf-8",
+        include_str!("../../../web/style.css"),
+    ),
 ];
 
 /// The page only loads its own files and talks to its own API.
@@ -41,8 +53,14 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
-            (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP)),
-            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(CSP),
+            ),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
         ],
         body,
     )
@@ -51,7 +69,9 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 async fn status(State(board): State<StatusBoard>) -> Response {
     let mut response = Json(board.report()).into_response();
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -71,5 +91,7 @@ pub async fn serve(
     board: StatusBoard,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(board)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(board))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -11,12 +11,19 @@ async fn get_raw(addr: std::net::SocketAddr, path: &str) -> (u16, String, String
     let mut buf = String::new();
     conn.read_to_string(&mut buf).await.expect("read");
     let (head, body) = buf.split_once("\r\n\r\n").expect("http response");
-    let code = head.split_whitespace().nth(1).expect("status").parse().expect("code");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .expect("status")
+        .parse()
+        .expect("code");
     (code, head.to_lowercase(), body.to_string())
 }
 
 async fn start(board: StatusBoard) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(serve(listener, board, async move {
@@ -61,7 +68,11 @@ async fn readyz_follows_readiness_and_healthz_always_answers() {
 #[tokio::test]
 async fn page_and_its_assets_are_served_with_a_strict_policy() {
     let (addr, _stop) = start(board()).await;
-    for (path, kind) in [("/", "text/html"), ("/app.js", "text/javascript"), ("/style.css", "text/css")] {
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/app.js", "text/javascript"),
+        ("/style.css", "text/css"),
+    ] {
         let (code, head, body) = get_raw(addr, path).await;
         assert_eq!(code, 200, "{path}");
         assert!(head.contains(kind), "{path}: {head}");

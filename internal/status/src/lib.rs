@@ -79,19 +79,36 @@ pub struct StatusBoard {
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl StatusBoard {
     pub fn new(identity: Identity) -> Self {
-        let inner = Inner { identity, started_at: unix_now(), ready: false, parts: BTreeMap::new() };
-        Self { inner: Arc::new(RwLock::new(inner)) }
+        let inner = Inner {
+            identity,
+            started_at: unix_now(),
+            ready: false,
+            parts: BTreeMap::new(),
+        };
+        Self {
+            inner: Arc::new(RwLock::new(inner)),
+        }
     }
 
     /// Adds a part in state `Starting` (or `Disabled`) and returns its handle.
     pub fn register(&self, name: &str, enabled: bool) -> PartHandle {
-        let state = if enabled { State::Starting } else { State::Disabled };
-        let detail = if enabled { "starting" } else { "disabled in the configuration" };
+        let state = if enabled {
+            State::Starting
+        } else {
+            State::Disabled
+        };
+        let detail = if enabled {
+            "starting"
+        } else {
+            "disabled in the configuration"
+        };
         self.write(|inner| {
             inner.parts.insert(
                 name.to_string(),
@@ -106,7 +123,10 @@ impl StatusBoard {
                 },
             );
         });
-        PartHandle { board: self.clone(), name: name.to_string() }
+        PartHandle {
+            board: self.clone(),
+            name: name.to_string(),
+        }
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -121,14 +141,22 @@ impl StatusBoard {
         self.read(|inner| {
             let now = unix_now();
             let parts: Vec<PartStatus> = inner.parts.values().cloned().collect();
-            let overall = parts.iter().map(|p| p.state).max_by_key(|s| severity(*s)).unwrap_or(State::Ok);
+            let overall = parts
+                .iter()
+                .map(|p| p.state)
+                .max_by_key(|s| severity(*s))
+                .unwrap_or(State::Ok);
             Report {
                 identity: inner.identity.clone(),
                 started_at: inner.started_at,
                 now,
                 uptime_seconds: now.saturating_sub(inner.started_at),
                 ready: inner.ready,
-                overall: if overall == State::Disabled { State::Ok } else { overall },
+                overall: if overall == State::Disabled {
+                    State::Ok
+                } else {
+                    overall
+                },
                 parts,
             }
         })
@@ -195,7 +223,8 @@ impl PartHandle {
     }
 
     pub fn status(&self) -> Option<PartStatus> {
-        self.board.read(|inner| inner.parts.get(&self.name).cloned())
+        self.board
+            .read(|inner| inner.parts.get(&self.name).cloned())
     }
 
     fn set(&self, state: State, detail: String, error: Option<String>) {

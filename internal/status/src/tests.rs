@@ -18,7 +18,10 @@ fn registered_parts_start_in_starting_or_disabled() {
     b.register("dns", false);
     let r = b.report();
     let states: Vec<_> = r.parts.iter().map(|p| (p.name.as_str(), p.state)).collect();
-    assert_eq!(states, [("dns", State::Disabled), ("store", State::Starting)]);
+    assert_eq!(
+        states,
+        [("dns", State::Disabled), ("store", State::Starting)]
+    );
     assert_eq!(r.overall, State::Starting);
     assert!(!r.ready);
 }
@@ -59,7 +62,17 @@ fn report_serializes_with_the_documented_fields() {
     b.register("store", true).ok("open");
     b.set_ready(true);
     let v = serde_json::to_value(b.report()).expect("json");
-    for field in ["node", "version", "config_path", "state_path", "started_at", "uptime_seconds", "ready", "overall", "parts"] {
+    for field in [
+        "node",
+        "version",
+        "config_path",
+        "state_path",
+        "started_at",
+        "uptime_seconds",
+        "ready",
+        "overall",
+        "parts",
+    ] {
         assert!(v.get(field).is_some(), "missing {field}: {v}");
     }
     assert_eq!(v["parts"][0]["state"], "ok");

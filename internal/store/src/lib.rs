@@ -26,11 +26,17 @@ pub const LOCK_FILE: &str = "skein.lock";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot prepare state directory {path}: {source}")]
-    Directory { path: PathBuf, source: std::io::Error },
+    Directory {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("another skein is running (pid {pid}) with the state directory {dir}; stop it first")]
     Locked { dir: PathBuf, pid: String },
     #[error("cannot lock state directory {dir}: {source}")]
-    Lock { dir: PathBuf, source: std::io::Error },
+    Lock {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot open state database {path}: {source}")]
     Open { path: PathBuf, source: sqlx::Error },
     #[error(
@@ -38,9 +44,16 @@ pub enum StoreError {
          knows versions up to {known} and will not downgrade it (install the newer skein again, \
          or move the file away to start from empty state)"
     )]
-    NewerSchema { path: PathBuf, found: i64, known: i64 },
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
     #[error("cannot migrate state database {path}: {source}")]
-    Migrate { path: PathBuf, source: sqlx::migrate::MigrateError },
+    Migrate {
+        path: PathBuf,
+        source: sqlx::migrate::MigrateError,
+    },
     #[error("state database {path}: {source}")]
     Query { path: PathBuf, source: sqlx::Error },
 }
@@ -54,7 +67,10 @@ struct DirLock {
 impl DirLock {
     fn acquire(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join(LOCK_FILE);
-        let lock_err = |source| StoreError::Lock { dir: dir.to_path_buf(), source };
+        let lock_err = |source| StoreError::Lock {
+            dir: dir.to_path_buf(),
+            source,
+        };
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -70,8 +86,15 @@ impl DirLock {
                 let mut pid = String::new();
                 let _ = file.read_to_string(&mut pid);
                 let pid = pid.trim();
-                let pid = if pid.is_empty() { "unknown".to_string() } else { pid.to_string() };
-                return Err(StoreError::Locked { dir: dir.to_path_buf(), pid });
+                let pid = if pid.is_empty() {
+                    "unknown".to_string()
+                } else {
+                    pid.to_string()
+                };
+                return Err(StoreError::Locked {
+                    dir: dir.to_path_buf(),
+                    pid,
+                });
             }
             Err(fs::TryLockError::Error(e)) => return Err(lock_err(e)),
         }
@@ -101,7 +124,9 @@ pub struct Summary {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The newest schema version this build knows.
@@ -112,10 +137,16 @@ pub fn known_schema_version() -> i64 {
 impl Store {
     /// Opens (creating if needed) the database at `path`, after taking its directory's lock.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         prepare_dir(dir)?;
         let lock = DirLock::acquire(dir)?;
-        let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
         prepare_file(path).map_err(|e| open_err(sqlx::Error::Io(e)))?;
 
         let options = SqliteConnectOptions::from_str("sqlite:")
@@ -133,7 +164,11 @@ impl Store {
             .await
             .map_err(open_err)?;
 
-        let store = Self { pool, path: path.to_path_buf(), _lock: std::sync::Arc::new(lock) };
+        let store = Self {
+            pool,
+            path: path.to_path_buf(),
+            _lock: std::sync::Arc::new(lock),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -143,12 +178,19 @@ impl Store {
         if let Some(found) = self.applied_version().await?
             && found > known
         {
-            return Err(StoreError::NewerSchema { path: self.path.clone(), found, known });
+            return Err(StoreError::NewerSchema {
+                path: self.path.clone(),
+                found,
+                known,
+            });
         }
         MIGRATOR
             .run(&self.pool)
             .await
-            .map_err(|source| StoreError::Migrate { path: self.path.clone(), source })
+            .map_err(|source| StoreError::Migrate {
+                path: self.path.clone(),
+                source,
+            })
     }
 
     /// The highest migration applied to the file, if it has any.
@@ -169,7 +211,10 @@ impl Store {
     }
 
     fn query_err(&self, source: sqlx::Error) -> StoreError {
-        StoreError::Query { path: self.path.clone(), source }
+        StoreError::Query {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -245,7 +290,10 @@ impl Store {
 /// Creates the state directory 0700. An existing directory is left as it is (it may be a shared
 /// one such as /tmp in a test), with a warning when others can read it.
 fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
-    let dir_err = |source| StoreError::Directory { path: dir.to_path_buf(), source };
+    let dir_err = |source| StoreError::Directory {
+        path: dir.to_path_buf(),
+        source,
+    };
     match fs::metadata(dir) {
         Ok(meta) => {
             if meta.permissions().mode() & 0o077 != 0 {
@@ -255,7 +303,11 @@ fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(dir_err)?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(dir_err)?;
             // DirBuilder's mode is filtered by the umask; set it exactly.
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(dir_err)
         }
@@ -266,7 +318,12 @@ fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
 /// Creates the database file 0600 before SQLite does (SQLite would honour the umask, and gives
 /// its -wal and -shm files the database file's mode), and tightens an existing one.
 fn prepare_file(path: &Path) -> std::io::Result<()> {
-    OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path)?;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
     let mode = fs::metadata(path)?.permissions().mode() & 0o777;
     if mode != 0o600 {
         tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "state database mode set to 0600");

@@ -1,0 +1,82 @@
+//! The status page in a real headless Chromium: what a person sees, not just what the API says.
+
+use std::process::Command;
+
+use skein_e2e::{Sandbox, require, which};
+
+/// Loads `url` in headless Chromium, lets its scripts run, and returns the rendered DOM.
+fn rendered_dom(url: &str) -> String {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=390,844",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_page_shows_the_node_name_and_each_parts_state() {
+    if !require(
+        which("chromium").is_some(),
+        "Debian's chromium is not installed",
+    ) {
+        return;
+    }
+    let sb = Sandbox::new("page-node-1", "");
+    let mut d = sb.start();
+    d.wait_ready();
+    let status = d.status();
+    let dom = rendered_dom(&format!("http://{}/", sb.addr));
+
+    assert!(
+        dom.contains(r#"<span id="node">page-node-1</span>"#),
+        "node name not rendered:\n{dom}"
+    );
+    assert!(
+        dom.contains(r#"<dd id="ready">yes</dd>"#),
+        "readiness not rendered:\n{dom}"
+    );
+    let parts = status["parts"].as_array().expect("parts");
+    assert!(!parts.is_empty());
+    for part in parts {
+        let name = part["name"].as_str().expect("name");
+        let state = part["state"].as_str().expect("state");
+        // The part's card carries its name and a badge with its state.
+        let card = dom
+            .split(&format!(r#"data-part="{name}""#))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no card for part {name}:\n{dom}"));
+        let card = card.split("</li>").next().unwrap_or_default();
+        assert!(
+            card.contains(&format!(r#"<span class="part-name">{name}</span>"#)),
+            "{card}"
+        );
+        // A part may move from starting to ok between the API call and the page's own fetch.
+        let badge_ok = card.contains(&format!(r#"<span class="badge {state}">{state}</span>"#))
+            || (state == "starting" && card.contains(r#"<span class="badge ok">ok</span>"#));
+        assert!(badge_ok, "part {name} should show state {state}: {card}");
+    }
+    assert!(
+        !dom.contains("Waiting for the daemon"),
+        "the page never rendered the status:\n{dom}"
+    );
+}
