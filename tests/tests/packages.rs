@@ -172,7 +172,10 @@ fn deb_installs_removes_keeping_config_and_rpm_lists_the_same_files() {
     if which("systemd-analyze").is_some() {
         let (ok, text) = run("systemd-analyze", &["verify", unit_path()]);
         // It exits 0 on directives it ignores, so any output at all is a finding.
-        assert!(ok && text.trim().is_empty(), "systemd-analyze verify on the unit:\n{text}");
+        assert!(
+            ok && text.trim().is_empty(),
+            "systemd-analyze verify on the unit:\n{text}"
+        );
     }
 
     // Remove: the program goes, the operator's config stays.
