@@ -1,0 +1,528 @@
+//! `skein-lab`: several skein nodes on one machine. Each node is a network namespace on a shared
+//! underlay bridge, running a real `skein run`; a real kube-apiserver and kube-controller-manager
+//! (on kine/SQLite) run in a namespace of their own; the lab does a kubelet's part for its nodes.
+//! The lab is for demos and end-to-end tests; it is not part of the `skein` binary.
+
+mod controlplane;
+mod forward;
+mod kubelet;
+mod lab;
+mod objects;
+mod pki;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use lab::{API_PORT, CONTROL_PLANE_IP, Lab, Node, Process};
+
+#[derive(Parser, Debug)]
+#[command(name = "skein-lab", version, about = "A multi-node skein sandbox on one machine (needs root)")]
+struct Cli {
+    /// Which lab: 1 to 8 lower-case letters and digits. Several labs can run side by side.
+    #[arg(long, short, global = true, default_value = "lab", env = "SKEIN_LAB_NAME")]
+    name: String,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create the lab: underlay, control plane, N nodes each running `skein run`.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// The skein binary the nodes run (default: the one next to skein-lab).
+        #[arg(long)]
+        skein: Option<PathBuf>,
+        /// A directory with kine, kube-apiserver and kube-controller-manager (default: PATH,
+        /// else built once into the cache).
+        #[arg(long)]
+        controlplane_bin: Option<PathBuf>,
+        /// RBAC manifest granting the nodes' skein its rights (default: packaging/rbac.yaml).
+        #[arg(long)]
+        rbac: Option<PathBuf>,
+    },
+    /// Remove everything the lab made: processes, namespaces, links, files. Works after a crash.
+    Down {
+        /// Every lab on this machine.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Nodes, processes and each node's status page address.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create or update the objects in a YAML file (server-side apply).
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// List objects of a kind: nodes, pods, services, endpointslices, networkpolicies, ...
+    Get {
+        kind: String,
+        #[arg(short = 'o', long, value_parser = ["table", "json"], default_value = "table")]
+        output: String,
+    },
+    /// Stop a node (its skein, and its kubelet heartbeats) or a control-plane process.
+    Stop { component: String },
+    /// Start again what `stop` stopped.
+    Start { component: String },
+    /// Print the admin kubeconfig path (for kubectl).
+    Kubeconfig,
+    /// Runs inside the lab: port forwards and the kubelet's heartbeats.
+    #[command(hide = true)]
+    Agent,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = lab::check_name(&cli.name).and_then(|()| dispatch(cli));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skein-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(2).build()?)
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let name = cli.name;
+    match cli.command {
+        Cmd::Up { nodes, skein, controlplane_bin, rbac } => {
+            up(&name, nodes, skein, controlplane_bin.as_deref(), rbac)
+        }
+        Cmd::Down { all } => {
+            down(if all { None } else { Some(&name) });
+            Ok(())
+        }
+        Cmd::Status { json } => status(&name, json),
+        Cmd::Apply { file } => {
+            let lab = Lab::load(&name)?;
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            runtime()?.block_on(async {
+                let client = admin_client(&lab).await?;
+                for applied in objects::apply_yaml(&client, &text, &file.display().to_string()).await? {
+                    println!("{applied} applied");
+                }
+                Ok(())
+            })
+        }
+        Cmd::Get { kind, output } => {
+            let lab = Lab::load(&name)?;
+            runtime()?.block_on(async {
+                let client = admin_client(&lab).await?;
+                let items = objects::get(&client, &kind).await?;
+                if output == "json" {
+                    println!("{}", serde_json::to_string_pretty(&items)?);
+                } else {
+                    print_table(&items);
+                }
+                Ok(())
+            })
+        }
+        Cmd::Stop { component } => {
+            let mut lab = Lab::load(&name)?;
+            lab.stop(&component, Duration::from_secs(5))?;
+            lab.save()?;
+            eprintln!("{component} stopped");
+            Ok(())
+        }
+        Cmd::Start { component } => {
+            let mut lab = Lab::load(&name)?;
+            let pid = lab.spawn(&component)?;
+            lab.save()?;
+            eprintln!("{component} started (pid {pid})");
+            Ok(())
+        }
+        Cmd::Kubeconfig => {
+            println!("{}", Lab::load(&name)?.admin_kubeconfig.display());
+            Ok(())
+        }
+        Cmd::Agent => agent(&name),
+    }
+}
+
+fn progress(started: Instant, what: &str) {
+    eprintln!("==> [{:>3}s] {what}", started.elapsed().as_secs());
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn up(
+    name: &str,
+    count: usize,
+    skein: Option<PathBuf>,
+    controlplane_bin: Option<&Path>,
+    rbac: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    if !(1..=50).contains(&count) {
+        bail!("--nodes {count}: a lab has 1 to 50 nodes");
+    }
+    let dir = Lab::dir_of(name);
+    if dir.join("lab.json").exists() {
+        bail!("lab {name:?} is already up; `skein-lab --name {name} down` removes it");
+    }
+    if !lab::netns_with_prefix(&lab::netns_prefix(name)).is_empty() {
+        bail!("namespaces of a lab {name:?} are left from a crash; run `skein-lab --name {name} down` first");
+    }
+    let started = Instant::now();
+    let skein = match skein {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("skein"),
+    };
+    if !skein.is_file() {
+        bail!("the skein binary {} does not exist (build it: cargo build --bins)", skein.display());
+    }
+    let rbac_path = rbac.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/rbac.yaml"));
+    let rbac_text = std::fs::read_to_string(&rbac_path).with_context(|| format!("reading {}", rbac_path.display()))?;
+
+    progress(started, "control plane binaries");
+    let bin = controlplane::binaries(controlplane_bin)?;
+
+    progress(started, "certificates");
+    std::fs::create_dir_all(&dir)?;
+    let node_names: Vec<String> = (1..=count).map(|i| format!("node-{i}")).collect();
+    let mut clients = vec![
+        pki::Client { file: "admin".into(), user: "skein-lab-admin".into(), groups: vec!["system:masters".into()] },
+        pki::Client {
+            file: "controller-manager".into(),
+            user: "system:kube-controller-manager".into(),
+            groups: vec![],
+        },
+    ];
+    for node in &node_names {
+        // The group is what packaging/rbac.yaml binds; the user names the node in audit logs.
+        clients.push(pki::Client {
+            file: node.clone(),
+            user: format!("skein:node:{node}"),
+            groups: vec!["skein:nodes".into()],
+        });
+    }
+    let server_ips = [CONTROL_PLANE_IP.into(), std::net::Ipv4Addr::LOCALHOST.into(), "10.43.0.1".parse()?];
+    let pki = pki::Pki::create(&dir.join("pki"), &server_ips, &clients)?;
+    let api_port = free_port()?;
+    let admin_kubeconfig = pki.write_kubeconfig("admin", &format!("https://127.0.0.1:{api_port}"))?;
+    let in_lab_api = format!("https://{CONTROL_PLANE_IP}:{API_PORT}");
+    let kcm_kubeconfig = pki.write_kubeconfig("controller-manager", &in_lab_api)?;
+
+    progress(started, "namespaces and the underlay");
+    let prefix = lab::netns_prefix(name);
+    let mut lab = Lab {
+        name: name.to_string(),
+        dir: dir.clone(),
+        underlay_netns: format!("{prefix}ul"),
+        control_plane_netns: format!("{prefix}cp"),
+        api_port,
+        admin_kubeconfig,
+        nodes: Vec::new(),
+        processes: BTreeMap::new(),
+    };
+    for (i, node) in node_names.iter().enumerate() {
+        let node_dir = dir.join("nodes").join(node);
+        std::fs::create_dir_all(&node_dir)?;
+        let kubeconfig = pki.write_kubeconfig(node, &in_lab_api)?;
+        let config = node_dir.join("config.toml");
+        std::fs::write(&config, node_config(node, &node_dir, &kubeconfig))?;
+        lab.nodes.push(Node {
+            name: node.clone(),
+            netns: format!("{prefix}{node}"),
+            address: lab::node_ip(i + 1),
+            page_port: free_port()?,
+            config,
+            kubeconfig,
+        });
+    }
+    let mut members = vec![(lab.control_plane_netns.clone(), CONTROL_PLANE_IP)];
+    members.extend(lab.nodes.iter().map(|n| (n.netns.clone(), n.address)));
+    // Record the lab first, so `down` finds everything even if the rest fails half-way.
+    lab.save()?;
+    lab::build_underlay(&lab.underlay_netns, &members)?;
+
+    let cp = Some(lab.control_plane_netns.clone());
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let add = |lab: &mut Lab, name: &str, netns: Option<String>, argv: Vec<String>| {
+        let log = logs.join(format!("{name}.log"));
+        lab.processes.insert(name.to_string(), Process { netns, argv, log, pid: None, stopped: false });
+    };
+    let me = std::env::current_exe()?.display().to_string();
+    add(&mut lab, "agent", None, vec![me, "--name".into(), name.into(), "agent".into()]);
+    add(&mut lab, "kine", cp.clone(), controlplane::kine_argv(&bin, &dir));
+    add(&mut lab, "apiserver", cp.clone(), controlplane::apiserver_argv(&bin, &dir, &pki));
+    let grace = kubelet::GRACE.as_secs();
+    add(&mut lab, "controller-manager", cp, controlplane::controller_manager_argv(&bin, &dir, &pki, &kcm_kubeconfig, grace));
+    for node in lab.nodes.clone() {
+        let argv = vec![skein.display().to_string(), "run".into(), "--config".into(), node.config.display().to_string()];
+        add(&mut lab, &node.name, Some(node.netns.clone()), argv);
+    }
+
+    progress(started, "starting kine, kube-apiserver and the lab agent");
+    for p in ["kine", "apiserver", "agent"] {
+        lab.spawn(p)?;
+    }
+    lab.save()?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let client = wait_for_api(&lab, started).await?;
+        progress(started, "RBAC for the nodes' skein");
+        objects::apply_yaml(&client, &rbac_text, &rbac_path.display().to_string()).await?;
+        progress(started, "starting kube-controller-manager");
+        lab.spawn("controller-manager")?;
+        lab.save()?;
+        progress(started, "registering the nodes");
+        for node in &lab.nodes {
+            kubelet::register(&client, node).await.with_context(|| format!("registering {}", node.name))?;
+        }
+        anyhow::Ok(())
+    })?;
+
+    progress(started, "starting skein on each node");
+    for node in lab.nodes.clone() {
+        lab.spawn(&node.name)?;
+    }
+    lab.save()?;
+    for node in &lab.nodes {
+        let addr = SocketAddr::from(([127, 0, 0, 1], node.page_port));
+        wait_until(Duration::from_secs(60), || {
+            let p = &lab.processes[&node.name];
+            if !p.pid.is_some_and(lab::alive) {
+                bail!("skein on {} exited; its log: {}", node.name, p.log.display());
+            }
+            Ok(http_get(addr, "/readyz").is_some_and(|(code, _)| code == 200))
+        })
+        .with_context(|| format!("waiting for skein on {}", node.name))?;
+    }
+    progress(started, "lab is up");
+    println!("lab {name}: {count} node(s); kubeconfig: {}", lab.admin_kubeconfig.display());
+    for node in &lab.nodes {
+        println!("  {:<8} {:<14} status page http://127.0.0.1:{}/", node.name, node.address, node.page_port);
+    }
+    Ok(())
+}
+
+fn node_config(node: &str, dir: &Path, kubeconfig: &Path) -> String {
+    format!(
+        "# skein on lab node {node}\n[node]\nname = \"{node}\"\n\n[cluster]\nkubeconfig = \"{kc}\"\n\n[cni]\nsocket = \"{d}/cni.sock\"\nconf_dir = \"{d}/net.d\"\nbin_dir = \"{d}/bin\"\n\n[store]\npath = \"{d}/state/state.db\"\n\n[dashboard]\nlisten = \"127.0.0.1:9610\"\n",
+        kc = kubeconfig.display(),
+        d = dir.display(),
+    )
+}
+
+/// Polls `check` every 200 ms until it says true, fails, or `deadline` passes.
+fn wait_until(deadline: Duration, mut check: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        if start.elapsed() > deadline {
+            bail!("timed out after {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+async fn admin_client(lab: &Lab) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(&lab.admin_kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+async fn wait_for_api(lab: &Lab, started: Instant) -> anyhow::Result<kube::Client> {
+    let client = admin_client(lab).await?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut last_note = Instant::now();
+    loop {
+        for p in ["kine", "apiserver", "agent"] {
+            let process = &lab.processes[p];
+            if !process.pid.is_some_and(lab::alive) {
+                bail!("{p} exited while the lab was starting; its log: {}", process.log.display());
+            }
+        }
+        let req = http::Request::get("/readyz").body(Vec::new())?;
+        if let Ok(text) = client.request_text(req).await
+            && text.trim() == "ok"
+        {
+            progress(started, "kube-apiserver is ready");
+            return Ok(client);
+        }
+        if Instant::now() > deadline {
+            bail!("kube-apiserver did not become ready; its log: {}", lab.processes["apiserver"].log.display());
+        }
+        if last_note.elapsed() > Duration::from_secs(10) {
+            progress(started, "waiting for kube-apiserver");
+            last_note = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A minimal HTTP/1.1 GET on loopback: (status, body).
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    conn.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    Some((head.split_whitespace().nth(1)?.parse().ok()?, body.to_string()))
+}
+
+fn down(name: Option<&str>) {
+    let grace = Duration::from_secs(3);
+    // Ask nicely first, all at once, so skein records clean stops; then make sure.
+    let mut pids: Vec<u32> = Vec::new();
+    let labs: Vec<String> = match name {
+        Some(n) => vec![n.to_string()],
+        None => std::fs::read_dir(lab::LABS_DIR)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .collect(),
+    };
+    for lab_name in &labs {
+        if let Ok(lab) = Lab::load(lab_name) {
+            pids.extend(lab.processes.values().filter_map(|p| p.pid));
+        }
+    }
+    pids.extend(lab::tagged_processes(name));
+    let prefix = name.map_or("skl-".to_string(), lab::netns_prefix);
+    let namespaces = lab::netns_with_prefix(&prefix);
+    for ns in &namespaces {
+        let in_ns = lab::ip(&["netns", "pids", ns]).unwrap_or_default();
+        pids.extend(in_ns.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids.retain(|p| *p != std::process::id() && lab::alive(*p));
+    let threads: Vec<_> = pids.into_iter().map(|pid| std::thread::spawn(move || lab::terminate(pid, grace))).collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    for ns in &namespaces {
+        if let Err(e) = lab::ip(&["netns", "del", ns]) {
+            eprintln!("skein-lab: {e}");
+        }
+    }
+    for lab_name in labs {
+        let _ = std::fs::remove_dir_all(Lab::dir_of(&lab_name));
+    }
+    match name {
+        Some(n) => eprintln!("lab {n} is down"),
+        None => eprintln!("every lab is down"),
+    }
+}
+
+fn status(name: &str, json: bool) -> anyhow::Result<()> {
+    let lab = Lab::load(name)?;
+    let mut nodes = Vec::new();
+    for node in &lab.nodes {
+        let process = &lab.processes[&node.name];
+        let running = process.pid.is_some_and(lab::alive);
+        let page = format!("http://127.0.0.1:{}/", node.page_port);
+        let status = http_get(SocketAddr::from(([127, 0, 0, 1], node.page_port)), "/api/v1/status")
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok());
+        nodes.push(serde_json::json!({
+            "name": node.name,
+            "netns": node.netns,
+            "address": node.address,
+            "page": page,
+            "page_port": node.page_port,
+            "running": running,
+            "stopped": process.stopped,
+            "overall": status.as_ref().map(|s| s["overall"].clone()),
+        }));
+    }
+    let processes: BTreeMap<&str, bool> =
+        lab.processes.iter().map(|(n, p)| (n.as_str(), p.pid.is_some_and(lab::alive))).collect();
+    if json {
+        let out = serde_json::json!({
+            "name": lab.name,
+            "dir": lab.dir,
+            "kubeconfig": lab.admin_kubeconfig,
+            "api": format!("https://127.0.0.1:{}", lab.api_port),
+            "nodes": nodes,
+            "processes": processes,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("lab {}  kubeconfig {}", lab.name, lab.admin_kubeconfig.display());
+    println!("{:<10} {:<14} {:<10} {:<10} STATUS PAGE", "NODE", "ADDRESS", "SKEIN", "HEALTH");
+    for n in &nodes {
+        let skein = if n["stopped"] == true { "stopped" } else if n["running"] == true { "running" } else { "exited" };
+        let health = n["overall"].as_str().unwrap_or("-");
+        println!("{:<10} {:<14} {:<10} {:<10} {}", n["name"].as_str().unwrap_or(""), n["address"].as_str().unwrap_or(""), skein, health, n["page"].as_str().unwrap_or(""));
+    }
+    let down: Vec<&str> = processes.iter().filter(|(n, up)| !**up && !lab.nodes.iter().any(|x| x.name == **n)).map(|(n, _)| *n).collect();
+    if down.is_empty() {
+        println!("control plane and agent: running");
+    } else {
+        println!("not running: {}", down.join(", "));
+    }
+    Ok(())
+}
+
+fn print_table(items: &[kube::api::DynamicObject]) {
+    println!("{:<20} {:<32} {:<8} EXTRA", "NAMESPACE", "NAME", "AGE");
+    for item in items {
+        let age = item
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| {
+                let secs = jiff::Timestamp::now().duration_since(t.0).as_secs();
+                format!("{secs}s")
+            })
+            .unwrap_or_default();
+        let extra = match item.types.as_ref().map(|t| t.kind.as_str()) {
+            _ if item.data.get("spec").and_then(|s| s.get("podCIDRs")).is_some() => {
+                format!("podCIDRs={}", item.data["spec"]["podCIDRs"])
+            }
+            _ => item.data.get("status").and_then(|s| s.get("phase")).map(|p| format!("phase={p}")).unwrap_or_default(),
+        };
+        println!(
+            "{:<20} {:<32} {:<8} {}",
+            item.metadata.namespace.as_deref().unwrap_or("-"),
+            item.metadata.name.as_deref().unwrap_or(""),
+            age,
+            extra
+        );
+    }
+}
+
+/// The lab's resident process: port forwards into the namespaces and the kubelet heartbeats.
+fn agent(name: &str) -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_ansi(false).init();
+    let lab = Lab::load(name)?;
+    runtime()?.block_on(async move {
+        let api = forward::Dialer::new(&lab.control_plane_netns)?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", lab.api_port)).await?;
+        tokio::spawn(forward::forward(listener, api, SocketAddr::from((CONTROL_PLANE_IP, API_PORT))));
+        for node in &lab.nodes {
+            let dialer = forward::Dialer::new(&node.netns)?;
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", node.page_port)).await?;
+            tokio::spawn(forward::forward(listener, dialer, SocketAddr::from(([127, 0, 0, 1], 9610))));
+        }
+        tracing::info!("forwarding the API to 127.0.0.1:{} and the nodes' pages", lab.api_port);
+        let client = admin_client(&lab).await?;
+        kubelet::run(client, lab.name.clone()).await;
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,72 @@
+//! `skein-lab apply -f` and `skein-lab get`: any kind the API server serves, found through
+//! discovery, applied server-side (like `kubectl apply --server-side`).
+
+use anyhow::{Context, bail};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::{self, Scope};
+use serde::Deserialize;
+
+const FIELD_MANAGER: &str = "skein-lab";
+
+/// Applies every document of a multi-document YAML text; returns `kind/name` per object.
+pub async fn apply_yaml(client: &kube::Client, text: &str, origin: &str) -> anyhow::Result<Vec<String>> {
+    let mut applied = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml::Value::deserialize(doc).with_context(|| format!("{origin}: document {}", i + 1))?;
+        if value.is_null() {
+            continue;
+        }
+        let object: DynamicObject =
+            serde_yaml::from_value(value).with_context(|| format!("{origin}: document {}", i + 1))?;
+        let types = object.types.clone().with_context(|| {
+            format!("{origin}: document {} has no apiVersion and kind", i + 1)
+        })?;
+        let name = object.metadata.name.clone().with_context(|| {
+            format!("{origin}: document {} ({}) has no metadata.name", i + 1, types.kind)
+        })?;
+        let gvk = GroupVersionKind::try_from(&types).with_context(|| format!("{origin}: apiVersion {}", types.api_version))?;
+        let (resource, caps) = discovery::pinned_kind(client, &gvk)
+            .await
+            .with_context(|| format!("{origin}: the API server does not serve {} {}", types.api_version, types.kind))?;
+        let api: Api<DynamicObject> = match caps.scope {
+            Scope::Cluster => Api::all_with(client.clone(), &resource),
+            Scope::Namespaced => {
+                let ns = object.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+                Api::namespaced_with(client.clone(), &ns, &resource)
+            }
+        };
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object))
+            .await
+            .with_context(|| format!("{origin}: applying {}/{name}", types.kind))?;
+        applied.push(format!("{}/{name}", types.kind.to_lowercase()));
+    }
+    Ok(applied)
+}
+
+/// Lists objects of a kind named as a person would (`nodes`, `node`, `Pod`, `svc`, `netpol`).
+pub async fn get(client: &kube::Client, kind: &str) -> anyhow::Result<Vec<DynamicObject>> {
+    let wanted = kind.to_lowercase();
+    let discovery = discovery::Discovery::new(client.clone()).run().await?;
+    let mut found = None;
+    for group in discovery.groups() {
+        for (resource, caps) in group.recommended_resources() {
+            let short = match resource.plural.as_str() {
+                "services" => Some("svc"),
+                "networkpolicies" => Some("netpol"),
+                "namespaces" => Some("ns"),
+                "endpointslices" => Some("eps"),
+                _ => None,
+            };
+            if resource.plural == wanted
+                || resource.kind.to_lowercase() == wanted
+                || short == Some(wanted.as_str())
+            {
+                found = Some((resource, caps));
+            }
+        }
+    }
+    let Some((resource, _)) = found else { bail!("the API server serves no kind named {kind:?}") };
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    Ok(api.list(&ListParams::default()).await?.items)
+}

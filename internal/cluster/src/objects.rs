@@ -1,0 +1,451 @@
+//! skein's distilled cluster objects and the pure functions that build them from k8s-openapi
+//! objects: only the fields the dataplane uses, parsed and with Kubernetes' defaults applied, so
+//! consumers never handle strings the API left unset.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::networking::v1 as networking;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::annotations::ANNOTATION_PREFIX;
+
+/// Label with which the EndpointSlice controller names a slice's Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (three hours).
+const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10800);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub uid: String,
+    /// `spec.podCIDRs`, or `spec.podCIDR` on clusters that set only that; entries that do not
+    /// parse are left out.
+    pub pod_cidrs: Vec<IpNet>,
+    /// The first parseable `InternalIP` address.
+    pub internal_ip: Option<IpAddr>,
+    /// The `Ready` condition; `None` when it is `Unknown` or absent (the kubelet stopped
+    /// reporting), which is not the same as not ready.
+    pub ready: Option<bool>,
+    /// Annotations under `skein.dev/`, full keys: what other nodes' skein published.
+    pub skein: BTreeMap<String, String>,
+    pub unschedulable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodPhase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// `None` until the scheduler placed the pod.
+    pub node_name: Option<String>,
+    /// `status.podIPs`, or `status.podIP`; unparseable entries left out.
+    pub pod_ips: Vec<IpAddr>,
+    pub labels: BTreeMap<String, String>,
+    pub phase: PodPhase,
+    pub host_network: bool,
+    /// `metadata.deletionTimestamp` is set: the pod is going away.
+    pub terminating: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceType {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalName,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+/// A Service port's `targetPort`: a number, or the name of a container port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Empty for a Service's single unnamed port.
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    /// Defaults to `port`, as the API server does.
+    pub target_port: TargetPort,
+    pub node_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrafficPolicy {
+    Cluster,
+    Local,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionAffinity {
+    None,
+    ClientIp { timeout: Duration },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    pub service_type: ServiceType,
+    /// `spec.clusterIPs` (or `spec.clusterIP`), without the headless marker `None`.
+    pub cluster_ips: Vec<IpAddr>,
+    /// `spec.clusterIP` is `None`: DNS answers with the endpoints' addresses.
+    pub headless: bool,
+    /// The DNS name an `ExternalName` Service aliases.
+    pub external_name: Option<String>,
+    /// Empty when the Service has no selector (its endpoints are managed by hand).
+    pub selector: BTreeMap<String, String>,
+    pub ports: Vec<ServicePort>,
+    pub external_traffic_policy: TrafficPolicy,
+    pub internal_traffic_policy: TrafficPolicy,
+    pub session_affinity: SessionAffinity,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressType {
+    Ipv4,
+    Ipv6,
+    Fqdn,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Parseable addresses only, so an `FQDN` slice's endpoints have none.
+    pub addresses: Vec<IpAddr>,
+    /// Unset means ready, as Kubernetes documents.
+    pub ready: bool,
+    /// Unset means serving.
+    pub serving: bool,
+    /// Unset means not terminating.
+    pub terminating: bool,
+    pub node_name: Option<String>,
+    /// The backing pod, when the target is a pod.
+    pub pod_name: Option<String>,
+    /// Set for pods with `spec.hostname` (StatefulSets), which DNS names individually.
+    pub hostname: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointPort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSlice {
+    pub namespace: String,
+    pub name: String,
+    /// The `kubernetes.io/service-name` label; `None` for slices that belong to no Service.
+    pub service_name: Option<String>,
+    pub address_type: AddressType,
+    pub endpoints: Vec<Endpoint>,
+    /// Ports without a number (meaning "all ports") are left out: nothing can be forwarded to
+    /// them.
+    pub ports: Vec<EndpointPort>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkPolicy {
+    pub namespace: String,
+    pub name: String,
+    /// Kept whole: compiling it is the policy engine's business, not this crate's.
+    pub spec: Arc<networking::NetworkPolicySpec>,
+}
+
+impl Node {
+    /// `None` for an object without a name, which the API never sends.
+    pub fn from_api(node: &core::Node) -> Option<Node> {
+        let name = node.metadata.name.clone()?;
+        let spec = node.spec.as_ref();
+        let status = node.status.as_ref();
+        let cidrs: Vec<&String> = match spec.and_then(|s| s.pod_cidrs.as_ref()) {
+            Some(list) if !list.is_empty() => list.iter().collect(),
+            _ => spec.and_then(|s| s.pod_cidr.as_ref()).into_iter().collect(),
+        };
+        let internal_ip = status
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|a| a.type_ == "InternalIP")
+            .find_map(|a| a.address.parse().ok());
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == "Ready")
+            .and_then(|c| match c.status.as_str() {
+                "True" => Some(true),
+                "False" => Some(false),
+                _ => None,
+            });
+        let skein = node
+            .metadata
+            .annotations
+            .iter()
+            .flatten()
+            .filter(|(k, _)| k.starts_with(ANNOTATION_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Some(Node {
+            name,
+            uid: uid(&node.metadata),
+            pod_cidrs: cidrs.into_iter().filter_map(|c| c.parse().ok()).collect(),
+            internal_ip,
+            ready,
+            skein,
+            unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+        })
+    }
+}
+
+impl Namespace {
+    pub fn from_api(namespace: &core::Namespace) -> Option<Namespace> {
+        Some(Namespace {
+            name: namespace.metadata.name.clone()?,
+            labels: labels(&namespace.metadata),
+        })
+    }
+}
+
+impl Pod {
+    pub fn from_api(pod: &core::Pod) -> Option<Pod> {
+        let (namespace, name) = namespaced(&pod.metadata)?;
+        let spec = pod.spec.as_ref();
+        let status = pod.status.as_ref();
+        let ips: Vec<&String> = match status.and_then(|s| s.pod_ips.as_ref()) {
+            Some(list) if !list.is_empty() => list.iter().map(|p| &p.ip).collect(),
+            _ => status.and_then(|s| s.pod_ip.as_ref()).into_iter().collect(),
+        };
+        let phase = match status.and_then(|s| s.phase.as_deref()) {
+            // A pod no kubelet has reported on yet is waiting to start.
+            None | Some("Pending") => PodPhase::Pending,
+            Some("Running") => PodPhase::Running,
+            Some("Succeeded") => PodPhase::Succeeded,
+            Some("Failed") => PodPhase::Failed,
+            Some(_) => PodPhase::Unknown,
+        };
+        Some(Pod {
+            namespace,
+            name,
+            uid: uid(&pod.metadata),
+            node_name: spec.and_then(|s| s.node_name.clone()),
+            pod_ips: ips.into_iter().filter_map(|ip| ip.parse().ok()).collect(),
+            labels: labels(&pod.metadata),
+            phase,
+            host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+        })
+    }
+}
+
+impl Service {
+    pub fn from_api(service: &core::Service) -> Option<Service> {
+        let (namespace, name) = namespaced(&service.metadata)?;
+        let spec = service.spec.clone().unwrap_or_default();
+        let service_type = match spec.type_.as_deref() {
+            Some("NodePort") => ServiceType::NodePort,
+            Some("LoadBalancer") => ServiceType::LoadBalancer,
+            Some("ExternalName") => ServiceType::ExternalName,
+            // The API server defaults the type to ClusterIP and rejects anything else.
+            _ => ServiceType::ClusterIp,
+        };
+        let listed: Vec<String> = match spec.cluster_ips {
+            Some(list) if !list.is_empty() => list,
+            _ => spec.cluster_ip.clone().into_iter().collect(),
+        };
+        let headless = spec.cluster_ip.as_deref() == Some("None")
+            || listed.first().map(String::as_str) == Some("None");
+        let session_affinity = match spec.session_affinity.as_deref() {
+            Some("ClientIP") => SessionAffinity::ClientIp {
+                timeout: spec
+                    .session_affinity_config
+                    .and_then(|c| c.client_ip)
+                    .and_then(|c| c.timeout_seconds)
+                    .and_then(|s| u64::try_from(s).ok())
+                    .filter(|s| *s > 0)
+                    .map_or(DEFAULT_AFFINITY_TIMEOUT, Duration::from_secs),
+            },
+            _ => SessionAffinity::None,
+        };
+        Some(Service {
+            namespace,
+            name,
+            service_type,
+            cluster_ips: listed.iter().filter_map(|ip| ip.parse().ok()).collect(),
+            headless,
+            external_name: spec.external_name.filter(|n| !n.is_empty()),
+            selector: spec.selector.unwrap_or_default(),
+            ports: spec
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(ServicePort::from_api)
+                .collect(),
+            external_traffic_policy: traffic_policy(spec.external_traffic_policy.as_deref()),
+            internal_traffic_policy: traffic_policy(spec.internal_traffic_policy.as_deref()),
+            session_affinity,
+        })
+    }
+}
+
+impl ServicePort {
+    /// `None` for a port number outside 1..=65535, which the API server rejects anyway.
+    pub fn from_api(port: &core::ServicePort) -> Option<ServicePort> {
+        let number = port_number(port.port)?;
+        let target_port = match &port.target_port {
+            Some(IntOrString::Int(n)) => port_number(*n).map_or(TargetPort::Number(number), TargetPort::Number),
+            Some(IntOrString::String(s)) if !s.is_empty() => TargetPort::Name(s.clone()),
+            _ => TargetPort::Number(number),
+        };
+        Some(ServicePort {
+            name: port.name.clone().unwrap_or_default(),
+            protocol: protocol(port.protocol.as_deref()),
+            port: number,
+            target_port,
+            node_port: port.node_port.and_then(port_number),
+        })
+    }
+}
+
+impl EndpointSlice {
+    /// `None` also for an address type this skein does not know: guessing how to read its
+    /// addresses could send traffic to the wrong place.
+    pub fn from_api(slice: &discovery::EndpointSlice) -> Option<EndpointSlice> {
+        let (namespace, name) = namespaced(&slice.metadata)?;
+        let address_type = match slice.address_type.as_str() {
+            "IPv4" => AddressType::Ipv4,
+            "IPv6" => AddressType::Ipv6,
+            "FQDN" => AddressType::Fqdn,
+            _ => return None,
+        };
+        Some(EndpointSlice {
+            namespace,
+            name,
+            service_name: slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                .cloned(),
+            address_type,
+            endpoints: slice
+                .endpoints
+                .iter()
+                .flatten()
+                .map(Endpoint::from_api)
+                .collect(),
+            ports: slice
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| {
+                    Some(EndpointPort {
+                        name: p.name.clone().unwrap_or_default(),
+                        protocol: protocol(p.protocol.as_deref()),
+                        port: port_number(p.port?)?,
+                    })
+                })
+                .collect(),
+        })
+    }
+}
+
+impl Endpoint {
+    pub fn from_api(endpoint: &discovery::Endpoint) -> Endpoint {
+        let conditions = endpoint.conditions.clone().unwrap_or_default();
+        Endpoint {
+            addresses: endpoint
+                .addresses
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+            ready: conditions.ready.unwrap_or(true),
+            serving: conditions.serving.unwrap_or(true),
+            terminating: conditions.terminating.unwrap_or(false),
+            node_name: endpoint.node_name.clone(),
+            pod_name: endpoint
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| r.name.clone()),
+            hostname: endpoint.hostname.clone(),
+        }
+    }
+}
+
+impl NetworkPolicy {
+    pub fn from_api(policy: &networking::NetworkPolicy) -> Option<NetworkPolicy> {
+        let (namespace, name) = namespaced(&policy.metadata)?;
+        Some(NetworkPolicy {
+            namespace,
+            name,
+            spec: Arc::new(policy.spec.clone().unwrap_or_default()),
+        })
+    }
+}
+
+fn namespaced(meta: &ObjectMeta) -> Option<(String, String)> {
+    Some((meta.namespace.clone()?, meta.name.clone()?))
+}
+
+fn uid(meta: &ObjectMeta) -> String {
+    meta.uid.clone().unwrap_or_default()
+}
+
+fn labels(meta: &ObjectMeta) -> BTreeMap<String, String> {
+    meta.labels.clone().unwrap_or_default()
+}
+
+fn port_number(n: i32) -> Option<u16> {
+    u16::try_from(n).ok().filter(|p| *p != 0)
+}
+
+fn protocol(p: Option<&str>) -> Protocol {
+    match p {
+        Some("UDP") => Protocol::Udp,
+        Some("SCTP") => Protocol::Sctp,
+        // TCP is the API's default, and it rejects other values.
+        _ => Protocol::Tcp,
+    }
+}
+
+fn traffic_policy(p: Option<&str>) -> TrafficPolicy {
+    match p {
+        Some("Local") => TrafficPolicy::Local,
+        _ => TrafficPolicy::Cluster,
+    }
+}

@@ -1,0 +1,240 @@
+//! Folding watcher events into the cluster state, and cutting snapshots of it: pure, so re-lists,
+//! deletions and failures are tested without an API server.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::networking::v1 as networking;
+use kube::Resource;
+use kube::runtime::watcher::Event;
+
+use crate::health::{ApiHealth, HealthState, Kind, WatchFailure};
+use crate::objects::{EndpointSlice, Namespace, NetworkPolicy, Node, Pod, Service};
+use crate::snapshot::{ObjectKey, Snapshot};
+
+/// What one of the six watches produced; merging the watches' streams needs one item type.
+#[derive(Debug)]
+pub(crate) enum Report {
+    Node(Event<core::Node>),
+    Namespace(Event<core::Namespace>),
+    Pod(Event<core::Pod>),
+    Service(Event<core::Service>),
+    EndpointSlice(Event<discovery::EndpointSlice>),
+    NetworkPolicy(Event<networking::NetworkPolicy>),
+    Failed { kind: Kind, failure: WatchFailure },
+}
+
+/// One kind's objects, and the list in progress when the watcher is (re-)listing.
+#[derive(Debug)]
+struct Table<K, V> {
+    live: BTreeMap<K, V>,
+    /// Filled between `Init` and `InitDone` and swapped in whole at `InitDone`, so that objects
+    /// deleted while the watch was down disappear, and no half-listed kind is ever published.
+    relist: Option<BTreeMap<K, V>>,
+    /// Completed at least one list.
+    listed: bool,
+}
+
+impl<K: Ord, V: PartialEq> Table<K, V> {
+    fn new() -> Self {
+        Self {
+            live: BTreeMap::new(),
+            relist: None,
+            listed: false,
+        }
+    }
+
+    /// Applies one event; true when the live objects changed.
+    fn fold<A>(
+        &mut self,
+        event: Event<A>,
+        key: impl Fn(&A) -> Option<K>,
+        distill: impl Fn(&A) -> Option<V>,
+    ) -> bool {
+        match event {
+            Event::Init => {
+                self.relist = Some(BTreeMap::new());
+                false
+            }
+            Event::InitApply(object) => {
+                if let (Some(k), Some(v)) = (key(&object), distill(&object)) {
+                    self.relist.get_or_insert_default().insert(k, v);
+                }
+                false
+            }
+            Event::InitDone => {
+                let listed = self.relist.take().unwrap_or_default();
+                self.listed = true;
+                if listed == self.live {
+                    false
+                } else {
+                    self.live = listed;
+                    true
+                }
+            }
+            Event::Apply(object) => {
+                let Some(k) = key(&object) else { return false };
+                match distill(&object) {
+                    Some(v) if self.live.get(&k) == Some(&v) => false,
+                    Some(v) => {
+                        self.live.insert(k, v);
+                        true
+                    }
+                    // Changed into something skein cannot use: the old version is no truer.
+                    None => self.live.remove(&k).is_some(),
+                }
+            }
+            Event::Delete(object) => key(&object).is_some_and(|k| self.live.remove(&k).is_some()),
+        }
+    }
+}
+
+fn name_key<A: Resource>(object: &A) -> Option<String> {
+    object.meta().name.clone()
+}
+
+fn object_key<A: Resource>(object: &A) -> Option<ObjectKey> {
+    let meta = object.meta();
+    Some(ObjectKey::new(meta.namespace.clone()?, meta.name.clone()?))
+}
+
+/// The cluster as the watches have reported it so far, and the API's health.
+#[derive(Debug)]
+pub(crate) struct ClusterState {
+    nodes: Table<String, Node>,
+    namespaces: Table<String, Namespace>,
+    pods: Table<ObjectKey, Pod>,
+    services: Table<ObjectKey, Service>,
+    endpoint_slices: Table<ObjectKey, EndpointSlice>,
+    network_policies: Table<ObjectKey, NetworkPolicy>,
+    /// Version of the last snapshot handed out; 0 before the first.
+    version: u64,
+    /// Changed since the last snapshot.
+    dirty: bool,
+    health: HealthState,
+}
+
+impl ClusterState {
+    pub fn new(now: SystemTime) -> Self {
+        Self {
+            nodes: Table::new(),
+            namespaces: Table::new(),
+            pods: Table::new(),
+            services: Table::new(),
+            endpoint_slices: Table::new(),
+            network_policies: Table::new(),
+            version: 0,
+            dirty: false,
+            health: HealthState::new(now),
+        }
+    }
+
+    pub fn record(&mut self, report: Report, now: SystemTime) {
+        let was_synced = self.synced();
+        let (kind, answered, changed) = match report {
+            Report::Failed { kind, failure } => {
+                self.health.failed(kind, failure, now);
+                return;
+            }
+            Report::Node(e) => (
+                Kind::Node,
+                answered(&e),
+                self.nodes.fold(e, name_key, Node::from_api),
+            ),
+            Report::Namespace(e) => (
+                Kind::Namespace,
+                answered(&e),
+                self.namespaces.fold(e, name_key, Namespace::from_api),
+            ),
+            Report::Pod(e) => (
+                Kind::Pod,
+                answered(&e),
+                self.pods.fold(e, object_key, Pod::from_api),
+            ),
+            Report::Service(e) => (
+                Kind::Service,
+                answered(&e),
+                self.services.fold(e, object_key, Service::from_api),
+            ),
+            Report::EndpointSlice(e) => (
+                Kind::EndpointSlice,
+                answered(&e),
+                self.endpoint_slices
+                    .fold(e, object_key, EndpointSlice::from_api),
+            ),
+            Report::NetworkPolicy(e) => (
+                Kind::NetworkPolicy,
+                answered(&e),
+                self.network_policies
+                    .fold(e, object_key, NetworkPolicy::from_api),
+            ),
+        };
+        if answered {
+            self.health.answered(kind, now);
+        }
+        self.dirty |= changed;
+        if !was_synced && self.synced() {
+            self.health.synced();
+            tracing::info!(
+                nodes = self.nodes.live.len(),
+                namespaces = self.namespaces.live.len(),
+                pods = self.pods.live.len(),
+                services = self.services.live.len(),
+                endpoint_slices = self.endpoint_slices.live.len(),
+                network_policies = self.network_policies.live.len(),
+                "cluster listed"
+            );
+        }
+    }
+
+    /// Every kind has completed a list.
+    pub fn synced(&self) -> bool {
+        self.nodes.listed
+            && self.namespaces.listed
+            && self.pods.listed
+            && self.services.listed
+            && self.endpoint_slices.listed
+            && self.network_policies.listed
+    }
+
+    /// There is something for [`ClusterState::publish`] to hand out.
+    pub fn pending(&self) -> bool {
+        self.synced() && (self.dirty || self.version == 0)
+    }
+
+    /// The next snapshot, if anything changed since the last one and every kind is listed.
+    pub fn publish(&mut self) -> Option<Arc<Snapshot>> {
+        if !self.pending() {
+            return None;
+        }
+        self.version += 1;
+        self.dirty = false;
+        Some(Arc::new(self.current()))
+    }
+
+    /// The state as it stands, stamped with the last published version.
+    pub fn current(&self) -> Snapshot {
+        Snapshot {
+            version: self.version,
+            nodes: self.nodes.live.clone(),
+            namespaces: self.namespaces.live.clone(),
+            pods: self.pods.live.clone(),
+            services: self.services.live.clone(),
+            endpoint_slices: self.endpoint_slices.live.clone(),
+            network_policies: self.network_policies.live.clone(),
+        }
+    }
+
+    pub fn health(&self) -> &ApiHealth {
+        self.health.health()
+    }
+}
+
+/// `Init` is produced before the list request is even sent, so it proves nothing about the API;
+/// every other event is an answer.
+fn answered<A>(event: &Event<A>) -> bool {
+    !matches!(event, Event::Init)
+}

@@ -1,0 +1,205 @@
+//! The watch loop: six kube-runtime watchers merged into one stream, folded into the cluster
+//! state, and snapshots published on a watch channel at most once per debounce window.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::stream::{BoxStream, Stream, StreamExt};
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::networking::v1 as networking;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::{ApiHealth, Kind, describe};
+use crate::snapshot::Snapshot;
+use crate::state::{ClusterState, Report};
+
+/// Long enough to gather a rollout's burst of pod and EndpointSlice changes into one snapshot,
+/// short enough that a new endpoint is served without a noticeable delay.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(30);
+
+#[derive(Debug, Clone)]
+pub struct ViewOptions {
+    /// How long after the first change of a batch the batch is published.
+    pub debounce: Duration,
+}
+
+impl Default for ViewOptions {
+    fn default() -> Self {
+        Self {
+            debounce: DEFAULT_DEBOUNCE,
+        }
+    }
+}
+
+/// The receiving ends of a running [`watch_cluster`]; clone freely.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    /// Version 0 (empty) until every kind has been listed once; after that, only ever replaced
+    /// by a newer complete snapshot, never emptied because the API went away.
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub health: watch::Receiver<ApiHealth>,
+}
+
+/// Starts watching the cluster. Nothing happens until the returned future is polled (spawn it
+/// as a task); it runs until `cancel` is cancelled. Each watcher re-lists with kube's default
+/// backoff (0.8 s doubling to 30 s) after an error; the errors show in [`ClusterView::health`].
+pub fn watch_cluster(
+    client: Client,
+    options: ViewOptions,
+    cancel: CancellationToken,
+) -> (ClusterView, impl Future<Output = ()> + Send + 'static) {
+    let now = SystemTime::now();
+    let (snapshots_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+    let (health_tx, health) = watch::channel(ApiHealth::starting(now));
+    let reports = futures::stream::select_all([
+        reports::<core::Node>(&client, Kind::Node, Report::Node),
+        reports::<core::Namespace>(&client, Kind::Namespace, Report::Namespace),
+        reports::<core::Pod>(&client, Kind::Pod, Report::Pod),
+        reports::<core::Service>(&client, Kind::Service, Report::Service),
+        reports::<discovery::EndpointSlice>(&client, Kind::EndpointSlice, Report::EndpointSlice),
+        reports::<networking::NetworkPolicy>(&client, Kind::NetworkPolicy, Report::NetworkPolicy),
+    ]);
+    let outputs = Outputs {
+        snapshots: snapshots_tx,
+        health: health_tx,
+    };
+    let run = run(
+        reports,
+        ClusterState::new(now),
+        options.debounce,
+        outputs,
+        cancel,
+    );
+    (ClusterView { snapshots, health }, run)
+}
+
+fn reports<K>(
+    client: &Client,
+    kind: Kind,
+    wrap: fn(Event<K>) -> Report,
+) -> BoxStream<'static, Report>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher(Api::<K>::all(client.clone()))
+        .default_backoff()
+        .map(move |item| match item {
+            Ok(event) => wrap(event),
+            Err(error) => Report::Failed {
+                kind,
+                failure: describe(kind, &error),
+            },
+        })
+        .boxed()
+}
+
+fn watcher<K>(api: Api<K>) -> impl Stream<Item = watcher::Result<Event<K>>> + Send
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher::watcher(api, watcher::Config::default())
+}
+
+pub(crate) struct Outputs {
+    pub snapshots: watch::Sender<Arc<Snapshot>>,
+    pub health: watch::Sender<ApiHealth>,
+}
+
+/// When the pending batch is due, if one is pending.
+#[derive(Debug, Clone)]
+pub(crate) struct Debounce {
+    window: Duration,
+    due: Option<Instant>,
+}
+
+impl Debounce {
+    pub fn new(window: Duration) -> Self {
+        Self { window, due: None }
+    }
+
+    /// A change arrived: the batch is due one window after its first change, and later
+    /// changes join it rather than push it back, so a steady trickle cannot starve publishing.
+    pub fn changed(&mut self, now: Instant) {
+        self.due.get_or_insert(now + self.window);
+    }
+
+    /// Publish at once (the first complete snapshot: everything waits on it).
+    pub fn now(&mut self, now: Instant) {
+        self.due = Some(self.due.map_or(now, |due| due.min(now)));
+    }
+
+    pub fn due(&self) -> Option<Instant> {
+        self.due
+    }
+
+    pub fn fired(&mut self) {
+        self.due = None;
+    }
+}
+
+/// The IO side, kept thin: reports in, snapshots and health out. Generic over the stream so a
+/// test can drive it without an API server.
+pub(crate) async fn run<S>(
+    mut reports: S,
+    mut state: ClusterState,
+    window: Duration,
+    outputs: Outputs,
+    cancel: CancellationToken,
+) where
+    S: Stream<Item = Report> + Unpin,
+{
+    let mut debounce = Debounce::new(window);
+    loop {
+        let due = debounce.due();
+        tokio::select! {
+            // Cancellation first, then publishing, so a busy stream cannot delay either.
+            biased;
+            () = cancel.cancelled() => return,
+            () = sleep_until(due), if due.is_some() => {
+                debounce.fired();
+                if let Some(snapshot) = state.publish() {
+                    tracing::debug!(version = snapshot.version, "snapshot published");
+                    // send_replace: nobody listening is not a reason to stop watching.
+                    outputs.snapshots.send_replace(snapshot);
+                }
+            }
+            report = reports.next() => {
+                let Some(report) = report else {
+                    // The watchers never end; should they, the last snapshot stays in force.
+                    tracing::error!("Kubernetes watches ended; the last snapshot stays in force");
+                    cancel.cancelled().await;
+                    return;
+                };
+                let was_synced = state.synced();
+                state.record(report, SystemTime::now());
+                if state.pending() {
+                    if was_synced {
+                        debounce.changed(Instant::now());
+                    } else {
+                        debounce.now(Instant::now());
+                    }
+                }
+                outputs.health.send_if_modified(|health| {
+                    let changed = health != state.health();
+                    if changed {
+                        *health = state.health().clone();
+                    }
+                    changed
+                });
+            }
+        }
+    }
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    if let Some(due) = due {
+        tokio::time::sleep_until(due).await;
+    }
+}
