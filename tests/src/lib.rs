@@ -2,6 +2,8 @@
 //! a free port, wait for conditions with a deadline (never a bare sleep), and decide whether a
 //! test that needs root or an external tool runs or skips.
 
+pub mod lab;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -13,15 +15,17 @@ pub const REQUIRE_ALL: &str = "SKEIN_TEST_ALL";
 
 /// The `skein` binary of this build (target/<profile>/skein, next to the test's deps/ dir).
 pub fn skein_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("SKEIN_BIN") {
-        return PathBuf::from(p);
-    }
+    built_bin("skein")
+}
+
+/// A binary of this workspace, built next to the test executables (target/<profile>/).
+pub fn built_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>");
-    let bin = profile_dir.join("skein");
+    let bin = profile_dir.join(name);
     assert!(
         bin.exists(),
         "{} not found: build it first (cargo build --bins)",

@@ -141,7 +141,8 @@ run_build() {
 
 # Same variables as Kubernetes' hack/lib/version.sh, so --version reports the
 # release. buildDate is the module's release time, which keeps builds
-# reproducible. The module zip carries no git commit, so gitCommit is unset.
+# reproducible. The module zip carries no git commit, so gitCommit is left
+# unset and reads "$Format:%H$" in --version=raw and /version.
 k8s_date=$(cd "$here/kube" && go list -m -f '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}' k8s.io/kubernetes)
 k8s_ldflags="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
@@ -182,6 +183,7 @@ EOF
 if [[ -e $dest ]]; then
 	rm -rf "$dest"
 fi
+chmod 755 "$tmp" # mktemp -d made it 0700
 mv -T "$tmp" "$dest"
 trap - EXIT
 log "done in ${SECONDS}s: $(du -sh "$bin" | cut -f1) in $bin"

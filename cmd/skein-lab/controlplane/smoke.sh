@@ -17,9 +17,19 @@ log() { printf '[smoke %3ds] %s\n' "$SECONDS" "$*" >&2; }
 work=$(mktemp -d /tmp/skein-lab-smoke.XXXXXX)
 pids=()
 cleanup() {
-	local rc=$? p
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	local rc=$? i p n
+	# Newest first: kube-apiserver stopped after kine hangs for minutes
+	# retrying its storage, so kine goes last. SIGKILL after 30 s.
+	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+		p=${pids[i]}
+		kill "$p" 2>/dev/null || continue
+		for ((n = 0; n < 300; n++)); do
+			kill -0 "$p" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$p" 2>/dev/null || true
+		wait "$p" 2>/dev/null || true
+	done
 	if ((rc != 0)); then
 		for f in "$work"/*.log; do
 			[[ -f $f ]] || continue
@@ -108,10 +118,14 @@ pids+=($!)
 wait_for 30 "kine socket" test -S "$work/kine.sock"
 
 # --- kube-apiserver -------------------------------------------------------------
+# A loopback --advertise-address is refused by the default (lease) endpoint
+# reconciler ("may not be in the loopback range"), hence
+# --endpoint-reconciler-type=none: the kubernetes Service then has no endpoints.
 log "starting kube-apiserver on 127.0.0.1:$api_port"
 "$bin/kube-apiserver" \
 	--etcd-servers="unix://$work/kine.sock" \
 	--bind-address=127.0.0.1 --secure-port="$api_port" --advertise-address=127.0.0.1 \
+	--endpoint-reconciler-type=none \
 	--tls-cert-file=apiserver.crt --tls-private-key-file=apiserver.key \
 	--client-ca-file=ca.crt \
 	--service-account-issuer=https://kubernetes.default.svc \

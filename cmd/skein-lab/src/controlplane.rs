@@ -38,19 +38,29 @@ pub fn binaries(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         }
     }
     let script = build_script();
-    eprintln!("==> control plane: {} (the first build takes a while)", script.display());
+    eprintln!(
+        "==> control plane: {} (the first build takes a while)",
+        script.display()
+    );
     let out = Command::new("bash")
         .arg(&script)
         .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("running {}", script.display()))?;
     if !out.status.success() {
-        bail!("building the control plane failed ({}); see the lines above", out.status);
+        bail!(
+            "building the control plane failed ({}); see the lines above",
+            out.status
+        );
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let dir = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
     if !complete(&dir) {
-        bail!("{} printed {} but the binaries are not there", script.display(), dir.display());
+        bail!(
+            "{} printed {} but the binaries are not there",
+            script.display(),
+            dir.display()
+        );
     }
     Ok(dir)
 }
@@ -85,15 +95,27 @@ pub fn apiserver_argv(bin: &Path, dir: &Path, pki: &Pki) -> Vec<String> {
         format!("--tls-private-key-file={}", p(pki.serving_key())),
         format!("--client-ca-file={}", p(pki.ca_cert())),
         "--service-account-issuer=https://kubernetes.default.svc".into(),
-        format!("--service-account-key-file={}", p(pki.service_account_public_key())),
-        format!("--service-account-signing-key-file={}", p(pki.service_account_key())),
+        format!(
+            "--service-account-key-file={}",
+            p(pki.service_account_public_key())
+        ),
+        format!(
+            "--service-account-signing-key-file={}",
+            p(pki.service_account_key())
+        ),
         format!("--service-cluster-ip-range={SERVICE_CIDR}"),
         "--authorization-mode=Node,RBAC".into(),
         "--profiling=false".into(),
     ]
 }
 
-pub fn controller_manager_argv(bin: &Path, dir: &Path, pki: &Pki, kubeconfig: &Path, grace_secs: u64) -> Vec<String> {
+pub fn controller_manager_argv(
+    bin: &Path,
+    dir: &Path,
+    pki: &Pki,
+    kubeconfig: &Path,
+    grace_secs: u64,
+) -> Vec<String> {
     let p = |p: PathBuf| p.display().to_string();
     let kc = kubeconfig.display().to_string();
     vec![
@@ -106,7 +128,10 @@ pub fn controller_manager_argv(bin: &Path, dir: &Path, pki: &Pki, kubeconfig: &P
         "--leader-elect=false".into(),
         // Each controller acts with its own service account, as in a real cluster.
         "--use-service-account-credentials=true".into(),
-        format!("--service-account-private-key-file={}", p(pki.service_account_key())),
+        format!(
+            "--service-account-private-key-file={}",
+            p(pki.service_account_key())
+        ),
         format!("--root-ca-file={}", p(pki.ca_cert())),
         format!("--cluster-signing-cert-file={}", p(pki.ca_cert())),
         format!("--cluster-signing-key-file={}", p(pki.ca_key())),

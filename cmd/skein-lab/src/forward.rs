@@ -9,7 +9,10 @@ use std::sync::mpsc;
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
 
-type Request = (SocketAddr, tokio::sync::oneshot::Sender<std::io::Result<std::net::TcpStream>>);
+type Request = (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<std::io::Result<std::net::TcpStream>>,
+);
 
 /// Opens connections from inside one network namespace: a thread that entered it once and makes
 /// every socket there (a socket stays in the namespace it was made in).
@@ -24,17 +27,22 @@ impl Dialer {
         let ns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
         let (tx, rx) = mpsc::channel::<Request>();
         let (ready_tx, ready_rx) = mpsc::channel();
-        std::thread::Builder::new().name(format!("dial-{netns}")).spawn(move || {
-            let entered = nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
-            let _ = ready_tx.send(entered.map_err(|e| e.to_string()));
-            if entered.is_err() {
-                return;
-            }
-            for (addr, reply) in rx {
-                let conn = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5));
-                let _ = reply.send(conn);
-            }
-        })?;
+        std::thread::Builder::new()
+            .name(format!("dial-{netns}"))
+            .spawn(move || {
+                let entered = nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
+                let _ = ready_tx.send(entered.map_err(|e| e.to_string()));
+                if entered.is_err() {
+                    return;
+                }
+                for (addr, reply) in rx {
+                    let conn = std::net::TcpStream::connect_timeout(
+                        &addr,
+                        std::time::Duration::from_secs(5),
+                    );
+                    let _ = reply.send(conn);
+                }
+            })?;
         ready_rx
             .recv()
             .context("dialer thread died")?
@@ -47,7 +55,9 @@ impl Dialer {
         self.requests
             .send((addr, tx))
             .map_err(|_| std::io::Error::other("dialer thread is gone"))?;
-        let conn = rx.await.map_err(|_| std::io::Error::other("dialer thread is gone"))??;
+        let conn = rx
+            .await
+            .map_err(|_| std::io::Error::other("dialer thread is gone"))??;
         conn.set_nonblocking(true)?;
         TcpStream::from_std(conn)
     }
@@ -57,7 +67,9 @@ impl Dialer {
 /// namespace, until the process ends.
 pub async fn forward(listener: TcpListener, dialer: Dialer, target: SocketAddr) {
     loop {
-        let Ok((mut inbound, _)) = listener.accept().await else { continue };
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            continue;
+        };
         let dialer = dialer.clone();
         tokio::spawn(async move {
             match dialer.connect(target).await {

@@ -32,10 +32,17 @@ pub async fn register(client: &kube::Client, node: &lab::Node) -> anyhow::Result
     let labels = BTreeMap::from([
         ("kubernetes.io/hostname".to_string(), node.name.clone()),
         ("kubernetes.io/os".to_string(), "linux".to_string()),
-        ("kubernetes.io/arch".to_string(), std::env::consts::ARCH.replace("x86_64", "amd64")),
+        (
+            "kubernetes.io/arch".to_string(),
+            std::env::consts::ARCH.replace("x86_64", "amd64"),
+        ),
     ]);
     let object = Node {
-        metadata: ObjectMeta { name: Some(node.name.clone()), labels: Some(labels), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some(node.name.clone()),
+            labels: Some(labels),
+            ..Default::default()
+        },
         ..Default::default()
     };
     match nodes.create(&PostParams::default(), &object).await {
@@ -53,8 +60,14 @@ pub async fn heartbeat(client: &kube::Client, node: &lab::Node) -> anyhow::Resul
     let now = Time(Timestamp::now());
     let status = NodeStatus {
         addresses: Some(vec![
-            NodeAddress { type_: "InternalIP".into(), address: node.address.to_string() },
-            NodeAddress { type_: "Hostname".into(), address: node.name.clone() },
+            NodeAddress {
+                type_: "InternalIP".into(),
+                address: node.address.to_string(),
+            },
+            NodeAddress {
+                type_: "Hostname".into(),
+                address: node.name.clone(),
+            },
         ]),
         capacity: Some(resources()),
         allocatable: Some(resources()),
@@ -76,8 +89,13 @@ pub async fn heartbeat(client: &kube::Client, node: &lab::Node) -> anyhow::Resul
         ..Default::default()
     };
     let patch = serde_json::json!({ "status": status });
-    let patched =
-        nodes.patch_status(&node.name, &PatchParams::default(), &Patch::Strategic(patch)).await?;
+    let patched = nodes
+        .patch_status(
+            &node.name,
+            &PatchParams::default(),
+            &Patch::Strategic(patch),
+        )
+        .await?;
     renew_lease(client, node, patched.metadata.uid.as_deref()).await
 }
 
@@ -89,7 +107,11 @@ fn resources() -> BTreeMap<String, Quantity> {
     ])
 }
 
-async fn renew_lease(client: &kube::Client, node: &lab::Node, uid: Option<&str>) -> anyhow::Result<()> {
+async fn renew_lease(
+    client: &kube::Client,
+    node: &lab::Node,
+    uid: Option<&str>,
+) -> anyhow::Result<()> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let spec = LeaseSpec {
         holder_identity: Some(node.name.clone()),
@@ -115,7 +137,9 @@ async fn renew_lease(client: &kube::Client, node: &lab::Node, uid: Option<&str>)
         spec: Some(spec),
     };
     let params = PatchParams::apply("skein-lab").force();
-    leases.patch(&node.name, &params, &Patch::Apply(&lease)).await?;
+    leases
+        .patch(&node.name, &params, &Patch::Apply(&lease))
+        .await?;
     Ok(())
 }
 
@@ -125,7 +149,9 @@ pub async fn run(client: kube::Client, lab_name: String) {
     let mut failing: BTreeMap<String, String> = BTreeMap::new();
     loop {
         tick.tick().await;
-        let Ok(lab) = lab::Lab::load(&lab_name) else { continue };
+        let Ok(lab) = lab::Lab::load(&lab_name) else {
+            continue;
+        };
         for node in &lab.nodes {
             let stopped = lab.processes.get(&node.name).is_some_and(|p| p.stopped);
             if stopped {

@@ -32,7 +32,9 @@ pub fn node_ip(index: usize) -> Ipv4Addr {
 pub fn check_name(name: &str) -> anyhow::Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 8
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         && name.chars().next().is_some_and(|c| c.is_ascii_lowercase());
     if !ok {
         bail!("lab name {name:?}: 1 to 8 lower-case letters and digits, starting with a letter");
@@ -88,8 +90,12 @@ impl Lab {
 
     pub fn load(name: &str) -> anyhow::Result<Self> {
         let path = Self::dir_of(name).join("lab.json");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("no lab named {name:?} is up ({} is missing)", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "no lab named {name:?} is up ({} is missing)",
+                path.display()
+            )
+        })?;
         serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))
     }
 
@@ -101,17 +107,13 @@ impl Lab {
         std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
     }
 
-    pub fn node(&self, name: &str) -> anyhow::Result<&Node> {
-        self.nodes.iter().find(|n| n.name == name).with_context(|| {
-            let names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
-            format!("lab {} has no node {name:?} (it has {})", self.name, names.join(", "))
-        })
-    }
-
     /// Starts (or restarts) the process `name` as recorded, detached from this one.
     pub fn spawn(&mut self, name: &str) -> anyhow::Result<u32> {
         let lab = self.name.clone();
-        let process = self.processes.get_mut(name).with_context(|| format!("no process {name:?}"))?;
+        let process = self
+            .processes
+            .get_mut(name)
+            .with_context(|| format!("no process {name:?}"))?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -146,7 +148,10 @@ impl Lab {
 
     /// Stops the process `name` (SIGTERM, then SIGKILL after `grace`) and marks it stopped.
     pub fn stop(&mut self, name: &str, grace: Duration) -> anyhow::Result<()> {
-        let process = self.processes.get_mut(name).with_context(|| format!("no process {name:?}"))?;
+        let process = self
+            .processes
+            .get_mut(name)
+            .with_context(|| format!("no process {name:?}"))?;
         if let Some(pid) = process.pid.take() {
             // `ip netns exec` execs the program, so the pid is the program's own.
             terminate(pid, grace);
@@ -159,7 +164,10 @@ impl Lab {
 pub fn alive(pid: u32) -> bool {
     // A zombie is dead for our purposes: it only waits to be reaped.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+        .map(|s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
@@ -187,13 +195,17 @@ pub fn terminate(pid: u32, grace: Duration) {
 /// Every process whose environment carries `SKEIN_LAB=<lab>` (or any lab, for `None`).
 pub fn tagged_processes(lab: Option<&str>) -> Vec<u32> {
     let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| *pid != me)
         .filter(|pid| {
-            let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { return false };
+            let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                return false;
+            };
             environ.split(|b| *b == 0).any(|var| {
                 let var = String::from_utf8_lossy(var);
                 match (var.strip_prefix(&format!("{LAB_ENV}=")), lab) {
@@ -208,9 +220,16 @@ pub fn tagged_processes(lab: Option<&str>) -> Vec<u32> {
 
 /// Runs `ip` with `args`, failing with its stderr.
 pub fn ip(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -237,14 +256,33 @@ pub fn build_underlay(underlay: &str, members: &[(String, Ipv4Addr)]) -> anyhow:
         ip(&["netns", "add", ns])?;
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
         let port = format!("port{i}");
-        ip(&["-n", underlay, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+        ip(&[
+            "-n", underlay, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+            ns,
+        ])?;
         ip(&["-n", underlay, "link", "set", &port, "master", "br0", "up"])?;
-        ip(&["-n", ns, "addr", "add", &format!("{addr}/{UNDERLAY_PREFIX}"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/{UNDERLAY_PREFIX}"),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", ns, "link", "set", "eth0", "up"])?;
         if *addr != CONTROL_PLANE_IP {
             // Nodes find their underlay interface by the default route. Nothing routes beyond the
             // underlay: the control plane namespace does not forward.
-            ip(&["-n", ns, "route", "add", "default", "via", &CONTROL_PLANE_IP.to_string()])?;
+            ip(&[
+                "-n",
+                ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &CONTROL_PLANE_IP.to_string(),
+            ])?;
         }
     }
     Ok(())

@@ -23,10 +23,14 @@ use clap::{Parser, Subcommand};
 use lab::{API_PORT, CONTROL_PLANE_IP, Lab, Node, Process};
 
 #[derive(Parser, Debug)]
-#[command(name = "skein-lab", version, about = "A multi-node skein sandbox on one machine (needs root)")]
+#[command(
+    name = "skein-lab",
+    version,
+    about = "A multi-node skein sandbox on one machine (needs root)"
+)]
 struct Cli {
     /// Which lab: 1 to 8 lower-case letters and digits. Several labs can run side by side.
-    #[arg(long, short, global = true, default_value = "lab", env = "SKEIN_LAB_NAME")]
+    #[arg(long, global = true, default_value = "lab", env = "SKEIN_LAB_NAME")]
     name: String,
     #[command(subcommand)]
     command: Cmd,
@@ -71,6 +75,13 @@ enum Cmd {
         #[arg(short = 'o', long, value_parser = ["table", "json"], default_value = "table")]
         output: String,
     },
+    /// Delete one object: `skein-lab delete node node-3`, `skein-lab delete pod -n default web`.
+    Delete {
+        kind: String,
+        object: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
     /// Stop a node (its skein, and its kubelet heartbeats) or a control-plane process.
     Stop { component: String },
     /// Start again what `stop` stopped.
@@ -95,15 +106,21 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(2).build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()?)
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let name = cli.name;
     match cli.command {
-        Cmd::Up { nodes, skein, controlplane_bin, rbac } => {
-            up(&name, nodes, skein, controlplane_bin.as_deref(), rbac)
-        }
+        Cmd::Up {
+            nodes,
+            skein,
+            controlplane_bin,
+            rbac,
+        } => up(&name, nodes, skein, controlplane_bin.as_deref(), rbac),
         Cmd::Down { all } => {
             down(if all { None } else { Some(&name) });
             Ok(())
@@ -111,10 +128,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status { json } => status(&name, json),
         Cmd::Apply { file } => {
             let lab = Lab::load(&name)?;
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
             runtime()?.block_on(async {
                 let client = admin_client(&lab).await?;
-                for applied in objects::apply_yaml(&client, &text, &file.display().to_string()).await? {
+                for applied in
+                    objects::apply_yaml(&client, &text, &file.display().to_string()).await?
+                {
                     println!("{applied} applied");
                 }
                 Ok(())
@@ -130,6 +150,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 } else {
                     print_table(&items);
                 }
+                Ok(())
+            })
+        }
+        Cmd::Delete {
+            kind,
+            object,
+            namespace,
+        } => {
+            let lab = Lab::load(&name)?;
+            runtime()?.block_on(async {
+                let client = admin_client(&lab).await?;
+                objects::delete(&client, &kind, &namespace, &object).await?;
+                println!("{} {object} deleted", kind.to_lowercase());
                 Ok(())
             })
         }
@@ -178,7 +211,9 @@ fn up(
         bail!("lab {name:?} is already up; `skein-lab --name {name} down` removes it");
     }
     if !lab::netns_with_prefix(&lab::netns_prefix(name)).is_empty() {
-        bail!("namespaces of a lab {name:?} are left from a crash; run `skein-lab --name {name} down` first");
+        bail!(
+            "namespaces of a lab {name:?} are left from a crash; run `skein-lab --name {name} down` first"
+        );
     }
     let started = Instant::now();
     let skein = match skein {
@@ -186,10 +221,15 @@ fn up(
         None => std::env::current_exe()?.with_file_name("skein"),
     };
     if !skein.is_file() {
-        bail!("the skein binary {} does not exist (build it: cargo build --bins)", skein.display());
+        bail!(
+            "the skein binary {} does not exist (build it: cargo build --bins)",
+            skein.display()
+        );
     }
-    let rbac_path = rbac.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/rbac.yaml"));
-    let rbac_text = std::fs::read_to_string(&rbac_path).with_context(|| format!("reading {}", rbac_path.display()))?;
+    let rbac_path = rbac
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/rbac.yaml"));
+    let rbac_text = std::fs::read_to_string(&rbac_path)
+        .with_context(|| format!("reading {}", rbac_path.display()))?;
 
     progress(started, "control plane binaries");
     let bin = controlplane::binaries(controlplane_bin)?;
@@ -198,7 +238,11 @@ fn up(
     std::fs::create_dir_all(&dir)?;
     let node_names: Vec<String> = (1..=count).map(|i| format!("node-{i}")).collect();
     let mut clients = vec![
-        pki::Client { file: "admin".into(), user: "skein-lab-admin".into(), groups: vec!["system:masters".into()] },
+        pki::Client {
+            file: "admin".into(),
+            user: "skein-lab-admin".into(),
+            groups: vec!["system:masters".into()],
+        },
         pki::Client {
             file: "controller-manager".into(),
             user: "system:kube-controller-manager".into(),
@@ -213,10 +257,15 @@ fn up(
             groups: vec!["skein:nodes".into()],
         });
     }
-    let server_ips = [CONTROL_PLANE_IP.into(), std::net::Ipv4Addr::LOCALHOST.into(), "10.43.0.1".parse()?];
+    let server_ips = [
+        CONTROL_PLANE_IP.into(),
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        "10.43.0.1".parse()?,
+    ];
     let pki = pki::Pki::create(&dir.join("pki"), &server_ips, &clients)?;
     let api_port = free_port()?;
-    let admin_kubeconfig = pki.write_kubeconfig("admin", &format!("https://127.0.0.1:{api_port}"))?;
+    let admin_kubeconfig =
+        pki.write_kubeconfig("admin", &format!("https://127.0.0.1:{api_port}"))?;
     let in_lab_api = format!("https://{CONTROL_PLANE_IP}:{API_PORT}");
     let kcm_kubeconfig = pki.write_kubeconfig("controller-manager", &in_lab_api)?;
 
@@ -258,16 +307,50 @@ fn up(
     std::fs::create_dir_all(&logs)?;
     let add = |lab: &mut Lab, name: &str, netns: Option<String>, argv: Vec<String>| {
         let log = logs.join(format!("{name}.log"));
-        lab.processes.insert(name.to_string(), Process { netns, argv, log, pid: None, stopped: false });
+        lab.processes.insert(
+            name.to_string(),
+            Process {
+                netns,
+                argv,
+                log,
+                pid: None,
+                stopped: false,
+            },
+        );
     };
     let me = std::env::current_exe()?.display().to_string();
-    add(&mut lab, "agent", None, vec![me, "--name".into(), name.into(), "agent".into()]);
-    add(&mut lab, "kine", cp.clone(), controlplane::kine_argv(&bin, &dir));
-    add(&mut lab, "apiserver", cp.clone(), controlplane::apiserver_argv(&bin, &dir, &pki));
+    add(
+        &mut lab,
+        "agent",
+        None,
+        vec![me, "--name".into(), name.into(), "agent".into()],
+    );
+    add(
+        &mut lab,
+        "kine",
+        cp.clone(),
+        controlplane::kine_argv(&bin, &dir),
+    );
+    add(
+        &mut lab,
+        "apiserver",
+        cp.clone(),
+        controlplane::apiserver_argv(&bin, &dir, &pki),
+    );
     let grace = kubelet::GRACE.as_secs();
-    add(&mut lab, "controller-manager", cp, controlplane::controller_manager_argv(&bin, &dir, &pki, &kcm_kubeconfig, grace));
+    add(
+        &mut lab,
+        "controller-manager",
+        cp,
+        controlplane::controller_manager_argv(&bin, &dir, &pki, &kcm_kubeconfig, grace),
+    );
     for node in lab.nodes.clone() {
-        let argv = vec![skein.display().to_string(), "run".into(), "--config".into(), node.config.display().to_string()];
+        let argv = vec![
+            skein.display().to_string(),
+            "run".into(),
+            "--config".into(),
+            node.config.display().to_string(),
+        ];
         add(&mut lab, &node.name, Some(node.netns.clone()), argv);
     }
 
@@ -286,7 +369,9 @@ fn up(
         lab.save()?;
         progress(started, "registering the nodes");
         for node in &lab.nodes {
-            kubelet::register(&client, node).await.with_context(|| format!("registering {}", node.name))?;
+            kubelet::register(&client, node)
+                .await
+                .with_context(|| format!("registering {}", node.name))?;
         }
         anyhow::Ok(())
     })?;
@@ -301,16 +386,26 @@ fn up(
         wait_until(Duration::from_secs(60), || {
             let p = &lab.processes[&node.name];
             if !p.pid.is_some_and(lab::alive) {
-                bail!("skein on {} exited; its log: {}", node.name, p.log.display());
+                bail!(
+                    "skein on {} exited; its log: {}",
+                    node.name,
+                    p.log.display()
+                );
             }
             Ok(http_get(addr, "/readyz").is_some_and(|(code, _)| code == 200))
         })
         .with_context(|| format!("waiting for skein on {}", node.name))?;
     }
     progress(started, "lab is up");
-    println!("lab {name}: {count} node(s); kubeconfig: {}", lab.admin_kubeconfig.display());
+    println!(
+        "lab {name}: {count} node(s); kubeconfig: {}",
+        lab.admin_kubeconfig.display()
+    );
     for node in &lab.nodes {
-        println!("  {:<8} {:<14} status page http://127.0.0.1:{}/", node.name, node.address, node.page_port);
+        println!(
+            "  {:<8} {:<14} status page http://127.0.0.1:{}/",
+            node.name, node.address, node.page_port
+        );
     }
     Ok(())
 }
@@ -324,7 +419,10 @@ fn node_config(node: &str, dir: &Path, kubeconfig: &Path) -> String {
 }
 
 /// Polls `check` every 200 ms until it says true, fails, or `deadline` passes.
-fn wait_until(deadline: Duration, mut check: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+fn wait_until(
+    deadline: Duration,
+    mut check: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
         if check()? {
@@ -351,7 +449,10 @@ async fn wait_for_api(lab: &Lab, started: Instant) -> anyhow::Result<kube::Clien
         for p in ["kine", "apiserver", "agent"] {
             let process = &lab.processes[p];
             if !process.pid.is_some_and(lab::alive) {
-                bail!("{p} exited while the lab was starting; its log: {}", process.log.display());
+                bail!(
+                    "{p} exited while the lab was starting; its log: {}",
+                    process.log.display()
+                );
             }
         }
         let req = http::Request::get("/readyz").body(Vec::new())?;
@@ -362,7 +463,10 @@ async fn wait_for_api(lab: &Lab, started: Instant) -> anyhow::Result<kube::Clien
             return Ok(client);
         }
         if Instant::now() > deadline {
-            bail!("kube-apiserver did not become ready; its log: {}", lab.processes["apiserver"].log.display());
+            bail!(
+                "kube-apiserver did not become ready; its log: {}",
+                lab.processes["apiserver"].log.display()
+            );
         }
         if last_note.elapsed() > Duration::from_secs(10) {
             progress(started, "waiting for kube-apiserver");
@@ -376,11 +480,18 @@ async fn wait_for_api(lab: &Lab, started: Instant) -> anyhow::Result<kube::Clien
 fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(conn, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     conn.read_to_string(&mut buf).ok()?;
     let (head, body) = buf.split_once("\r\n\r\n")?;
-    Some((head.split_whitespace().nth(1)?.parse().ok()?, body.to_string()))
+    Some((
+        head.split_whitespace().nth(1)?.parse().ok()?,
+        body.to_string(),
+    ))
 }
 
 fn down(name: Option<&str>) {
@@ -411,7 +522,10 @@ fn down(name: Option<&str>) {
     pids.sort_unstable();
     pids.dedup();
     pids.retain(|p| *p != std::process::id() && lab::alive(*p));
-    let threads: Vec<_> = pids.into_iter().map(|pid| std::thread::spawn(move || lab::terminate(pid, grace))).collect();
+    let threads: Vec<_> = pids
+        .into_iter()
+        .map(|pid| std::thread::spawn(move || lab::terminate(pid, grace)))
+        .collect();
     for t in threads {
         let _ = t.join();
     }
@@ -436,8 +550,11 @@ fn status(name: &str, json: bool) -> anyhow::Result<()> {
         let process = &lab.processes[&node.name];
         let running = process.pid.is_some_and(lab::alive);
         let page = format!("http://127.0.0.1:{}/", node.page_port);
-        let status = http_get(SocketAddr::from(([127, 0, 0, 1], node.page_port)), "/api/v1/status")
-            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok());
+        let status = http_get(
+            SocketAddr::from(([127, 0, 0, 1], node.page_port)),
+            "/api/v1/status",
+        )
+        .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok());
         nodes.push(serde_json::json!({
             "name": node.name,
             "netns": node.netns,
@@ -449,8 +566,11 @@ fn status(name: &str, json: bool) -> anyhow::Result<()> {
             "overall": status.as_ref().map(|s| s["overall"].clone()),
         }));
     }
-    let processes: BTreeMap<&str, bool> =
-        lab.processes.iter().map(|(n, p)| (n.as_str(), p.pid.is_some_and(lab::alive))).collect();
+    let processes: BTreeMap<&str, bool> = lab
+        .processes
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.pid.is_some_and(lab::alive)))
+        .collect();
     if json {
         let out = serde_json::json!({
             "name": lab.name,
@@ -463,14 +583,38 @@ fn status(name: &str, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("lab {}  kubeconfig {}", lab.name, lab.admin_kubeconfig.display());
-    println!("{:<10} {:<14} {:<10} {:<10} STATUS PAGE", "NODE", "ADDRESS", "SKEIN", "HEALTH");
+    println!(
+        "lab {}  kubeconfig {}",
+        lab.name,
+        lab.admin_kubeconfig.display()
+    );
+    println!(
+        "{:<10} {:<14} {:<10} {:<10} STATUS PAGE",
+        "NODE", "ADDRESS", "SKEIN", "HEALTH"
+    );
     for n in &nodes {
-        let skein = if n["stopped"] == true { "stopped" } else if n["running"] == true { "running" } else { "exited" };
+        let skein = if n["stopped"] == true {
+            "stopped"
+        } else if n["running"] == true {
+            "running"
+        } else {
+            "exited"
+        };
         let health = n["overall"].as_str().unwrap_or("-");
-        println!("{:<10} {:<14} {:<10} {:<10} {}", n["name"].as_str().unwrap_or(""), n["address"].as_str().unwrap_or(""), skein, health, n["page"].as_str().unwrap_or(""));
+        println!(
+            "{:<10} {:<14} {:<10} {:<10} {}",
+            n["name"].as_str().unwrap_or(""),
+            n["address"].as_str().unwrap_or(""),
+            skein,
+            health,
+            n["page"].as_str().unwrap_or("")
+        );
     }
-    let down: Vec<&str> = processes.iter().filter(|(n, up)| !**up && !lab.nodes.iter().any(|x| x.name == **n)).map(|(n, _)| *n).collect();
+    let down: Vec<&str> = processes
+        .iter()
+        .filter(|(n, up)| !**up && !lab.nodes.iter().any(|x| x.name == **n))
+        .map(|(n, _)| *n)
+        .collect();
     if down.is_empty() {
         println!("control plane and agent: running");
     } else {
@@ -492,10 +636,20 @@ fn print_table(items: &[kube::api::DynamicObject]) {
             })
             .unwrap_or_default();
         let extra = match item.types.as_ref().map(|t| t.kind.as_str()) {
-            _ if item.data.get("spec").and_then(|s| s.get("podCIDRs")).is_some() => {
+            _ if item
+                .data
+                .get("spec")
+                .and_then(|s| s.get("podCIDRs"))
+                .is_some() =>
+            {
                 format!("podCIDRs={}", item.data["spec"]["podCIDRs"])
             }
-            _ => item.data.get("status").and_then(|s| s.get("phase")).map(|p| format!("phase={p}")).unwrap_or_default(),
+            _ => item
+                .data
+                .get("status")
+                .and_then(|s| s.get("phase"))
+                .map(|p| format!("phase={p}"))
+                .unwrap_or_default(),
         };
         println!(
             "{:<20} {:<32} {:<8} {}",
@@ -514,15 +668,29 @@ fn agent(name: &str) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let api = forward::Dialer::new(&lab.control_plane_netns)?;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", lab.api_port)).await?;
-        tokio::spawn(forward::forward(listener, api, SocketAddr::from((CONTROL_PLANE_IP, API_PORT))));
+        tokio::spawn(forward::forward(
+            listener,
+            api,
+            SocketAddr::from((CONTROL_PLANE_IP, API_PORT)),
+        ));
         for node in &lab.nodes {
             let dialer = forward::Dialer::new(&node.netns)?;
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", node.page_port)).await?;
-            tokio::spawn(forward::forward(listener, dialer, SocketAddr::from(([127, 0, 0, 1], 9610))));
+            tokio::spawn(forward::forward(
+                listener,
+                dialer,
+                SocketAddr::from(([127, 0, 0, 1], 9610)),
+            ));
         }
-        tracing::info!("forwarding the API to 127.0.0.1:{} and the nodes' pages", lab.api_port);
+        tracing::info!(
+            "forwarding the API to 127.0.0.1:{} and the nodes' pages",
+            lab.api_port
+        );
         let client = admin_client(&lab).await?;
         kubelet::run(client, lab.name.clone()).await;
         anyhow::Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,8 +1,8 @@
 //! `skein-lab apply -f` and `skein-lab get`: any kind the API server serves, found through
 //! discovery, applied server-side (like `kubectl apply --server-side`).
 
-use anyhow::{Context, bail};
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use anyhow::Context;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{self, Scope};
 use serde::Deserialize;
@@ -10,35 +10,59 @@ use serde::Deserialize;
 const FIELD_MANAGER: &str = "skein-lab";
 
 /// Applies every document of a multi-document YAML text; returns `kind/name` per object.
-pub async fn apply_yaml(client: &kube::Client, text: &str, origin: &str) -> anyhow::Result<Vec<String>> {
+pub async fn apply_yaml(
+    client: &kube::Client,
+    text: &str,
+    origin: &str,
+) -> anyhow::Result<Vec<String>> {
     let mut applied = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(doc).with_context(|| format!("{origin}: document {}", i + 1))?;
+        let value = serde_yaml::Value::deserialize(doc)
+            .with_context(|| format!("{origin}: document {}", i + 1))?;
         if value.is_null() {
             continue;
         }
-        let object: DynamicObject =
-            serde_yaml::from_value(value).with_context(|| format!("{origin}: document {}", i + 1))?;
-        let types = object.types.clone().with_context(|| {
-            format!("{origin}: document {} has no apiVersion and kind", i + 1)
-        })?;
+        let object: DynamicObject = serde_yaml::from_value(value)
+            .with_context(|| format!("{origin}: document {}", i + 1))?;
+        let types = object
+            .types
+            .clone()
+            .with_context(|| format!("{origin}: document {} has no apiVersion and kind", i + 1))?;
         let name = object.metadata.name.clone().with_context(|| {
-            format!("{origin}: document {} ({}) has no metadata.name", i + 1, types.kind)
+            format!(
+                "{origin}: document {} ({}) has no metadata.name",
+                i + 1,
+                types.kind
+            )
         })?;
-        let gvk = GroupVersionKind::try_from(&types).with_context(|| format!("{origin}: apiVersion {}", types.api_version))?;
+        let gvk = GroupVersionKind::try_from(&types)
+            .with_context(|| format!("{origin}: apiVersion {}", types.api_version))?;
         let (resource, caps) = discovery::pinned_kind(client, &gvk)
             .await
-            .with_context(|| format!("{origin}: the API server does not serve {} {}", types.api_version, types.kind))?;
+            .with_context(|| {
+                format!(
+                    "{origin}: the API server does not serve {} {}",
+                    types.api_version, types.kind
+                )
+            })?;
         let api: Api<DynamicObject> = match caps.scope {
             Scope::Cluster => Api::all_with(client.clone(), &resource),
             Scope::Namespaced => {
-                let ns = object.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+                let ns = object
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into());
                 Api::namespaced_with(client.clone(), &ns, &resource)
             }
         };
-        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object))
-            .await
-            .with_context(|| format!("{origin}: applying {}/{name}", types.kind))?;
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .with_context(|| format!("{origin}: applying {}/{name}", types.kind))?;
         applied.push(format!("{}/{name}", types.kind.to_lowercase()));
     }
     Ok(applied)
@@ -46,6 +70,36 @@ pub async fn apply_yaml(client: &kube::Client, text: &str, origin: &str) -> anyh
 
 /// Lists objects of a kind named as a person would (`nodes`, `node`, `Pod`, `svc`, `netpol`).
 pub async fn get(client: &kube::Client, kind: &str) -> anyhow::Result<Vec<DynamicObject>> {
+    let (resource, _) = resolve(client, kind).await?;
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    Ok(api.list(&ListParams::default()).await?.items)
+}
+
+/// Deletes one object; `namespace` is ignored for cluster-scoped kinds.
+pub async fn delete(
+    client: &kube::Client,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<()> {
+    let (resource, caps) = resolve(client, kind).await?;
+    let api: Api<DynamicObject> = match caps.scope {
+        Scope::Cluster => Api::all_with(client.clone(), &resource),
+        Scope::Namespaced => Api::namespaced_with(client.clone(), namespace, &resource),
+    };
+    api.delete(name, &DeleteParams::default())
+        .await
+        .with_context(|| format!("deleting {kind} {name}"))?;
+    Ok(())
+}
+
+async fn resolve(
+    client: &kube::Client,
+    kind: &str,
+) -> anyhow::Result<(
+    kube::discovery::ApiResource,
+    kube::discovery::ApiCapabilities,
+)> {
     let wanted = kind.to_lowercase();
     let discovery = discovery::Discovery::new(client.clone()).run().await?;
     let mut found = None;
@@ -66,7 +120,5 @@ pub async fn get(client: &kube::Client, kind: &str) -> anyhow::Result<Vec<Dynami
             }
         }
     }
-    let Some((resource, _)) = found else { bail!("the API server serves no kind named {kind:?}") };
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-    Ok(api.list(&ListParams::default()).await?.items)
+    found.with_context(|| format!("the API server serves no kind named {kind:?}"))
 }

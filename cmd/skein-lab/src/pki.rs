@@ -53,13 +53,20 @@ impl Pki {
     /// answers on.
     pub fn create(dir: &Path, server_ips: &[IpAddr], clients: &[Client]) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let pki = Self { dir: dir.to_path_buf() };
+        let pki = Self {
+            dir: dir.to_path_buf(),
+        };
 
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.distinguished_name.push(DnType::CommonName, "skein-lab CA");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "skein-lab CA");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let ca_key = KeyPair::generate()?;
         write_private(&pki.ca_key(), &ca_key.serialize_pem())?;
         let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
@@ -77,10 +84,15 @@ impl Pki {
         .collect();
         names.extend(server_ips.iter().map(|ip| SanType::IpAddress(*ip)));
         let mut serving = CertificateParams::new(Vec::<String>::new())?;
-        serving.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+        serving
+            .distinguished_name
+            .push(DnType::CommonName, "kube-apiserver");
         serving.subject_alt_names = names;
         serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        serving.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        serving.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         let key = KeyPair::generate()?;
         std::fs::write(pki.serving_cert(), serving.signed_by(&key, &ca)?.pem())?;
         write_private(&pki.serving_key(), &key.serialize_pem())?;
@@ -91,15 +103,25 @@ impl Pki {
 
         for client in clients {
             let mut params = CertificateParams::new(Vec::<String>::new())?;
-            params.distinguished_name.push(DnType::CommonName, client.user.clone());
+            params
+                .distinguished_name
+                .push(DnType::CommonName, client.user.clone());
             for group in &client.groups {
-                params.distinguished_name.push(DnType::OrganizationName, group.clone());
+                params
+                    .distinguished_name
+                    .push(DnType::OrganizationName, group.clone());
             }
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
             let key = KeyPair::generate()?;
-            std::fs::write(pki.dir.join(format!("{}.crt", client.file)), params.signed_by(&key, &ca)?.pem())?;
-            write_private(&pki.dir.join(format!("{}.key", client.file)), &key.serialize_pem())?;
+            std::fs::write(
+                pki.dir.join(format!("{}.crt", client.file)),
+                params.signed_by(&key, &ca)?.pem(),
+            )?;
+            write_private(
+                &pki.dir.join(format!("{}.key", client.file)),
+                &key.serialize_pem(),
+            )?;
         }
         Ok(pki)
     }

@@ -130,3 +130,15 @@ fn init_logging(config: &skein_config::Config) -> anyhow::Result<()> {
     };
     result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The command line's shape.
+    use super::*;
+
+    #[test]
+    fn command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -41,14 +41,23 @@ pub(crate) fn config_source(kubeconfig: &str, in_cluster: bool, k3s: &Path) -> C
 /// service account if `KUBERNETES_SERVICE_HOST` is set, else [`K3S_KUBECONFIG`] if it exists.
 pub async fn client_config(kubeconfig: &str) -> Result<kube::Config, ClusterError> {
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty());
-    load(config_source(kubeconfig, in_cluster, Path::new(K3S_KUBECONFIG))).await
+    load(config_source(
+        kubeconfig,
+        in_cluster,
+        Path::new(K3S_KUBECONFIG),
+    ))
+    .await
 }
 
 pub(crate) async fn load(source: ConfigSource) -> Result<kube::Config, ClusterError> {
     match source {
-        ConfigSource::Setting(path) => from_file(path, "cluster.kubeconfig").await,
+        ConfigSource::Setting(path) => from_file(path, "set in cluster.kubeconfig").await,
         ConfigSource::K3s(path) => {
-            from_file(path, "k3s's kubeconfig, used because cluster.kubeconfig is empty").await
+            from_file(
+                path,
+                "k3s's kubeconfig, used because cluster.kubeconfig is empty",
+            )
+            .await
         }
         ConfigSource::InCluster => {
             kube::Config::incluster().map_err(|source| ClusterError::InCluster { source })

@@ -327,7 +327,9 @@ impl ServicePort {
     pub fn from_api(port: &core::ServicePort) -> Option<ServicePort> {
         let number = port_number(port.port)?;
         let target_port = match &port.target_port {
-            Some(IntOrString::Int(n)) => port_number(*n).map_or(TargetPort::Number(number), TargetPort::Number),
+            Some(IntOrString::Int(n)) => {
+                port_number(*n).map_or(TargetPort::Number(number), TargetPort::Number)
+            }
             Some(IntOrString::String(s)) if !s.is_empty() => TargetPort::Name(s.clone()),
             _ => TargetPort::Number(number),
         };

@@ -17,6 +17,10 @@ use crate::snapshot::{ObjectKey, Snapshot};
 
 /// What one of the six watches produced; merging the watches' streams needs one item type.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "reports pass through one at a time; boxing would allocate per event for nothing"
+)]
 pub(crate) enum Report {
     Node(Event<core::Node>),
     Namespace(Event<core::Namespace>),

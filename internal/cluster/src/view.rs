@@ -88,7 +88,11 @@ fn reports<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    watcher(Api::<K>::all(client.clone()))
+    // Lists served from the API server's watch cache, as client-go's informers do: after an API
+    // server restart every node's skein re-lists at once, and quorum reads of every pod from
+    // etcd would be the costliest way to do it. The watch that follows brings the list current.
+    let config = watcher::Config::default().any_semantic();
+    watcher::watcher(Api::<K>::all(client.clone()), config)
         .default_backoff()
         .map(move |item| match item {
             Ok(event) => wrap(event),
@@ -98,13 +102,6 @@ where
             },
         })
         .boxed()
-}
-
-fn watcher<K>(api: Api<K>) -> impl Stream<Item = watcher::Result<Event<K>>> + Send
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    watcher::watcher(api, watcher::Config::default())
 }
 
 pub(crate) struct Outputs {
@@ -131,7 +128,7 @@ impl Debounce {
     }
 
     /// Publish at once (the first complete snapshot: everything waits on it).
-    pub fn now(&mut self, now: Instant) {
+    pub fn due_now(&mut self, now: Instant) {
         self.due = Some(self.due.map_or(now, |due| due.min(now)));
     }
 
@@ -183,7 +180,7 @@ pub(crate) async fn run<S>(
                     if was_synced {
                         debounce.changed(Instant::now());
                     } else {
-                        debounce.now(Instant::now());
+                        debounce.due_now(Instant::now());
                     }
                 }
                 outputs.health.send_if_modified(|health| {

@@ -11,6 +11,7 @@ use skein_status::{Identity, StatusBoard};
 use skein_store::Store;
 use tokio_util::sync::CancellationToken;
 
+mod cluster_part;
 pub mod supervisor;
 #[cfg(test)]
 mod tests;
@@ -72,7 +73,7 @@ pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
     );
 
     let mut parts = Supervisor::new(board.clone(), Backoff::default());
-    spawn_parts(&mut parts, &config, &board, &store, listener, &page);
+    spawn_parts(&mut parts, &config, &node, &board, &store, listener, &page);
 
     board.set_ready(true);
     notify_systemd(&[
@@ -96,12 +97,25 @@ pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
 
 fn spawn_parts(
     parts: &mut Supervisor,
-    _config: &Config,
+    config: &Config,
+    node: &str,
     board: &StatusBoard,
     store: &Store,
     listener: std::net::TcpListener,
     page: &str,
 ) {
+    let kubeconfig = config.cluster.kubeconfig.clone();
+    let (node, cluster_board) = (node.to_string(), board.clone());
+    parts.spawn("cluster", move |handle, cancel| {
+        cluster_part::run(
+            kubeconfig.clone(),
+            node.clone(),
+            handle,
+            cluster_board.clone(),
+            cancel,
+        )
+    });
+
     let store = store.clone();
     parts.spawn("store", move |handle, cancel| {
         store_part(store.clone(), handle, cancel)

@@ -50,6 +50,32 @@ pub struct Identity {
     pub state_path: String,
 }
 
+/// One Node as this daemon's cluster view has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeSummary {
+    pub name: String,
+    pub pod_cidrs: Vec<String>,
+    pub internal_ip: Option<String>,
+    /// The address the node's skein published (`skein.dev/underlay-address`).
+    pub underlay_address: Option<String>,
+    /// The Ready condition: `None` when unknown (the node lifecycle controller's verdict for a
+    /// node that stopped reporting).
+    pub ready: Option<bool>,
+    pub this_node: bool,
+}
+
+/// The cluster view: whether the API answers, and what it last said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterSummary {
+    pub api_reachable: bool,
+    /// Unix seconds when `api_reachable` last changed.
+    pub api_since: u64,
+    /// Every watched kind has been listed at least once.
+    pub synced: bool,
+    pub snapshot_version: u64,
+    pub nodes: Vec<NodeSummary>,
+}
+
 /// Everything the JSON API and the page show, at one instant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
@@ -62,6 +88,8 @@ pub struct Report {
     /// The worst state of any part: what a glance at the page should tell.
     pub overall: State,
     pub parts: Vec<PartStatus>,
+    /// `None` until the cluster part has a view.
+    pub cluster: Option<ClusterSummary>,
 }
 
 #[derive(Debug)]
@@ -70,6 +98,7 @@ struct Inner {
     started_at: u64,
     ready: bool,
     parts: BTreeMap<String, PartStatus>,
+    cluster: Option<ClusterSummary>,
 }
 
 /// Shared, cheap to clone.
@@ -91,6 +120,7 @@ impl StatusBoard {
             started_at: unix_now(),
             ready: false,
             parts: BTreeMap::new(),
+            cluster: None,
         };
         Self {
             inner: Arc::new(RwLock::new(inner)),
@@ -133,6 +163,10 @@ impl StatusBoard {
         self.write(|inner| inner.ready = ready);
     }
 
+    pub fn set_cluster(&self, cluster: ClusterSummary) {
+        self.write(|inner| inner.cluster = Some(cluster));
+    }
+
     pub fn is_ready(&self) -> bool {
         self.read(|inner| inner.ready)
     }
@@ -158,6 +192,7 @@ impl StatusBoard {
                     overall
                 },
                 parts,
+                cluster: inner.cluster.clone(),
             }
         })
     }
@@ -207,6 +242,12 @@ impl PartHandle {
 
     pub fn failed(&self, error: impl Into<String>) {
         self.set(State::Failed, String::new(), Some(error.into()));
+    }
+
+    /// Changes the sentence about what the part is doing, leaving its state alone.
+    pub fn detail(&self, detail: impl Into<String>) {
+        let detail = detail.into();
+        self.update(|p| p.detail = detail);
     }
 
     /// Marks a restart by the supervisor: state `Starting`, the last error kept.

@@ -1,0 +1,217 @@
+//! The daemon's `cluster` part: connects to the Kubernetes API, keeps the cluster view, makes
+//! this node's published facts (its `skein.dev/` annotations) match what they should be, and
+//! puts the view on the status board. While the API is away the last view stays in force and
+//! the part says so.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use skein_cluster::{ANNOTATION_UNDERLAY_ADDRESS, ApiHealth, Snapshot};
+use skein_status::{ClusterSummary, NodeSummary, PartHandle, StatusBoard};
+use tokio_util::sync::CancellationToken;
+
+use crate::PartResult;
+
+/// How soon a failed or outdated annotation publish is tried again.
+const REPUBLISH_AFTER: Duration = Duration::from_secs(5);
+
+/// The annotations this node should carry: a pure function of what the node knows about itself.
+pub fn desired_annotations(underlay: Option<IpAddr>) -> BTreeMap<String, String> {
+    underlay
+        .map(|ip| BTreeMap::from([(ANNOTATION_UNDERLAY_ADDRESS.to_string(), ip.to_string())]))
+        .unwrap_or_default()
+}
+
+/// Whether the node object (as the snapshot has it) lacks or differs in any desired annotation.
+pub fn annotations_outdated(
+    snapshot: &Snapshot,
+    node: &str,
+    desired: &BTreeMap<String, String>,
+) -> bool {
+    match snapshot.node(node) {
+        Some(n) => desired.iter().any(|(k, v)| n.skein.get(k) != Some(v)),
+        None => !desired.is_empty(),
+    }
+}
+
+/// The status board's picture of a snapshot.
+pub fn summarize(snapshot: &Snapshot, health: &ApiHealth, me: &str) -> ClusterSummary {
+    ClusterSummary {
+        api_reachable: health.reachable,
+        api_since: health
+            .since
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        synced: health.synced,
+        snapshot_version: snapshot.version,
+        nodes: snapshot
+            .nodes
+            .values()
+            .map(|n| NodeSummary {
+                name: n.name.clone(),
+                pod_cidrs: n.pod_cidrs.iter().map(ToString::to_string).collect(),
+                internal_ip: n.internal_ip.map(|ip| ip.to_string()),
+                underlay_address: n.skein.get(ANNOTATION_UNDERLAY_ADDRESS).cloned(),
+                ready: n.ready,
+                this_node: n.name == me,
+            })
+            .collect(),
+    }
+}
+
+/// The local address the kernel would use to reach `server`: the interface that carries the
+/// node's traffic to the control plane. A UDP `connect` only picks a route; nothing is sent.
+fn source_address_towards(server: SocketAddr) -> Option<IpAddr> {
+    let bind: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .ok()?;
+    let socket = UdpSocket::bind(bind).ok()?;
+    socket.connect(server).ok()?;
+    Some(socket.local_addr().ok()?.ip())
+}
+
+async fn api_server_address(config: &kube::Config) -> Option<SocketAddr> {
+    let host = config.cluster_url.host()?;
+    let port = config.cluster_url.port_u16().unwrap_or(443);
+    tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+        .await
+        .ok()?
+        .next()
+}
+
+pub async fn run(
+    kubeconfig: String,
+    node: String,
+    handle: PartHandle,
+    board: StatusBoard,
+    cancel: CancellationToken,
+) -> PartResult {
+    let config = skein_cluster::client_config(&kubeconfig)
+        .await
+        .map_err(|e| e.to_string())?;
+    let server = api_server_address(&config).await;
+    let client = skein_cluster::client(config).map_err(|e| e.to_string())?;
+    let underlay = server.and_then(source_address_towards);
+    let desired = desired_annotations(underlay);
+
+    let (view, watching) =
+        skein_cluster::watch_cluster(client.clone(), Default::default(), cancel.child_token());
+    let watching = tokio::spawn(watching);
+    let mut snapshots = view.snapshots.clone();
+    let mut health = view.health.clone();
+    let mut report = Report::default();
+    let mut publish_error: Option<String> = None;
+    let mut next_publish = tokio::time::Instant::now();
+
+    let result = loop {
+        let snapshot: Arc<Snapshot> = snapshots.borrow().clone();
+        let api: ApiHealth = health.borrow().clone();
+        if api.synced {
+            board.set_cluster(summarize(&snapshot, &api, &node));
+        }
+        if api.synced
+            && tokio::time::Instant::now() >= next_publish
+            && annotations_outdated(&snapshot, &node, &desired)
+        {
+            next_publish = tokio::time::Instant::now() + REPUBLISH_AFTER;
+            publish_error =
+                match skein_cluster::publish_node_annotations(&client, &node, &desired).await {
+                    Ok(()) => None,
+                    Err(e) => Some(e.to_string()),
+                };
+        }
+        report.show(&handle, &api, &snapshot, publish_error.as_deref(), underlay);
+
+        tokio::select! {
+            _ = cancel.cancelled() => break Ok(()),
+            changed = snapshots.changed() => if changed.is_err() { break Err("the cluster view stopped".to_string()) },
+            changed = health.changed() => if changed.is_err() { break Err("the cluster view stopped".to_string()) },
+            _ = tokio::time::sleep_until(next_publish), if publish_error.is_some() || annotations_outdated(&snapshot, &node, &desired) => {}
+        }
+    };
+    watching.abort();
+    result
+}
+
+/// What the part last told the board, so the board hears only changes.
+#[derive(Debug, Default, PartialEq)]
+struct Report {
+    last: Option<(u8, String, Option<String>)>,
+}
+
+impl Report {
+    fn show(
+        &mut self,
+        handle: &PartHandle,
+        api: &ApiHealth,
+        snapshot: &Snapshot,
+        publish_error: Option<&str>,
+        underlay: Option<IpAddr>,
+    ) {
+        let nodes = snapshot.nodes.len();
+        let (level, detail, error) = if !api.reachable && api.synced {
+            (
+                2,
+                format!(
+                    "Kubernetes API unreachable; keeping the last view ({nodes} nodes, v{})",
+                    snapshot.version
+                ),
+                api.last_error.clone(),
+            )
+        } else if !api.synced {
+            match &api.last_error {
+                Some(e) => (
+                    2,
+                    "cannot list the cluster's objects yet".to_string(),
+                    Some(e.clone()),
+                ),
+                None => (0, "listing the cluster's objects".to_string(), None),
+            }
+        } else if let Some(e) = publish_error {
+            (
+                2,
+                "cannot publish this node's address".to_string(),
+                Some(e.to_string()),
+            )
+        } else if underlay.is_none() {
+            (
+                2,
+                format!("watching {nodes} nodes; no underlay address found"),
+                None,
+            )
+        } else {
+            (
+                1,
+                format!(
+                    "watching the API · {nodes} nodes · view v{}",
+                    snapshot.version
+                ),
+                None,
+            )
+        };
+        let next = (level, detail.clone(), error.clone());
+        if self.last.as_ref() == Some(&next) {
+            return;
+        }
+        self.last = Some(next);
+        match (level, error) {
+            (2, Some(e)) => {
+                tracing::warn!("cluster: {detail}: {e}");
+                handle.degraded(e);
+                handle.detail(detail);
+            }
+            (2, None) => {
+                handle.degraded(detail.clone());
+                handle.detail(detail);
+            }
+            (1, _) => handle.ok(detail),
+            _ => handle.detail(detail),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! A `skein-lab` for one test: brought up under a name unique to the test, taken down when
+//! dropped, with helpers to read each node's status and act on the lab.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::{built_bin, http_get, is_root, require, which};
+
+/// Whether lab tests can run here: root, iproute2, and the control plane binaries (built by
+/// `cmd/skein-lab/controlplane/build.sh`, which tests/run.sh runs first).
+pub fn available() -> bool {
+    require(is_root(), "a lab needs root (network namespaces)")
+        && require(which("ip").is_some(), "iproute2 is not installed")
+}
+
+#[derive(Debug)]
+pub struct Lab {
+    pub name: String,
+    pub status: serde_json::Value,
+}
+
+/// A lab name unique to this test process and call: `t` + pid + counter, within 8 characters.
+fn unique_name() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    let pid = std::process::id() % 100_000;
+    format!("t{pid:05}{}", (b'a' + (n % 26) as u8) as char)
+}
+
+impl Lab {
+    /// `skein-lab up --nodes N` with `extra` arguments; panics with the lab's output on failure.
+    pub fn up(nodes: usize, extra: &[&str]) -> Self {
+        let name = unique_name();
+        let mut lab = Self {
+            name,
+            status: serde_json::Value::Null,
+        };
+        let count = nodes.to_string();
+        let mut args = vec!["up", "--nodes", &count];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = lab.run(&args);
+        assert!(ok, "skein-lab up failed:\n{out}\n{err}\n{}", lab.logs());
+        lab.refresh();
+        lab
+    }
+
+    /// Runs `skein-lab --name <this lab> args...`: (success, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(built_bin("skein-lab"))
+            .args(["--name", &self.name])
+            .args(args)
+            .output()
+            .expect("run skein-lab");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Like [`Lab::run`], failing the test when the command fails.
+    pub fn must(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(ok, "skein-lab {args:?} failed:\n{out}\n{err}");
+        out
+    }
+
+    pub fn refresh(&mut self) {
+        let out = self.must(&["status", "--json"]);
+        self.status = serde_json::from_str(&out).expect("status --json");
+    }
+
+    pub fn page(&self, node: &str) -> SocketAddr {
+        let port = self.status["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["name"] == node))
+            .and_then(|n| n["page_port"].as_u64())
+            .unwrap_or_else(|| panic!("lab has no node {node}: {}", self.status));
+        SocketAddr::from(([127, 0, 0, 1], port as u16))
+    }
+
+    /// The node's `/api/v1/status`, if its daemon answers.
+    pub fn node_status(&self, node: &str) -> Option<serde_json::Value> {
+        let (code, body) = http_get(self.page(node), "/api/v1/status")?;
+        (code == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
+    }
+
+    pub fn node_names(&self) -> Vec<String> {
+        self.status["nodes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn netns(&self, node: &str) -> String {
+        format!("skl-{}-{node}", self.name)
+    }
+
+    pub fn dir(&self) -> String {
+        self.status["dir"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Every log of the lab, for failure messages.
+    pub fn logs(&self) -> String {
+        let dir = format!("/run/skein-lab/{}/logs", self.name);
+        let mut out = String::new();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            out.push_str(&format!("--- {}\n", entry.path().display()));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Waits for the lab's own view of a condition; `what` names it in the failure.
+    pub fn wait<T>(&self, what: &str, deadline: Duration, check: impl FnMut() -> Option<T>) -> T {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::wait_for(what, deadline, check)
+        }));
+        match result {
+            Ok(v) => v,
+            Err(_) => panic!(
+                "timed out after {deadline:?} waiting for {what}\n{}",
+                self.logs()
+            ),
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
