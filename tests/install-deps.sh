@@ -27,6 +27,12 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The lab's control plane is built from Kubernetes' Go modules; Debian's Go is too old for it.
+if ! command -v go >/dev/null 2>&1; then
+    echo "Go (1.26 or newer) is needed to build the lab's control plane: https://go.dev/doc/install" >&2
+    exit 1
+fi
+
 for tool in cargo-deb cargo-generate-rpm; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         echo "==> cargo install $tool (once)" >&2

@@ -17,6 +17,8 @@ step "building (debug)"
 cargo build --locked --workspace --bins
 step "building the .deb and .rpm (release)"
 packaging/build.sh target/packages
+step "the lab's Kubernetes control plane (built once, then cached)"
+cmd/skein-lab/controlplane/build.sh >/dev/null
 step "cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 step "cargo test"

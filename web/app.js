@@ -36,6 +36,8 @@ function render(s) {
   document.querySelector("#config code").textContent = s.config_path;
   document.querySelector("#state code").textContent = s.state_path;
 
+  renderCluster(s);
+
   const list = document.getElementById("parts");
   list.replaceChildren(...s.parts.map((p) => {
     const li = el("li", `part ${p.state}`);
@@ -51,6 +53,35 @@ function render(s) {
       li.append(el("p", "error", `last error${when}: ${p.last_error}`));
     }
     return li;
+  }));
+}
+
+function renderCluster(s) {
+  const api = document.getElementById("api");
+  const body = document.querySelector("#nodes tbody");
+  const c = s.cluster;
+  if (!c) {
+    api.textContent = "No view of the Kubernetes API yet.";
+    api.className = "api";
+    body.replaceChildren();
+    return;
+  }
+  const since = ago(s.now - c.api_since);
+  api.textContent = c.api_reachable
+    ? `Kubernetes API reachable for ${since} · view v${c.snapshot_version}`
+    : `Kubernetes API unreachable for ${since}; showing the last view (v${c.snapshot_version})`;
+  api.className = c.api_reachable ? "api ok" : "api failed";
+  body.replaceChildren(...c.nodes.map((n) => {
+    const tr = el("tr", n.this_node ? "this-node" : "");
+    tr.dataset.node = n.name;
+    const ready = n.ready === true ? "ready" : n.ready === false ? "not ready" : "unknown";
+    tr.append(
+      el("td", "", n.this_node ? `${n.name} (this node)` : n.name),
+      el("td", `ready-${ready.replace(" ", "-")}`, ready),
+      el("td", "", n.pod_cidrs.length ? n.pod_cidrs.join(", ") : "none yet"),
+      el("td", "", n.underlay_address || n.internal_ip || "–"),
+    );
+    return tr;
   }));
 }
 

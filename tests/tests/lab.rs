@@ -94,6 +94,23 @@ fn three_nodes_see_each_other_follow_deletions_and_survive_an_api_outage() {
         );
     }
 
+    // The page shows the same view to a person.
+    if skein_e2e::require(
+        skein_e2e::which("chromium").is_some(),
+        "Debian's chromium is not installed",
+    ) {
+        let dom = skein_e2e::rendered_dom(&format!("http://{}/", lab.page("node-1")));
+        for node in &nodes {
+            assert!(
+                dom.contains(&format!(r#"data-node="{node}""#)),
+                "{node} missing from the page:\n{dom}"
+            );
+        }
+        assert!(dom.contains("node-1 (this node)"), "{dom}");
+        assert!(dom.contains("Kubernetes API reachable"), "{dom}");
+        assert!(dom.contains("10.42."), "pod CIDRs on the page:\n{dom}");
+    }
+
     // Deleting a Node object removes it from every daemon's view within 2 s.
     lab.must(&["delete", "node", "node-3"]);
     for node in &nodes {

@@ -1,37 +1,6 @@
 //! The status page in a real headless Chromium: what a person sees, not just what the API says.
 
-use std::process::Command;
-
-use skein_e2e::{Sandbox, require, which};
-
-/// Loads `url` in headless Chromium, lets its scripts run, and returns the rendered DOM.
-fn rendered_dom(url: &str) -> String {
-    let profile = tempfile::tempdir().expect("profile dir");
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--window-size=390,844",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(url)
-        .output()
-        .expect("run chromium");
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use skein_e2e::{Sandbox, rendered_dom, require, which};
 
 #[test]
 fn the_page_shows_the_node_name_and_each_parts_state() {

@@ -96,14 +96,18 @@ fi
 
 tmp=$(mktemp -d "$cache_root/.build-XXXXXX")
 ticker=
+gobuild=
 cleanup() {
+	[[ -n $gobuild ]] && kill "$gobuild" 2>/dev/null && wait "$gobuild" 2>/dev/null || true
 	[[ -n $ticker ]] && kill "$ticker" 2>/dev/null || true
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-mkdir -p "$tmp/bin"
+mkdir -p "$tmp/bin" "$tmp/gotmp"
+# go build's work dir too, so that an interrupted build leaves nothing behind.
+export GOTMPDIR="$tmp/gotmp"
 
 log "building into $dest (jobs=$jobs, $(go version | cut -d' ' -f3))"
 log "GOMODCACHE=$(go env GOMODCACHE) GOCACHE=$(go env GOCACHE)"
@@ -127,7 +131,12 @@ run_build() {
 		done
 	) &
 	ticker=$!
-	(cd "$dir" && go build -v -mod=readonly -trimpath "$@") >"$out" 2>&1 || rc=$?
+	# In the background so that a signal to this script interrupts the wait
+	# (and the trap stops go build) instead of waiting for go build to end.
+	(cd "$dir" && exec go build -v -mod=readonly -trimpath "$@") >"$out" 2>&1 &
+	gobuild=$!
+	wait "$gobuild" || rc=$?
+	gobuild=
 	kill "$ticker" 2>/dev/null || true
 	wait "$ticker" 2>/dev/null || true
 	ticker=
@@ -171,7 +180,7 @@ got=$("$tmp/bin/kube-controller-manager" --version 2>&1) || die "kube-controller
 [[ $got == "Kubernetes $K8S_VERSION" ]] || die "kube-controller-manager --version says '$got'"
 "$tmp/bin/kine" --help >/dev/null 2>&1 || die "kine --help failed"
 
-rm -f "$tmp"/*.log
+rm -rf "$tmp"/*.log "$tmp/gotmp"
 cat >"$tmp/VERSIONS" <<EOF
 kubernetes $K8S_VERSION
 kine $KINE_VERSION

@@ -376,13 +376,6 @@ pub fn load(
             });
         }
     }
-    if !unknown.is_empty() {
-        return Err(ConfigError::Invalid {
-            origin: source.to_string(),
-            problems: unknown,
-        });
-    }
-
     let built = config::Config::builder()
         .add_source(config::File::from_str(&text, config::FileFormat::Toml))
         .add_source(
@@ -404,7 +397,9 @@ pub fn load(
         origin: source.to_string(),
         message: e.to_string(),
     })?;
-    let problems = config.problems();
+    // Unknown keys and bad values are reported together, so one run shows every problem.
+    let mut problems = unknown;
+    problems.extend(config.problems());
     if !problems.is_empty() {
         return Err(ConfigError::Invalid {
             origin: source.to_string(),

@@ -236,3 +236,10 @@ fn effective_config_round_trips_through_toml() {
     let back: Config = toml::from_str(&config.to_toml()).expect("parses");
     assert_eq!(back, config);
 }
+
+#[test]
+fn unknown_keys_and_bad_values_are_reported_together() {
+    let text = "[cluster]\nservice_cidr = \"10.43.0.0/33\"\n[dns]\nupstream = [\"192.0.2.1\"]\n";
+    let keys: Vec<String> = problems_of(text).into_iter().map(|p| p.key).collect();
+    assert_eq!(keys, ["dns.upstream", "cluster.service_cidr"]);
+}
