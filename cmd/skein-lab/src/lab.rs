@@ -114,36 +114,11 @@ impl Lab {
             .processes
             .get_mut(name)
             .with_context(|| format!("no process {name:?}"))?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&process.log)
-            .with_context(|| format!("opening {}", process.log.display()))?;
-        let mut command = match &process.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).args(&process.argv);
-                c
-            }
-            None => {
-                let mut c = Command::new(&process.argv[0]);
-                c.args(&process.argv[1..]);
-                c
-            }
-        };
-        // Its own process group: a Ctrl-C at the terminal that ran `up` does not reach the lab.
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let child = command
-            .env(LAB_ENV, &lab)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {name}: {:?}", process.argv))?;
-        // Not waited for: once this short-lived command exits, init adopts the child.
-        process.pid = Some(child.id());
+        let pid = spawn_detached(&lab, process.netns.as_deref(), &process.argv, &process.log)
+            .with_context(|| format!("starting {name}"))?;
+        process.pid = Some(pid);
         process.stopped = false;
-        Ok(child.id())
+        Ok(pid)
     }
 
     /// Stops the process `name` (SIGTERM, then SIGKILL after `grace`) and marks it stopped.
@@ -159,6 +134,43 @@ impl Lab {
         process.stopped = true;
         Ok(())
     }
+}
+
+/// Starts `argv` (in `netns`, if given) detached from this process: its own process group, output
+/// appended to `log`, tagged with the lab's name. Not waited for: init adopts it when we exit.
+pub fn spawn_detached(
+    lab: &str,
+    netns: Option<&str>,
+    argv: &[String],
+    log: &Path,
+) -> anyhow::Result<u32> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).args(argv);
+            c
+        }
+        None => {
+            let mut c = Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            c
+        }
+    };
+    // Its own process group: a Ctrl-C at the terminal that ran `up` does not reach the lab.
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let child = command
+        .env(LAB_ENV, lab)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("{argv:?}"))?;
+    Ok(child.id())
 }
 
 pub fn alive(pid: u32) -> bool {

@@ -9,6 +9,8 @@ mod kubelet;
 mod lab;
 mod objects;
 mod pki;
+mod pods;
+mod workload;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -88,6 +90,26 @@ enum Cmd {
     Start { component: String },
     /// Print the admin kubeconfig path (for kubectl).
     Kubeconfig,
+    /// The server a lab pod runs: answers with the pod's name on its ports.
+    Workload {
+        #[arg(long)]
+        pod: String,
+        #[arg(long)]
+        tcp: Vec<u16>,
+        #[arg(long)]
+        udp: Vec<u16>,
+        #[arg(long)]
+        http: Vec<u16>,
+    },
+    /// Whether a target answers: prints what it said and exits 0, or exits 1.
+    /// Run it inside a pod: `ip netns exec <pod namespace> skein-lab probe tcp 10.42.1.5:8080`.
+    Probe {
+        #[arg(value_parser = ["tcp", "udp", "http"])]
+        protocol: String,
+        target: SocketAddr,
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
     /// Runs inside the lab: port forwards and the kubelet's heartbeats.
     #[command(hide = true)]
     Agent,
@@ -185,7 +207,38 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Agent => agent(&name),
+        Cmd::Workload {
+            pod,
+            tcp,
+            udp,
+            http,
+        } => runtime()?.block_on(workload::serve(pod, tcp, udp, http)),
+        Cmd::Probe {
+            protocol,
+            target,
+            timeout,
+        } => {
+            let answer = runtime()?.block_on(workload::probe(&protocol, target, timeout))?;
+            println!("{answer}");
+            Ok(())
+        }
     }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?}: expected e.g. 2s or 500ms"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        _ => return Err(format!("{s:?}: expected e.g. 2s or 500ms")),
+    };
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn progress(started: Instant, what: &str) {
@@ -687,6 +740,7 @@ fn agent(name: &str) -> anyhow::Result<()> {
             lab.api_port
         );
         let client = admin_client(&lab).await?;
+        tokio::spawn(pods::run(client.clone(), lab.name.clone()));
         kubelet::run(client, lab.name.clone()).await;
         anyhow::Ok(())
     })

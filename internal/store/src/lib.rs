@@ -2,7 +2,8 @@
 //!
 //! Only this crate touches SQLite. It makes the state directory (0700) and the database (0600),
 //! takes the directory's lock so a second daemon cannot share it, refuses a database written by
-//! a newer schema, and applies the migrations embedded from `migrations/`.
+//! a newer schema, and applies the migrations embedded from `migrations/`. It keeps the IPAM
+//! leases (see `leases.rs`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -14,8 +15,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
+mod leases;
 #[cfg(test)]
 mod tests;
+
+pub use leases::{Lease, LeaseRequest, PodRef};
 
 /// The schema migrations, embedded at build time.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
@@ -56,6 +60,20 @@ pub enum StoreError {
     },
     #[error("state database {path}: {source}")]
     Query { path: PathBuf, source: sqlx::Error },
+    #[error("state database {path} holds a malformed lease: {detail}")]
+    Malformed { path: PathBuf, detail: String },
+    /// No address to hand out: the pod CIDR is full, or too small for pods; the message names it.
+    #[error(transparent)]
+    Ipam(#[from] skein_ipam::IpamError),
+    #[error(
+        "container {} interface {} already holds {} from {}, not from {requested}; release it \
+         (CNI DEL) before asking again",
+        .lease.container_id, .lease.ifname, .lease.address, .lease.cidr
+    )]
+    LeaseElsewhere {
+        lease: Box<leases::Lease>,
+        requested: ipnet::IpNet,
+    },
 }
 
 /// Holds the state directory's lock for as long as it lives.

@@ -1,4 +1,8 @@
-//! Store tests on real SQLite files in temporary directories.
+//! Store tests on real SQLite files in temporary directories: opening, locking, migrations,
+//! and the IPAM leases (including concurrent allocation and what the schema itself refuses).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 use super::*;
 
@@ -125,4 +129,366 @@ async fn a_file_that_is_not_sqlite_gives_an_error_naming_it() {
         .await
         .expect_err("garbage is not a database");
     assert!(err.to_string().contains("state.db"), "{err}");
+}
+
+async fn open_in(dir: &tempfile::TempDir) -> Store {
+    Store::open(&dir.path().join("state.db"))
+        .await
+        .expect("open")
+}
+
+fn request(container_id: &str, cidr: &str) -> LeaseRequest {
+    LeaseRequest {
+        container_id: container_id.to_string(),
+        ifname: "eth0".to_string(),
+        pod: PodRef {
+            namespace: "default".to_string(),
+            name: format!("pod-{container_id}"),
+            uid: format!("uid-{container_id}"),
+        },
+        cidr: cidr.parse().expect("cidr"),
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("address")
+}
+
+/// A lease row written past the store's methods, to see what the schema alone allows.
+async fn insert_raw<'c>(
+    executor: impl sqlx::SqliteExecutor<'c>,
+    address: &str,
+    container_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO leases (cidr, address, family, container_id, ifname, pod_namespace,
+                             pod_name, pod_uid, created_at)
+         VALUES ('10.42.1.0/24', ?, 4, ?, 'eth0', 'default', 'raw', 'raw', 0)",
+    )
+    .bind(address)
+    .bind(container_id)
+    .execute(executor)
+    .await
+    .map(drop)
+}
+
+#[tokio::test]
+async fn lease_is_idempotent_and_release_gives_it_back() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = open_in(&tmp).await;
+    let first = store
+        .lease(&request("c1", "10.42.1.0/24"))
+        .await
+        .expect("lease");
+    assert_eq!(first.address, ip("10.42.1.2"));
+    assert_eq!(first.cidr, "10.42.1.0/24".parse().expect("cidr"));
+    assert_eq!(first.pod.name, "pod-c1");
+    // An ADD repeated after a crash gets the very same lease.
+    let again = store
+        .lease(&request("c1", "10.42.1.0/24"))
+        .await
+        .expect("again");
+    assert_eq!(again, first);
+    // Host bits in the request's CIDR name the same pod CIDR.
+    let again = store
+        .lease(&request("c1", "10.42.1.9/24"))
+        .await
+        .expect("again");
+    assert_eq!(again, first);
+    let second = store
+        .lease(&request("c2", "10.42.1.0/24"))
+        .await
+        .expect("second");
+    assert_eq!(second.address, ip("10.42.1.3"));
+
+    assert_eq!(
+        store.lease_of("c1", "eth0").await.expect("of"),
+        std::slice::from_ref(&first)
+    );
+    assert_eq!(store.lease_of("c1", "eth1").await.expect("of"), []);
+    assert_eq!(store.release("c1", "eth0").await.expect("release"), [first]);
+    // CNI DEL is idempotent: nothing left to release is no error.
+    assert_eq!(store.release("c1", "eth0").await.expect("again"), []);
+    assert_eq!(store.release("never", "eth0").await.expect("never"), []);
+    assert_eq!(store.leases().await.expect("leases"), [second]);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_dual_stack_attachment_holds_one_address_per_family() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = open_in(&tmp).await;
+    let v6 = store
+        .lease(&request("c1", "fd00:42:1::/64"))
+        .await
+        .expect("v6");
+    let v4 = store
+        .lease(&request("c1", "10.42.1.0/24"))
+        .await
+        .expect("v4");
+    assert_eq!(v6.address, ip("fd00:42:1::2"));
+    assert_eq!(v4.address, ip("10.42.1.2"));
+    assert_eq!(
+        store.lease_of("c1", "eth0").await.expect("of"),
+        [v4.clone(), v6.clone()],
+        "IPv4 first"
+    );
+
+    // A second address of a family the attachment already holds, from another CIDR, is refused.
+    let err = store
+        .lease(&request("c1", "10.43.0.0/24"))
+        .await
+        .expect_err("other CIDR");
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::LeaseElsewhere { .. }), "{msg}");
+    assert!(msg.contains("10.42.1.2 from 10.42.1.0/24"), "{msg}");
+    assert!(msg.contains("10.43.0.0/24"), "{msg}");
+
+    assert_eq!(
+        store.release("c1", "eth0").await.expect("release"),
+        [v4, v6]
+    );
+    assert_eq!(store.leases().await.expect("leases"), []);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn leases_are_never_network_gateway_or_broadcast_and_exhaustion_names_the_cidr() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = open_in(&tmp).await;
+    let mut got = Vec::new();
+    for i in 0..5 {
+        let lease = store
+            .lease(&request(&format!("c{i}"), "10.42.1.0/29"))
+            .await
+            .expect("lease");
+        got.push(lease.address);
+    }
+    let want: Vec<IpAddr> = (2..=6).map(|h| ip(&format!("10.42.1.{h}"))).collect();
+    assert_eq!(got, want, "no .0 (network), .1 (gateway) or .7 (broadcast)");
+
+    let err = store
+        .lease(&request("c5", "10.42.1.0/29"))
+        .await
+        .expect_err("full");
+    assert!(
+        matches!(
+            err,
+            StoreError::Ipam(skein_ipam::IpamError::Exhausted { .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "no free address left in 10.42.1.0/29 (5 usable, all leased)"
+    );
+    let err = store
+        .lease(&request("c6", "10.42.1.4/31"))
+        .await
+        .expect_err("too small");
+    assert!(err.to_string().contains("10.42.1.4/31"), "{err}");
+    store.close().await;
+}
+
+/// Runs one `lease` per container id concurrently, each from its own task.
+async fn lease_concurrently(
+    store: &Store,
+    cidr: &str,
+    count: usize,
+) -> Vec<Result<Lease, StoreError>> {
+    let tasks: Vec<_> = (0..count)
+        .map(|i| {
+            let store = store.clone();
+            let req = request(&format!("c{i}"), cidr);
+            tokio::spawn(async move { store.lease(&req).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.expect("task"));
+    }
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_leases_get_distinct_addresses() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = open_in(&tmp).await;
+    let cidr: ipnet::IpNet = "10.42.1.0/24".parse().expect("cidr");
+    let addresses: Vec<IpAddr> = lease_concurrently(&store, "10.42.1.0/24", 200)
+        .await
+        .into_iter()
+        .map(|r| r.expect("lease").address)
+        .collect();
+    let distinct: BTreeSet<IpAddr> = addresses.iter().copied().collect();
+    assert_eq!(distinct.len(), 200, "an address was handed out twice");
+    let usable: BTreeSet<IpAddr> = skein_ipam::usable(cidr).collect();
+    assert!(distinct.is_subset(&usable));
+    assert_eq!(store.usage().await.expect("usage"), [(cidr, 200)]);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_leases_exhaust_a_cidr_exactly() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = open_in(&tmp).await;
+    let (mut addresses, mut exhausted) = (BTreeSet::new(), 0);
+    for result in lease_concurrently(&store, "10.42.1.64/26", 70).await {
+        match result {
+            Ok(lease) => assert!(addresses.insert(lease.address), "{} twice", lease.address),
+            Err(StoreError::Ipam(skein_ipam::IpamError::Exhausted { .. })) => exhausted += 1,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(addresses.len(), 61, "a /26 has 61 pod addresses");
+    assert_eq!(exhausted, 9);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn leases_and_the_cursor_survive_a_reopen() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = open_in(&tmp).await;
+    for c in ["c1", "c2", "c3"] {
+        store
+            .lease(&request(c, "10.42.1.0/24"))
+            .await
+            .expect("lease");
+    }
+    store.release("c1", "eth0").await.expect("release");
+    let before = store.leases().await.expect("leases");
+    store.close().await;
+    drop(store);
+
+    let store = open_in(&tmp).await;
+    assert_eq!(store.leases().await.expect("leases"), before);
+    let next = store
+        .lease(&request("c4", "10.42.1.0/24"))
+        .await
+        .expect("lease");
+    assert_eq!(
+        next.address,
+        ip("10.42.1.5"),
+        "resumes after .4, not at the released .2"
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_released_address_is_not_reused_next() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = open_in(&tmp).await;
+    for c in ["a", "b", "c"] {
+        store
+            .lease(&request(c, "10.42.1.0/24"))
+            .await
+            .expect("lease");
+    }
+    let released = store.release("c", "eth0").await.expect("release");
+    assert_eq!(released[0].address, ip("10.42.1.4"));
+    let next = store
+        .lease(&request("d", "10.42.1.0/24"))
+        .await
+        .expect("lease");
+    assert_eq!(next.address, ip("10.42.1.5"));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_lease_rolled_back_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = open_in(&tmp).await;
+    // What a daemon that dies mid-transaction leaves: a transaction never committed.
+    let mut tx = store.begin_write().await.expect("begin");
+    insert_raw(&mut *tx, "10.42.1.2", "dead")
+        .await
+        .expect("insert");
+    drop(tx);
+
+    assert_eq!(store.lease_of("dead", "eth0").await.expect("of"), []);
+    let lease = store
+        .lease(&request("c1", "10.42.1.0/24"))
+        .await
+        .expect("lease");
+    assert_eq!(lease.address, ip("10.42.1.2"));
+    assert_eq!(store.leases().await.expect("leases"), [lease]);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn the_schema_refuses_an_address_twice_and_two_per_family() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = open_in(&tmp).await;
+    let lease = store
+        .lease(&request("c1", "10.42.1.0/24"))
+        .await
+        .expect("lease");
+    let err = insert_raw(&store.pool, &lease.address.to_string(), "c2")
+        .await
+        .expect_err("the same address for another container");
+    assert!(err.to_string().contains("UNIQUE"), "{err}");
+    let err = insert_raw(&store.pool, "10.42.1.200", "c1")
+        .await
+        .expect_err("a second IPv4 address for the same attachment");
+    assert!(err.to_string().contains("UNIQUE"), "{err}");
+    assert_eq!(store.leases().await.expect("leases"), [lease]);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn release_except_keeps_exactly_the_kept_attachments() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = open_in(&tmp).await;
+    for c in ["c1", "c2", "c3", "c4"] {
+        store.lease(&request(c, "10.42.1.0/24")).await.expect("v4");
+    }
+    for c in ["c1", "c2"] {
+        store
+            .lease(&request(c, "fd00:42:1::/64"))
+            .await
+            .expect("v6");
+    }
+    let mut eth1 = request("c3", "10.42.1.0/24");
+    eth1.ifname = "eth1".to_string();
+    store.lease(&eth1).await.expect("second interface");
+
+    let keep: BTreeSet<(String, String)> = [("c1", "eth0"), ("c3", "eth1"), ("gone", "eth0")]
+        .into_iter()
+        .map(|(c, i)| (c.to_string(), i.to_string()))
+        .collect();
+    let freed: Vec<(String, String, IpAddr)> = store
+        .release_except(&keep)
+        .await
+        .expect("release_except")
+        .into_iter()
+        .map(|l| (l.container_id, l.ifname, l.address))
+        .collect();
+    let attachment = |c: &str, i: &str, a: &str| (c.to_string(), i.to_string(), ip(a));
+    assert_eq!(
+        freed,
+        [
+            attachment("c2", "eth0", "10.42.1.3"),
+            attachment("c3", "eth0", "10.42.1.4"),
+            attachment("c4", "eth0", "10.42.1.5"),
+            attachment("c2", "eth0", "fd00:42:1::3"),
+        ]
+    );
+    let left: BTreeSet<(String, String)> = store
+        .leases()
+        .await
+        .expect("leases")
+        .into_iter()
+        .map(|l| (l.container_id, l.ifname))
+        .collect();
+    let kept_and_present: BTreeSet<(String, String)> =
+        keep.into_iter().filter(|(c, _)| c != "gone").collect();
+    assert_eq!(left, kept_and_present);
+    assert_eq!(
+        store.usage().await.expect("usage"),
+        [
+            ("10.42.1.0/24".parse().expect("cidr"), 2),
+            ("fd00:42:1::/64".parse().expect("cidr"), 1),
+        ]
+    );
+    store.close().await;
 }

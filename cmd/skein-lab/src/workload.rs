@@ -1,0 +1,147 @@
+//! What runs in a lab pod, in the spirit of Kubernetes' agnhost: a server that answers on the
+//! pod's container ports with the pod's name (TCP: the name, then an echo of whatever arrives;
+//! UDP: the name and the datagram; HTTP: the name as the body), and a probe that reports whether
+//! a target answers within a timeout, and what it said.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+/// Serves until killed.
+pub async fn serve(
+    name: String,
+    tcp: Vec<u16>,
+    udp: Vec<u16>,
+    http: Vec<u16>,
+) -> anyhow::Result<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for port in tcp {
+        let listener = TcpListener::bind(("0.0.0.0", port))
+            .await
+            .with_context(|| format!("tcp port {port}"))?;
+        let name = name.clone();
+        tasks.spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(echo(conn, name.clone()));
+            }
+        });
+    }
+    for port in udp {
+        let socket = UdpSocket::bind(("0.0.0.0", port))
+            .await
+            .with_context(|| format!("udp port {port}"))?;
+        let name = name.clone();
+        tasks.spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                    continue;
+                };
+                let mut reply = format!("{name} ").into_bytes();
+                reply.extend_from_slice(&buf[..n]);
+                let _ = socket.send_to(&reply, peer).await;
+            }
+        });
+    }
+    for port in http {
+        let listener = TcpListener::bind(("0.0.0.0", port))
+            .await
+            .with_context(|| format!("http port {port}"))?;
+        let name = name.clone();
+        tasks.spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else { continue };
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await;
+                    let body = format!("{name}\n");
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+    }
+    if tasks.is_empty() {
+        bail!("no ports to serve");
+    }
+    eprintln!("workload {name} serving");
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn echo(mut conn: TcpStream, name: String) {
+    if conn
+        .write_all(format!("{name}\n").as_bytes())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (mut r, mut w) = conn.split();
+    let _ = tokio::io::copy(&mut r, &mut w).await;
+}
+
+/// One probe: `Ok(answer)` when the target answered within `timeout`.
+pub async fn probe(
+    protocol: &str,
+    target: SocketAddr,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let attempt = async {
+        match protocol {
+            "tcp" => {
+                let mut conn = TcpStream::connect(target).await?;
+                let mut line = Vec::new();
+                let mut byte = [0u8; 1];
+                while conn.read(&mut byte).await? == 1 && byte[0] != b'\n' {
+                    line.push(byte[0]);
+                }
+                Ok(String::from_utf8_lossy(&line).into_owned())
+            }
+            "udp" => {
+                let bind: SocketAddr = if target.is_ipv4() {
+                    "0.0.0.0:0"
+                } else {
+                    "[::]:0"
+                }
+                .parse()?;
+                let socket = UdpSocket::bind(bind).await?;
+                socket.send_to(b"probe", target).await?;
+                let mut buf = vec![0u8; 65536];
+                let (n, _) = socket.recv_from(&mut buf).await?;
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                Ok(text.strip_suffix(" probe").unwrap_or(&text).to_string())
+            }
+            "http" => {
+                let mut conn = TcpStream::connect(target).await?;
+                conn.write_all(
+                    format!("GET / HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await?;
+                let mut text = String::new();
+                conn.read_to_string(&mut text).await?;
+                let body = text
+                    .split_once("\r\n\r\n")
+                    .map(|(_, b)| b.trim().to_string())
+                    .unwrap_or_default();
+                Ok(body)
+            }
+            other => bail!("unknown protocol {other:?} (tcp, udp or http)"),
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => bail!("no answer from {protocol} {target} within {timeout:?}"),
+    }
+}

@@ -1,0 +1,184 @@
+//! skein's nftables table, `inet skein`, and nothing else in the ruleset.
+//!
+//! A change is a [`Transaction`]: an ordered list of add/flush/delete operations on the table,
+//! applied atomically by a [`Backend`]. The rules themselves are pure functions of the
+//! node's state (see [`masquerade`]); the `nft` program backend is the thin apply step. Later
+//! parts (service proxy, policy) keep to the same table and the same transaction type, so a
+//! netlink backend with bounded batches can replace the program without touching them.
+//!
+//! | chain        | hook        | priority | what                                          |
+//! |--------------|-------------|----------|-----------------------------------------------|
+//! | `postrouting`| postrouting | srcnat   | masquerade pod traffic leaving the cluster CIDR |
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use ipnet::IpNet;
+
+#[cfg(test)]
+mod tests;
+
+/// The one table skein owns.
+pub const TABLE: &str = "skein";
+pub const FAMILY: &str = "inet";
+pub const CHAIN_POSTROUTING: &str = "postrouting";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("cannot run nft (install the nftables package): {0}")]
+    Spawn(std::io::Error),
+    #[error("nft rejected the transaction: {stderr}")]
+    Rejected { stderr: String },
+}
+
+/// A base chain's hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    pub kind: &'static str,
+    pub hook: &'static str,
+    pub priority: &'static str,
+    pub policy: &'static str,
+}
+
+/// One operation on skein's table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Creates the table if missing (never fails on an existing one).
+    AddTable,
+    /// Empties every chain of the table, keeping chains and sets.
+    FlushTable,
+    DeleteTable,
+    AddChain {
+        name: String,
+        hook: Option<Hook>,
+    },
+    FlushChain {
+        name: String,
+    },
+    AddRule {
+        chain: String,
+        rule: String,
+        comment: Option<String>,
+    },
+}
+
+/// An ordered list of operations applied as one atomic change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transaction {
+    pub ops: Vec<Op>,
+}
+
+impl Transaction {
+    pub fn push(&mut self, op: Op) -> &mut Self {
+        self.ops.push(op);
+        self
+    }
+
+    /// The transaction in `nft -f` syntax.
+    pub fn script(&self) -> String {
+        let mut out = String::new();
+        let t = format!("{FAMILY} {TABLE}");
+        for op in &self.ops {
+            let _ = match op {
+                Op::AddTable => writeln!(out, "add table {t}"),
+                Op::FlushTable => writeln!(out, "flush table {t}"),
+                Op::DeleteTable => writeln!(out, "delete table {t}"),
+                Op::AddChain { name, hook: None } => writeln!(out, "add chain {t} {name}"),
+                Op::AddChain {
+                    name,
+                    hook: Some(h),
+                } => writeln!(
+                    out,
+                    "add chain {t} {name} {{ type {} hook {} priority {}; policy {}; }}",
+                    h.kind, h.hook, h.priority, h.policy
+                ),
+                Op::FlushChain { name } => writeln!(out, "flush chain {t} {name}"),
+                Op::AddRule {
+                    chain,
+                    rule,
+                    comment: None,
+                } => writeln!(out, "add rule {t} {chain} {rule}"),
+                Op::AddRule {
+                    chain,
+                    rule,
+                    comment: Some(c),
+                } => {
+                    writeln!(
+                        out,
+                        "add rule {t} {chain} {rule} comment \"{}\"",
+                        c.replace('"', "'")
+                    )
+                }
+            };
+        }
+        out
+    }
+}
+
+/// Applies transactions to the kernel.
+pub trait Backend {
+    fn apply(&self, tx: &Transaction) -> Result<(), NftError>;
+}
+
+/// The `nft` program: fine for a few static rules (it re-reads the table on every run, which
+/// the service proxy's thousands of rules will not afford).
+#[derive(Debug, Clone, Default)]
+pub struct NftProgram;
+
+impl Backend for NftProgram {
+    fn apply(&self, tx: &Transaction) -> Result<(), NftError> {
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(NftError::Spawn)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(tx.script().as_bytes())
+                .map_err(NftError::Spawn)?;
+        }
+        let out = child.wait_with_output().map_err(NftError::Spawn)?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(NftError::Rejected {
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            })
+        }
+    }
+}
+
+/// The table's full state for masquerading: pod traffic from `pod_cidrs` to anywhere outside
+/// `cluster_cidrs` leaves with the node's address; pod-to-pod traffic keeps its source. One
+/// transaction that rebuilds the table, so applying it twice changes nothing.
+pub fn masquerade(pod_cidrs: &[IpNet], cluster_cidrs: &[IpNet]) -> Transaction {
+    let mut tx = Transaction::default();
+    tx.push(Op::AddTable)
+        .push(Op::FlushTable)
+        .push(Op::AddChain {
+            name: CHAIN_POSTROUTING.into(),
+            hook: Some(Hook {
+                kind: "nat",
+                hook: "postrouting",
+                priority: "srcnat",
+                policy: "accept",
+            }),
+        });
+    for pod in pod_cidrs {
+        for cluster in cluster_cidrs
+            .iter()
+            .filter(|c| c.addr().is_ipv4() == pod.addr().is_ipv4())
+        {
+            let ip = if pod.addr().is_ipv4() { "ip" } else { "ip6" };
+            tx.push(Op::AddRule {
+                chain: CHAIN_POSTROUTING.into(),
+                rule: format!("{ip} saddr {pod} {ip} daddr != {cluster} masquerade"),
+                comment: Some("pod traffic leaving the cluster".into()),
+            });
+        }
+    }
+    tx
+}

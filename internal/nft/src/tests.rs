@@ -1,0 +1,56 @@
+//! Golden scripts of the pure rule builders.
+
+use super::*;
+
+fn nets(s: &[&str]) -> Vec<IpNet> {
+    s.iter().map(|c| c.parse().expect("cidr")).collect()
+}
+
+#[test]
+fn masquerade_rebuilds_the_table_in_one_transaction() {
+    let tx = masquerade(&nets(&["10.42.1.0/24"]), &nets(&["10.42.0.0/16"]));
+    assert_eq!(
+        tx.script(),
+        "add table inet skein\n\
+         flush table inet skein\n\
+         add chain inet skein postrouting { type nat hook postrouting priority srcnat; policy accept; }\n\
+         add rule inet skein postrouting ip saddr 10.42.1.0/24 ip daddr != 10.42.0.0/16 masquerade comment \"pod traffic leaving the cluster\"\n"
+    );
+}
+
+#[test]
+fn dual_stack_pairs_families_and_never_mixes_them() {
+    let tx = masquerade(
+        &nets(&["10.42.1.0/24", "fd00:42:1::/64"]),
+        &nets(&["10.42.0.0/16", "fd00:42::/48"]),
+    );
+    let script = tx.script();
+    let rules: Vec<&str> = script
+        .lines()
+        .filter(|l| l.starts_with("add rule"))
+        .collect();
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    assert!(rules[0].contains("ip saddr 10.42.1.0/24 ip daddr != 10.42.0.0/16"));
+    assert!(rules[1].contains("ip6 saddr fd00:42:1::/64 ip6 daddr != fd00:42::/48"));
+}
+
+#[test]
+fn no_pod_cidr_means_an_empty_chain() {
+    let tx = masquerade(&[], &nets(&["10.42.0.0/16"]));
+    assert!(!tx.script().contains("add rule"));
+    assert!(tx.script().contains("flush table inet skein"));
+}
+
+#[test]
+fn comments_cannot_break_out_of_their_quotes() {
+    let mut tx = Transaction::default();
+    tx.push(Op::AddRule {
+        chain: "c".into(),
+        rule: "accept".into(),
+        comment: Some("a \"quoted\" word".into()),
+    });
+    assert_eq!(
+        tx.script(),
+        "add rule inet skein c accept comment \"a 'quoted' word\"\n"
+    );
+}
