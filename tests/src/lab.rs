@@ -100,6 +100,31 @@ impl Lab {
             .unwrap_or_default()
     }
 
+    /// Runs a command inside a node's (or any lab) network namespace: (success, stdout+stderr).
+    pub fn exec(&self, netns: &str, argv: &[&str]) -> (bool, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", netns])
+            .args(argv)
+            .output()
+            .expect("ip netns exec");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// `skein-lab apply -f` of a YAML text.
+    pub fn apply(&self, yaml: &str) -> String {
+        let file = tempfile::Builder::new()
+            .suffix(".yaml")
+            .tempfile()
+            .expect("tmp");
+        std::fs::write(file.path(), yaml).expect("write");
+        self.must(&["apply", "-f", file.path().to_str().expect("utf-8")])
+    }
+
     pub fn netns(&self, node: &str) -> String {
         format!("skl-{}-{node}", self.name)
     }

@@ -94,6 +94,37 @@ fn three_nodes_see_each_other_follow_deletions_and_survive_an_api_outage() {
         );
     }
 
+    // A command runs inside a node: it sees the underlay address the lab gave it.
+    let (ok, addrs) = lab.exec(
+        &lab.netns("node-2"),
+        &["ip", "-4", "-o", "addr", "show", "dev", "eth0"],
+    );
+    assert!(ok && addrs.contains("198.18.0.12/24"), "{addrs}");
+
+    // `apply` creates and updates objects of any kind the API serves.
+    let applied = lab.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n\
+         spec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: shop}\n\
+         spec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    );
+    assert_eq!(applied.lines().count(), 3, "{applied}");
+    for (kind, name) in [
+        ("namespaces", "shop"),
+        ("services", "web"),
+        ("networkpolicies", "deny"),
+    ] {
+        let out = lab.must(&["get", kind]);
+        assert!(out.contains(name), "{kind}: {out}");
+    }
+    lab.apply("apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {selector: {app: web}, ports: [{port: 81}]}\n");
+    let services = lab.must(&["get", "services", "-o", "json"]);
+    assert!(
+        services.contains("\"port\": 81"),
+        "updated in place: {services}"
+    );
+
     // The page shows the same view to a person.
     if skein_e2e::require(
         skein_e2e::which("chromium").is_some(),
