@@ -36,7 +36,8 @@ function render(s) {
   document.querySelector("#config code").textContent = s.config_path;
   document.querySelector("#state code").textContent = s.state_path;
 
-  renderCluster(s);
+    renderCluster(s);
+  renderPods(s);
 
   const list = document.getElementById("parts");
   list.replaceChildren(...s.parts.map((p) => {
@@ -80,6 +81,31 @@ function renderCluster(s) {
       el("td", `ready-${ready.replace(" ", "-")}`, ready),
       el("td", "", n.pod_cidrs.length ? n.pod_cidrs.join(", ") : "none yet"),
       el("td", "", n.underlay_address || n.internal_ip || "–"),
+    );
+    return tr;
+  }));
+}
+
+function renderPods(s) {
+  const ipam = document.getElementById("ipam");
+  const body = document.querySelector("#pods tbody");
+  const i = s.ipam;
+  if (!i) {
+    ipam.textContent = "No pod addresses yet.";
+    body.replaceChildren();
+    return;
+  }
+  ipam.textContent = i.cidrs.length
+    ? i.cidrs.map((c) => `${c.cidr}: ${c.used} used, ${c.capacity - c.used} free`).join(" · ")
+    : "This node has no pod CIDR yet.";
+  body.replaceChildren(...i.pods.map((p) => {
+    const tr = el("tr");
+    tr.dataset.pod = `${p.namespace}/${p.name}`;
+    tr.append(
+      el("td", "", p.namespace ? `${p.namespace}/${p.name}` : p.container),
+      el("td", "", p.address),
+      el("td", "", p.interface),
+      el("td", "", p.container),
     );
     return tr;
   }));

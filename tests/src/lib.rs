@@ -131,8 +131,10 @@ impl Sandbox {
         let port = free_port();
         let config = tmp.path().join("config.toml");
         let text = format!(
-            "[node]\nname = \"{node}\"\n\n[store]\npath = \"{}\"\n\n[dashboard]\nlisten = \"127.0.0.1:{port}\"\n\n{extra}",
-            tmp.path().join("state").join("state.db").display()
+            "[node]\nname = \"{node}\"\n\n[store]\npath = \"{}\"\n\n[dashboard]\nlisten = \"127.0.0.1:{port}\"\n\n\
+             [cni]\nsocket = \"{dir}/cni.sock\"\nconf_dir = \"{dir}/net.d\"\nbin_dir = \"{dir}/bin\"\n\n{extra}",
+            tmp.path().join("state").join("state.db").display(),
+            dir = tmp.path().display()
         );
         std::fs::write(&config, text).expect("write config");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));

@@ -1,7 +1,8 @@
 //! What runs in a lab pod, in the spirit of Kubernetes' agnhost: a server that answers on the
-//! pod's container ports with the pod's name (TCP: the name, then an echo of whatever arrives;
-//! UDP: the name and the datagram; HTTP: the name as the body), and a probe that reports whether
-//! a target answers within a timeout, and what it said.
+//! pod's container ports with the pod's name and the source address it sees (TCP: that line,
+//! then an echo of whatever arrives; UDP: that line; HTTP: the name as the body), and a probe
+//! that reports whether a target answers within a timeout, and what it said. The source address
+//! is how tests see masquerading.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,10 +26,8 @@ pub async fn serve(
         let name = name.clone();
         tasks.spawn(async move {
             loop {
-                let Ok((conn, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(echo(conn, name.clone()));
+                let Ok((conn, peer)) = listener.accept().await else { continue };
+                tokio::spawn(echo(conn, format!("{name} {}", peer.ip())));
             }
         });
     }
@@ -40,12 +39,9 @@ pub async fn serve(
         tasks.spawn(async move {
             let mut buf = vec![0u8; 65536];
             loop {
-                let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
-                    continue;
-                };
-                let mut reply = format!("{name} ").into_bytes();
-                reply.extend_from_slice(&buf[..n]);
-                let _ = socket.send_to(&reply, peer).await;
+                let Ok((_, peer)) = socket.recv_from(&mut buf).await else { continue };
+                let reply = format!("{name} {}", peer.ip());
+                let _ = socket.send_to(reply.as_bytes(), peer).await;
             }
         });
     }
@@ -79,9 +75,8 @@ pub async fn serve(
     Ok(())
 }
 
-async fn echo(mut conn: TcpStream, name: String) {
-    if conn
-        .write_all(format!("{name}\n").as_bytes())
+async fn echo(mut conn: TcpStream, greeting: String) {
+    if conn.write_all(format!("{greeting}\n").as_bytes())
         .await
         .is_err()
     {
@@ -119,8 +114,7 @@ pub async fn probe(
                 socket.send_to(b"probe", target).await?;
                 let mut buf = vec![0u8; 65536];
                 let (n, _) = socket.recv_from(&mut buf).await?;
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                Ok(text.strip_suffix(" probe").unwrap_or(&text).to_string())
+                Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
             }
             "http" => {
                 let mut conn = TcpStream::connect(target).await?;

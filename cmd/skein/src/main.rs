@@ -56,6 +56,10 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    // Run by a container runtime as the CNI plugin: the protocol is the environment and stdin.
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        return skein_cni::plugin_main();
+    }
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -291,7 +291,12 @@ pub(crate) async fn answer<H: Handler>(handler: &H, line: &[u8], fds: Vec<OwnedF
             error: None,
         },
         Err(error) => {
-            tracing::debug!(command = command.as_str(), code = error.code(), %error, "cni request failed");
+            tracing::debug!(
+                command = command.as_str(),
+                code = error.code(),
+                %error,
+                "cni request failed"
+            );
             error_response(&version, &error)
         }
     }

@@ -2,6 +2,16 @@
 //! each way, and the pod's network namespace riding with the request's first bytes as an
 //! `SCM_RIGHTS` descriptor.
 //!
+//! ```text
+//! plugin -> daemon  {"v":1,"command":"ADD","containerId":"…","ifname":"eth0",
+//!                    "netns":"/var/run/netns/…",
+//!                    "pod":{"namespace":"…","name":"…","uid":"…","infraContainerId":"…"},
+//!                    "config":{…stdin as given…},"netnsFd":true}\n    (+ the netns fd)
+//! daemon -> plugin  {"output":{…result or VERSION, in the request's cniVersion…}}\n
+//!                 | {"error":{"cniVersion":"…","code":11,"msg":"…","details":"…"}}\n
+//!                 | {}\n                                            (success, nothing to print)
+//! ```
+//!
 //! The plugin's side is blocking std code (it runs once and exits); the daemon's side is async.
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};

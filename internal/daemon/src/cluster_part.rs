@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use skein_cluster::{ANNOTATION_UNDERLAY_ADDRESS, ApiHealth, Snapshot};
-use skein_status::{ClusterSummary, NodeSummary, PartHandle, StatusBoard};
+use skein_status::{ClusterSummary, NodeSummary, PartHandle, ServiceSummary, StatusBoard};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::PartResult;
@@ -55,7 +56,28 @@ pub fn summarize(snapshot: &Snapshot, health: &ApiHealth, me: &str) -> ClusterSu
                 internal_ip: n.internal_ip.map(|ip| ip.to_string()),
                 underlay_address: n.skein.get(ANNOTATION_UNDERLAY_ADDRESS).cloned(),
                 ready: n.ready,
-                this_node: n.name == me,
+                                this_node: n.name == me,
+            })
+            .collect(),
+        services: snapshot
+            .services
+            .values()
+            .map(|s| {
+                let mut endpoints: Vec<String> = snapshot
+                    .endpoint_slices
+                    .values()
+                    .filter(|e| e.namespace == s.namespace && e.service_name.as_deref() == Some(s.name.as_str()))
+                    .flat_map(|e| e.endpoints.iter().filter(|ep| ep.ready).flat_map(|ep| ep.addresses.iter()))
+                    .map(ToString::to_string)
+                    .collect();
+                endpoints.sort();
+                endpoints.dedup();
+                ServiceSummary {
+                    namespace: s.namespace.clone(),
+                    name: s.name.clone(),
+                    cluster_ips: s.cluster_ips.iter().map(ToString::to_string).collect(),
+                    endpoints,
+                }
             })
             .collect(),
     }
@@ -90,6 +112,7 @@ pub async fn run(
     node: String,
     handle: PartHandle,
     board: StatusBoard,
+    feed: watch::Sender<Arc<Snapshot>>,
     cancel: CancellationToken,
 ) -> PartResult {
     let config = skein_cluster::client_config(&kubeconfig)
@@ -114,6 +137,9 @@ pub async fn run(
         let api: ApiHealth = health.borrow().clone();
         if api.synced {
             board.set_cluster(summarize(&snapshot, &api, &node));
+            if feed.borrow().version != snapshot.version {
+                feed.send_replace(snapshot.clone());
+            }
         }
         if api.synced
             && tokio::time::Instant::now() >= next_publish

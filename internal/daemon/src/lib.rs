@@ -12,6 +12,8 @@ use skein_store::Store;
 use tokio_util::sync::CancellationToken;
 
 mod cluster_part;
+mod cni_install;
+mod cni_part;
 pub mod supervisor;
 #[cfg(test)]
 mod tests;
@@ -104,14 +106,42 @@ fn spawn_parts(
     listener: std::net::TcpListener,
     page: &str,
 ) {
+    // The cluster part feeds the latest snapshot here; it outlives the part's restarts, so the
+    // parts reading it never lose their subscription.
+    let (feed, snapshots) = tokio::sync::watch::channel(std::sync::Arc::new(skein_cluster::Snapshot::default()));
     let kubeconfig = config.cluster.kubeconfig.clone();
-    let (node, cluster_board) = (node.to_string(), board.clone());
+    let (cluster_node, cluster_board) = (node.to_string(), board.clone());
     parts.spawn("cluster", move |handle, cancel| {
         cluster_part::run(
             kubeconfig.clone(),
-            node.clone(),
+            cluster_node.clone(),
             handle,
             cluster_board.clone(),
+            feed.clone(),
+            cancel,
+        )
+    });
+
+    let settings = cni_part::Settings {
+        node: node.to_string(),
+        socket: config.cni.socket.clone(),
+        conf_dir: config.cni.conf_dir.clone(),
+        bin_dir: config.cni.bin_dir.clone(),
+        bridge: config.cni.bridge.clone(),
+        mtu: config.cni_mtu(),
+        portmap: config.cni.portmap,
+        cluster_cidrs: vec![config.pod_cidr()],
+    };
+    let gc_interval = config.ipam_gc_interval();
+    let (cni_store, cni_board) = (store.clone(), board.clone());
+    parts.spawn("cni", move |handle, cancel| {
+        cni_part::run(
+            settings.clone(),
+            cni_store.clone(),
+            snapshots.clone(),
+            gc_interval,
+            handle,
+            cni_board.clone(),
             cancel,
         )
     });

@@ -64,6 +64,16 @@ pub struct NodeSummary {
     pub this_node: bool,
 }
 
+/// One Service as the cluster view has it, with its ready endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceSummary {
+    pub namespace: String,
+    pub name: String,
+    pub cluster_ips: Vec<String>,
+    /// Ready endpoint addresses from the Service's EndpointSlices.
+    pub endpoints: Vec<String>,
+}
+
 /// The cluster view: whether the API answers, and what it last said.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClusterSummary {
@@ -72,8 +82,35 @@ pub struct ClusterSummary {
     pub api_since: u64,
     /// Every watched kind has been listed at least once.
     pub synced: bool,
-    pub snapshot_version: u64,
+        pub snapshot_version: u64,
     pub nodes: Vec<NodeSummary>,
+    pub services: Vec<ServiceSummary>,
+}
+
+/// Address use of one pod CIDR.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CidrUse {
+    pub cidr: String,
+    pub used: u64,
+    pub capacity: u64,
+}
+
+/// One leased pod address on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PodLease {
+    pub namespace: String,
+    pub name: String,
+    pub address: String,
+    pub interface: String,
+    /// The first 12 characters of the container ID, as runtimes show it.
+    pub container: String,
+}
+
+/// IPAM on this node: use per CIDR and the pods holding addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IpamSummary {
+    pub cidrs: Vec<CidrUse>,
+    pub pods: Vec<PodLease>,
 }
 
 /// Everything the JSON API and the page show, at one instant.
@@ -90,6 +127,8 @@ pub struct Report {
     pub parts: Vec<PartStatus>,
     /// `None` until the cluster part has a view.
     pub cluster: Option<ClusterSummary>,
+    /// `None` until the CNI part reports.
+    pub ipam: Option<IpamSummary>,
 }
 
 #[derive(Debug)]
@@ -99,6 +138,7 @@ struct Inner {
     ready: bool,
     parts: BTreeMap<String, PartStatus>,
     cluster: Option<ClusterSummary>,
+    ipam: Option<IpamSummary>,
 }
 
 /// Shared, cheap to clone.
@@ -121,6 +161,7 @@ impl StatusBoard {
             ready: false,
             parts: BTreeMap::new(),
             cluster: None,
+            ipam: None,
         };
         Self {
             inner: Arc::new(RwLock::new(inner)),
@@ -167,6 +208,10 @@ impl StatusBoard {
         self.write(|inner| inner.cluster = Some(cluster));
     }
 
+    pub fn set_ipam(&self, ipam: IpamSummary) {
+        self.write(|inner| inner.ipam = Some(ipam));
+    }
+
     pub fn is_ready(&self) -> bool {
         self.read(|inner| inner.ready)
     }
@@ -193,6 +238,7 @@ impl StatusBoard {
                 },
                 parts,
                 cluster: inner.cluster.clone(),
+                ipam: inner.ipam.clone(),
             }
         })
     }
