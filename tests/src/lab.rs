@@ -125,6 +125,107 @@ impl Lab {
         self.must(&["apply", "-f", file.path().to_str().expect("utf-8")])
     }
 
+    /// A pod as the API has it once it runs: (network namespace, first pod IP), or `None`.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<(String, String)> {
+        let out = self.run(&["get", "pods", "-o", "json"]).1;
+        let pods: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let pod = pods
+            .as_array()?
+            .iter()
+            .find(|p| p["metadata"]["namespace"] == namespace && p["metadata"]["name"] == name)?;
+        let ip = pod["status"]["podIP"].as_str()?.to_string();
+        let uid = pod["metadata"]["uid"].as_str()?.replace('-', "");
+        Some((format!("skl-{}-p-{}", self.name, &uid[..12]), ip))
+    }
+
+    /// `skein-lab probe` from inside `netns`: what the target answered, or `None`.
+    pub fn probe(&self, netns: &str, protocol: &str, target: &str) -> Option<String> {
+        let lab = crate::built_bin("skein-lab");
+        let (ok, out) = self.exec(
+            netns,
+            &[lab.to_str()?, "probe", protocol, target, "--timeout", "3s"],
+        );
+        ok.then(|| out.trim().to_string())
+    }
+
+    /// Starts a lab workload answering on `port` (TCP and UDP) inside `netns`; `down` stops it.
+    pub fn serve_in(&self, netns: &str, name: &str, port: u16) {
+        let lab = crate::built_bin("skein-lab");
+        let port = port.to_string();
+        Command::new("ip")
+            .args(["netns", "exec", netns])
+            .arg(lab)
+            .args(["workload", "--pod", name, "--tcp", &port, "--udp", &port])
+            .env("SKEIN_LAB", &self.name)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start a workload");
+    }
+
+    /// Runs the node's installed CNI plugin as a runtime would: `command` with the first
+    /// plugin of the node's conflist (at `version`), for `container`'s `netns_path`.
+    pub fn cni(
+        &self,
+        node: &str,
+        command: &str,
+        container: &str,
+        netns_path: &str,
+        version: &str,
+    ) -> (bool, serde_json::Value) {
+        let node_dir = format!("{}/nodes/{node}", self.dir());
+        let list: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(format!("{node_dir}/net.d/10-skein.conflist"))
+                .expect("conflist"),
+        )
+        .expect("conflist json");
+        let mut config = list["plugins"][0].clone();
+        config["cniVersion"] = version.into();
+        config["name"] = list["name"].clone();
+        self.cni_raw(
+            node,
+            &[
+                ("CNI_COMMAND", command),
+                ("CNI_CONTAINERID", container),
+                ("CNI_NETNS", netns_path),
+                ("CNI_IFNAME", "eth0"),
+            ],
+            &config.to_string(),
+        )
+    }
+
+    /// The plugin with exactly these variables and this stdin: (exit success, printed JSON).
+    pub fn cni_raw(
+        &self,
+        node: &str,
+        env: &[(&str, &str)],
+        stdin: &str,
+    ) -> (bool, serde_json::Value) {
+        use std::io::Write;
+        let plugin = format!("{}/nodes/{node}/bin/skein", self.dir());
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.netns(node), &plugin])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run the plugin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write stdin");
+        let out = child.wait_with_output().expect("plugin output");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let json =
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text.into_owned()));
+        (out.status.success(), json)
+    }
+
     pub fn netns(&self, node: &str) -> String {
         format!("skl-{}-{node}", self.name)
     }

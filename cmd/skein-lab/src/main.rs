@@ -420,6 +420,20 @@ fn up(
         progress(started, "starting kube-controller-manager");
         lab.spawn("controller-manager")?;
         lab.save()?;
+        // Pod admission needs each namespace's `default` ServiceAccount, which the controller
+        // manager's service-account controller makes: the lab is not up before it exists.
+        let accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            kube::Api::namespaced(client.clone(), "default");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while accounts.get_opt("default").await?.is_none() {
+            if Instant::now() > deadline {
+                bail!(
+                    "the controller manager made no default ServiceAccount; its log: {}",
+                    lab.processes["controller-manager"].log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         progress(started, "registering the nodes");
         for node in &lab.nodes {
             kubelet::register(&client, node)

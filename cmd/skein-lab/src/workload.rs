@@ -26,7 +26,9 @@ pub async fn serve(
         let name = name.clone();
         tasks.spawn(async move {
             loop {
-                let Ok((conn, peer)) = listener.accept().await else { continue };
+                let Ok((conn, peer)) = listener.accept().await else {
+                    continue;
+                };
                 tokio::spawn(echo(conn, format!("{name} {}", peer.ip())));
             }
         });
@@ -39,7 +41,9 @@ pub async fn serve(
         tasks.spawn(async move {
             let mut buf = vec![0u8; 65536];
             loop {
-                let Ok((_, peer)) = socket.recv_from(&mut buf).await else { continue };
+                let Ok((_, peer)) = socket.recv_from(&mut buf).await else {
+                    continue;
+                };
                 let reply = format!("{name} {}", peer.ip());
                 let _ = socket.send_to(reply.as_bytes(), peer).await;
             }
@@ -76,7 +80,8 @@ pub async fn serve(
 }
 
 async fn echo(mut conn: TcpStream, greeting: String) {
-    if conn.write_all(format!("{greeting}\n").as_bytes())
+    if conn
+        .write_all(format!("{greeting}\n").as_bytes())
         .await
         .is_err()
     {

@@ -56,7 +56,7 @@ pub fn summarize(snapshot: &Snapshot, health: &ApiHealth, me: &str) -> ClusterSu
                 internal_ip: n.internal_ip.map(|ip| ip.to_string()),
                 underlay_address: n.skein.get(ANNOTATION_UNDERLAY_ADDRESS).cloned(),
                 ready: n.ready,
-                                this_node: n.name == me,
+                this_node: n.name == me,
             })
             .collect(),
         services: snapshot
@@ -66,8 +66,16 @@ pub fn summarize(snapshot: &Snapshot, health: &ApiHealth, me: &str) -> ClusterSu
                 let mut endpoints: Vec<String> = snapshot
                     .endpoint_slices
                     .values()
-                    .filter(|e| e.namespace == s.namespace && e.service_name.as_deref() == Some(s.name.as_str()))
-                    .flat_map(|e| e.endpoints.iter().filter(|ep| ep.ready).flat_map(|ep| ep.addresses.iter()))
+                    .filter(|e| {
+                        e.namespace == s.namespace
+                            && e.service_name.as_deref() == Some(s.name.as_str())
+                    })
+                    .flat_map(|e| {
+                        e.endpoints
+                            .iter()
+                            .filter(|ep| ep.ready)
+                            .flat_map(|ep| ep.addresses.iter())
+                    })
                     .map(ToString::to_string)
                     .collect();
                 endpoints.sort();

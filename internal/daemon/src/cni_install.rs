@@ -43,7 +43,12 @@ pub fn install_file(path: &Path, content: &[u8], mode: u32) -> std::io::Result<b
         std::process::id()
     ));
     let result = (|| {
-        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
         file.write_all(content)?;
         file.sync_all()?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
@@ -56,7 +61,12 @@ pub fn install_file(path: &Path, content: &[u8], mode: u32) -> std::io::Result<b
 }
 
 /// Installs the conflist and the plugin binary; returns what it wrote, for the log.
-pub fn install(conf_dir: &Path, bin_dir: &Path, socket: &Path, portmap: bool) -> std::io::Result<Vec<PathBuf>> {
+pub fn install(
+    conf_dir: &Path,
+    bin_dir: &Path,
+    socket: &Path,
+    portmap: bool,
+) -> std::io::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     let exe = std::env::current_exe()?;
     let binary = std::fs::read(&exe)?;

@@ -11,7 +11,10 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use skein_cluster::Snapshot;
-use skein_cni::{AddRequest, AddResult, CheckRequest, CniError, DelRequest, GcRequest, Handler, Interface, IpConfig, Route};
+use skein_cni::{
+    AddRequest, AddResult, CheckRequest, CniError, DelRequest, GcRequest, Handler, Interface,
+    IpConfig, Route,
+};
 use skein_nft::Backend;
 use skein_podnet::{PodAttachment, PodNet, PodNetError};
 use skein_status::{IpamSummary, PartHandle, PodLease, StatusBoard};
@@ -57,7 +60,10 @@ pub struct Settings {
 pub fn pod_mtu(setting: skein_config::Mtu, underlay_mtu: Option<u32>) -> u32 {
     match setting {
         skein_config::Mtu::Fixed(n) => n,
-        skein_config::Mtu::Auto => underlay_mtu.unwrap_or(1500).saturating_sub(OVERLAY_OVERHEAD).max(576),
+        skein_config::Mtu::Auto => underlay_mtu
+            .unwrap_or(1500)
+            .saturating_sub(OVERLAY_OVERHEAD)
+            .max(576),
     }
 }
 
@@ -68,7 +74,11 @@ pub fn underlay_mtu() -> Option<u32> {
         let f: Vec<&str> = l.split_whitespace().collect();
         (f.get(1) == Some(&"00000000") && f.get(7) == Some(&"00000000")).then(|| f[0].to_string())
     })?;
-    std::fs::read_to_string(format!("/sys/class/net/{dev}/mtu")).ok()?.trim().parse().ok()
+    std::fs::read_to_string(format!("/sys/class/net/{dev}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn dataplane(e: PodNetError) -> CniError {
@@ -78,19 +88,31 @@ fn dataplane(e: PodNetError) -> CniError {
             msg: format!("interface {ifname} already exists in the container's network namespace"),
             details: "a second ADD for the same container and interface; DEL it first".into(),
         },
-        PodNetError::Missing { .. } | PodNetError::AddressMissing { .. } => {
-            CniError::Custom { code: code::DATAPLANE, msg: e.to_string(), details: String::new() }
-        }
-        other => CniError::Custom { code: code::DATAPLANE, msg: other.to_string(), details: String::new() },
+        PodNetError::Missing { .. } | PodNetError::AddressMissing { .. } => CniError::Custom {
+            code: code::DATAPLANE,
+            msg: e.to_string(),
+            details: String::new(),
+        },
+        other => CniError::Custom {
+            code: code::DATAPLANE,
+            msg: other.to_string(),
+            details: String::new(),
+        },
     }
 }
 
 fn store_error(e: skein_store::StoreError) -> CniError {
     match e {
-        skein_store::StoreError::Ipam(ipam) => {
-            CniError::Custom { code: code::ADDRESS_EXHAUSTED, msg: ipam.to_string(), details: String::new() }
-        }
-        other => CniError::Custom { code: code::STORE, msg: other.to_string(), details: String::new() },
+        skein_store::StoreError::Ipam(ipam) => CniError::Custom {
+            code: code::ADDRESS_EXHAUSTED,
+            msg: ipam.to_string(),
+            details: String::new(),
+        },
+        other => CniError::Custom {
+            code: code::STORE,
+            msg: other.to_string(),
+            details: String::new(),
+        },
     }
 }
 
@@ -108,7 +130,9 @@ pub struct PodNetwork {
 
 impl std::fmt::Debug for PodNetwork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PodNetwork").field("settings", &self.settings).finish()
+        f.debug_struct("PodNetwork")
+            .field("settings", &self.settings)
+            .finish()
     }
 }
 
@@ -142,16 +166,27 @@ impl PodNetwork {
             })?;
             gateways.push((*cidr, gw));
         }
-        let addresses: Vec<IpNet> = gateways.iter().map(|(c, g)| skein_podnet::bridge_address(*c, *g)).collect();
-        self.net.ensure_bridge(&self.settings.bridge, &addresses, self.mtu).await.map_err(dataplane)?;
+        let addresses: Vec<IpNet> = gateways
+            .iter()
+            .map(|(c, g)| skein_podnet::bridge_address(*c, *g))
+            .collect();
+        self.net
+            .ensure_bridge(&self.settings.bridge, &addresses, self.mtu)
+            .await
+            .map_err(dataplane)?;
         Ok(gateways)
     }
 
     /// Publishes leases and use per CIDR on the status board.
     pub async fn report(&self) {
-        let (Ok(leases), Ok(usage)) = (self.store.leases().await, self.store.usage().await) else { return };
+        let (Ok(leases), Ok(usage)) = (self.store.leases().await, self.store.usage().await) else {
+            return;
+        };
         let cidrs = self.pod_cidrs().unwrap_or_default();
-        let mut summary = IpamSummary { cidrs: Vec::new(), pods: Vec::new() };
+        let mut summary = IpamSummary {
+            cidrs: Vec::new(),
+            pods: Vec::new(),
+        };
         for cidr in &cidrs {
             let used = usage.iter().find(|(c, _)| c == cidr).map_or(0, |(_, n)| *n);
             summary.cidrs.push(skein_status::CidrUse {
@@ -178,7 +213,13 @@ impl PodNetwork {
     async fn collect(&self, valid: Option<&BTreeSet<(String, String)>>) -> Result<usize, CniError> {
         let _exclusive = self.gc_lock.write().await;
         let leases = self.store.leases().await.map_err(store_error)?;
-        let host_ends: BTreeSet<String> = self.net.host_ends().await.map_err(dataplane)?.into_iter().collect();
+        let host_ends: BTreeSet<String> = self
+            .net
+            .host_ends()
+            .await
+            .map_err(dataplane)?
+            .into_iter()
+            .collect();
         let snapshot = self.snapshots.borrow().clone();
         let mut keep = BTreeSet::new();
         for lease in &leases {
@@ -186,7 +227,10 @@ impl PodNetwork {
             let host_end = skein_podnet::host_ifname(&lease.container_id, &lease.ifname);
             let listed = valid.is_none_or(|v| v.contains(&attachment));
             let pod_known = snapshot.version == 0
-                || snapshot.pods.values().any(|p| p.uid == lease.pod.uid && p.node_name.as_deref() == Some(self.settings.node.as_str()));
+                || snapshot.pods.values().any(|p| {
+                    p.uid == lease.pod.uid
+                        && p.node_name.as_deref() == Some(self.settings.node.as_str())
+                });
             // Without the runtime's list, a lease goes only when both its pod and its interface
             // are gone; with the list, whatever the runtime no longer knows goes.
             let alive = match valid {
@@ -199,7 +243,11 @@ impl PodNetwork {
                 let _ = self.net.detach(None, &lease.ifname, &host_end).await;
             }
         }
-        let freed = self.store.release_except(&keep).await.map_err(store_error)?;
+        let freed = self
+            .store
+            .release_except(&keep)
+            .await
+            .map_err(store_error)?;
         for lease in &freed {
             tracing::info!(address = %lease.address, pod = %format!("{}/{}", lease.pod.namespace, lease.pod.name), "lease reclaimed");
         }
@@ -254,7 +302,10 @@ impl Handler for PodNetwork {
             Err(e @ PodNetError::Exists { .. }) => return Err(dataplane(e)),
             Err(e) => {
                 let _ = self.net.detach(None, &request.ifname, &host_ifname).await;
-                let _ = self.store.release(&request.container_id, &request.ifname).await;
+                let _ = self
+                    .store
+                    .release(&request.container_id, &request.ifname)
+                    .await;
                 return Err(dataplane(e));
             }
         };
@@ -262,7 +313,12 @@ impl Handler for PodNetwork {
         self.report().await;
         Ok(AddResult {
             interfaces: vec![
-                Interface { name: host_ifname, mac: Some(attached.host_mac), mtu: Some(self.mtu), ..Default::default() },
+                Interface {
+                    name: host_ifname,
+                    mac: Some(attached.host_mac),
+                    mtu: Some(self.mtu),
+                    ..Default::default()
+                },
                 Interface {
                     name: request.ifname.clone(),
                     mac: Some(attached.pod_mac),
@@ -274,12 +330,20 @@ impl Handler for PodNetwork {
             ips: addresses
                 .iter()
                 .zip(&gateways)
-                .map(|(a, (_, g))| IpConfig { address: *a, gateway: Some(*g), interface: Some(1) })
+                .map(|(a, (_, g))| IpConfig {
+                    address: *a,
+                    gateway: Some(*g),
+                    interface: Some(1),
+                })
                 .collect(),
             routes: gateways
                 .iter()
                 .map(|(cidr, g)| Route {
-                    dst: if cidr.addr().is_ipv4() { "0.0.0.0/0".parse().expect("valid") } else { "::/0".parse().expect("valid") },
+                    dst: if cidr.addr().is_ipv4() {
+                        "0.0.0.0/0".parse().expect("valid")
+                    } else {
+                        "::/0".parse().expect("valid")
+                    },
                     gw: Some(*g),
                     mtu: None,
                     advmss: None,
@@ -295,23 +359,39 @@ impl Handler for PodNetwork {
     async fn del(&self, request: DelRequest) -> Result<(), CniError> {
         let _shared = self.gc_lock.read().await;
         let host_ifname = skein_podnet::host_ifname(&request.container_id, &request.ifname);
-        self.net.detach(request.netns, &request.ifname, &host_ifname).await.map_err(dataplane)?;
-        self.store.release(&request.container_id, &request.ifname).await.map_err(store_error)?;
+        self.net
+            .detach(request.netns, &request.ifname, &host_ifname)
+            .await
+            .map_err(dataplane)?;
+        self.store
+            .release(&request.container_id, &request.ifname)
+            .await
+            .map_err(store_error)?;
         drop(_shared);
         self.report().await;
         Ok(())
     }
 
     async fn check(&self, request: CheckRequest) -> Result<(), CniError> {
-        let leases = self.store.lease_of(&request.container_id, &request.ifname).await.map_err(store_error)?;
+        let leases = self
+            .store
+            .lease_of(&request.container_id, &request.ifname)
+            .await
+            .map_err(store_error)?;
         if leases.is_empty() {
             return Err(CniError::UnknownContainer(format!(
                 "no attachment of container {} on interface {}",
                 request.container_id, request.ifname
             )));
         }
-        let addresses: Vec<IpNet> = leases.iter().filter_map(|l| IpNet::new(l.address, l.cidr.prefix_len()).ok()).collect();
-        self.net.check(request.netns, &request.ifname, &addresses).await.map_err(dataplane)
+        let addresses: Vec<IpNet> = leases
+            .iter()
+            .filter_map(|l| IpNet::new(l.address, l.cidr.prefix_len()).ok())
+            .collect();
+        self.net
+            .check(request.netns, &request.ifname, &addresses)
+            .await
+            .map_err(dataplane)
     }
 
     async fn status(&self) -> Result<(), CniError> {
@@ -343,15 +423,27 @@ pub async fn run(
     board: StatusBoard,
     cancel: CancellationToken,
 ) -> PartResult {
-    let written = crate::cni_install::install(&settings.conf_dir, &settings.bin_dir, &settings.socket, settings.portmap)
-        .map_err(|e| format!("installing the CNI plugin into {} and {}: {e}", settings.bin_dir.display(), settings.conf_dir.display()))?;
+    let written = crate::cni_install::install(
+        &settings.conf_dir,
+        &settings.bin_dir,
+        &settings.socket,
+        settings.portmap,
+    )
+    .map_err(|e| {
+        format!(
+            "installing the CNI plugin into {} and {}: {e}",
+            settings.bin_dir.display(),
+            settings.conf_dir.display()
+        )
+    })?;
     for path in written {
         tracing::info!(path = %path.display(), "installed");
     }
     let mut warnings = Vec::new();
     let net = PodNet::connect().map_err(|e| e.to_string())?;
     let mtu = pod_mtu(settings.mtu, underlay_mtu());
-    let listener = skein_cni::bind(&settings.socket).map_err(|e| format!("cni.socket = \"{}\": {e}", settings.socket.display()))?;
+    let listener = skein_cni::bind(&settings.socket)
+        .map_err(|e| format!("cni.socket = \"{}\": {e}", settings.socket.display()))?;
     let network = Arc::new(PodNetwork {
         settings: settings.clone(),
         store,
@@ -361,7 +453,11 @@ pub async fn run(
         gc_lock: RwLock::new(()),
         board,
     });
-    let serving = tokio::spawn(skein_cni::serve(listener, network.clone(), cancel.child_token()));
+    let serving = tokio::spawn(skein_cni::serve(
+        listener,
+        network.clone(),
+        cancel.child_token(),
+    ));
 
     let mut snapshots = snapshots;
     let mut gc = tokio::time::interval(gc_interval);
@@ -405,9 +501,15 @@ pub async fn run(
             (Some(c), None) => handle.ok(format!(
                 "serving {} · pods on {} · MTU {mtu}",
                 settings.socket.display(),
-                c.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                c.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
-            (None, None) => handle.detail(format!("serving {}; waiting for this node's pod CIDR", settings.socket.display())),
+            (None, None) => handle.detail(format!(
+                "serving {}; waiting for this node's pod CIDR",
+                settings.socket.display()
+            )),
         }
         warnings.clear();
         tokio::select! {

@@ -108,7 +108,8 @@ fn spawn_parts(
 ) {
     // The cluster part feeds the latest snapshot here; it outlives the part's restarts, so the
     // parts reading it never lose their subscription.
-    let (feed, snapshots) = tokio::sync::watch::channel(std::sync::Arc::new(skein_cluster::Snapshot::default()));
+    let (feed, snapshots) =
+        tokio::sync::watch::channel(std::sync::Arc::new(skein_cluster::Snapshot::default()));
     let kubeconfig = config.cluster.kubeconfig.clone();
     let (cluster_node, cluster_board) = (node.to_string(), board.clone());
     parts.spawn("cluster", move |handle, cancel| {

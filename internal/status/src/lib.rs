@@ -82,7 +82,7 @@ pub struct ClusterSummary {
     pub api_since: u64,
     /// Every watched kind has been listed at least once.
     pub synced: bool,
-        pub snapshot_version: u64,
+    pub snapshot_version: u64,
     pub nodes: Vec<NodeSummary>,
     pub services: Vec<ServiceSummary>,
 }
