@@ -125,6 +125,9 @@ pub struct PodNetwork {
     mtu: u32,
     /// ADD and DEL hold it shared, GC exclusively: GC never sees half an ADD.
     gc_lock: RwLock<()>,
+    /// The CIDRs the bridge was last made for, so ADDs skip the netlink round trips after the
+    /// first; held while the bridge is being made, so concurrent ADDs wait for it.
+    ensured: tokio::sync::Mutex<Option<Vec<IpNet>>>,
     board: StatusBoard,
 }
 
@@ -166,14 +169,18 @@ impl PodNetwork {
             })?;
             gateways.push((*cidr, gw));
         }
-        let addresses: Vec<IpNet> = gateways
-            .iter()
-            .map(|(c, g)| skein_podnet::bridge_address(*c, *g))
-            .collect();
-        self.net
-            .ensure_bridge(&self.settings.bridge, &addresses, self.mtu)
-            .await
-            .map_err(dataplane)?;
+        let mut ensured = self.ensured.lock().await;
+        if ensured.as_deref() != Some(cidrs) {
+            let addresses: Vec<IpNet> = gateways
+                .iter()
+                .map(|(c, g)| skein_podnet::bridge_address(*c, *g))
+                .collect();
+            self.net
+                .ensure_bridge(&self.settings.bridge, &addresses, self.mtu)
+                .await
+                .map_err(dataplane)?;
+            *ensured = Some(cidrs.to_vec());
+        }
         Ok(gateways)
     }
 
@@ -451,6 +458,7 @@ pub async fn run(
         snapshots: snapshots.clone(),
         mtu,
         gc_lock: RwLock::new(()),
+        ensured: tokio::sync::Mutex::new(None),
         board,
     });
     let serving = tokio::spawn(skein_cni::serve(

@@ -106,6 +106,9 @@ fn mac_of(link: &LinkMessage) -> String {
 #[derive(Debug, Clone)]
 pub struct PodNet {
     handle: Handle,
+    /// The kernel allows one dump at a time per netlink socket (EBUSY otherwise), and ADDs run
+    /// concurrently: dumps take turns.
+    dumps: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl PodNet {
@@ -116,7 +119,10 @@ impl PodNet {
                 source,
             })?;
         tokio::spawn(connection);
-        Ok(Self { handle })
+        Ok(Self {
+            handle,
+            dumps: Default::default(),
+        })
     }
 
     pub async fn link(&self, name: &str) -> Result<Option<LinkMessage>, PodNetError> {
@@ -152,6 +158,7 @@ impl PodNet {
             .execute()
             .await
             .map_err(nl(format!("setting {name} up")))?;
+        let dump = self.dumps.lock().await;
         let have: Vec<IpNet> = self
             .handle
             .address()
@@ -165,6 +172,7 @@ impl PodNet {
             .into_iter()
             .flatten()
             .collect();
+        drop(dump);
         for address in addresses {
             if !have.contains(address) {
                 self.handle
@@ -420,6 +428,7 @@ impl PodNet {
 
     /// Host ends of pod veths present on the node.
     pub async fn host_ends(&self) -> Result<Vec<String>, PodNetError> {
+        let _dump = self.dumps.lock().await;
         let links: Vec<LinkMessage> = self
             .handle
             .link()
