@@ -226,6 +226,17 @@ impl Lab {
         (out.status.success(), json)
     }
 
+    /// The pid of one of the lab's processes (a node's skein is named after the node).
+    pub fn pid(&self, process: &str) -> Option<u32> {
+        let state: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(format!("{}/lab.json", self.dir())).ok()?,
+        )
+        .ok()?;
+        state["processes"][process]["pid"]
+            .as_u64()
+            .map(|p| p as u32)
+    }
+
     pub fn netns(&self, node: &str) -> String {
         format!("skl-{}-{node}", self.name)
     }

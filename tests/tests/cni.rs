@@ -377,3 +377,114 @@ fn gc_frees_what_is_not_listed_and_leaves_valid_attachments_untouched() {
         .collect();
     assert_eq!(containers.len(), 2, "{containers:?}");
 }
+
+#[test]
+fn sigkill_during_fifty_parallel_adds_loses_no_address_and_gc_reclaims_deleted_pods() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+    if !lab::available() {
+        return;
+    }
+    let _one = serial();
+    let lab = ready_lab();
+    let namespaces: Vec<String> = (0..50).map(|n| container_netns(&lab, 100 + n)).collect();
+    let done = AtomicUsize::new(0);
+    let killed = std::sync::atomic::AtomicBool::new(false);
+    // Each "runtime" retries a failed ADD after a DEL, as containerd does, until it succeeds.
+    let results: Vec<(usize, String, bool)> = std::thread::scope(|s| {
+        let workers: Vec<_> = namespaces
+            .iter()
+            .enumerate()
+            .map(|(n, ns)| {
+                let (lab, done, killed) = (&lab, &done, &killed);
+                s.spawn(move || {
+                    let start = Instant::now();
+                    loop {
+                        let (ok, result) = lab.cni("node-1", "ADD", &id(100 + n), ns, "1.1.0");
+                        if ok {
+                            done.fetch_add(1, Ordering::SeqCst);
+                            let address = result["ips"][0]["address"]
+                                .as_str()
+                                .expect("address")
+                                .to_string();
+                            return (n, address, killed.load(Ordering::SeqCst));
+                        }
+                        assert!(
+                            start.elapsed() < Duration::from_secs(120),
+                            "ADD {n} never succeeded: {result}"
+                        );
+                        let _ = lab.cni("node-1", "DEL", &id(100 + n), ns, "1.1.0");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                })
+            })
+            .collect();
+        // Kill the daemon while ADDs are in flight.
+        lab.wait("a few ADDs to finish", Duration::from_secs(60), || {
+            (done.load(Ordering::SeqCst) >= 5).then_some(())
+        });
+        let pid = lab.pid("node-1").expect("skein's pid");
+        assert!(
+            Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .expect("kill")
+                .success()
+        );
+        killed.store(true, Ordering::SeqCst);
+        let finished_before = done.load(Ordering::SeqCst);
+        assert!(
+            finished_before < 50,
+            "the kill came after every ADD; nothing was in flight"
+        );
+        lab.must(&["start", "node-1"]);
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect()
+    });
+
+    // No two attachments share an address.
+    let addresses: BTreeSet<&str> = results.iter().map(|(_, a, _)| a.as_str()).collect();
+    assert_eq!(addresses.len(), 50, "{results:?}");
+
+    // Pods deleted while the daemon is down: kill it again, remove ten namespaces, restart. The
+    // start-up pass frees their leases and keeps the other forty.
+    let pid = lab.pid("node-1").expect("skein's pid");
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    for n in 0..10 {
+        let name = format!("skl-{}-c{}", lab.name, 100 + n);
+        assert!(
+            Command::new("ip")
+                .args(["netns", "del", &name])
+                .status()
+                .expect("ip")
+                .success()
+        );
+    }
+    lab.must(&["start", "node-1"]);
+    let kept: BTreeSet<String> = results
+        .iter()
+        .filter(|(n, _, _)| *n >= 10)
+        .map(|(_, a, _)| a.split('/').next().expect("ip").to_string())
+        .collect();
+    lab.wait(
+        "GC to reclaim exactly the deleted pods' leases",
+        Duration::from_secs(60),
+        || {
+            let s = lab.node_status("node-1")?;
+            let leased: BTreeSet<String> = s["ipam"]["pods"]
+                .as_array()?
+                .iter()
+                .filter_map(|p| p["address"].as_str().map(str::to_string))
+                .collect();
+            (leased == kept).then_some(())
+        },
+    );
+}

@@ -114,6 +114,16 @@ impl Lab {
             .processes
             .get_mut(name)
             .with_context(|| format!("no process {name:?}"))?;
+        // A killed predecessor may take a moment to die; two at once would fight over its state.
+        if let Some(old) = process.pid {
+            let since = Instant::now();
+            while alive(old) {
+                if since.elapsed() > Duration::from_secs(10) {
+                    bail!("{name} is still running (pid {old}); stop it first");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let pid = spawn_detached(&lab, process.netns.as_deref(), &process.argv, &process.log)
             .with_context(|| format!("starting {name}"))?;
         process.pid = Some(pid);
