@@ -147,13 +147,16 @@ fn del_is_idempotent_and_succeeds_for_unknown_containers_and_vanished_namespaces
     );
     let (ok, out) = lab.cni("node-1", "DEL", &id(3), &gone, "1.1.0");
     assert!(ok, "DEL of a vanished namespace: {out}");
-    let status = lab.node_status("node-1").expect("status");
-    assert!(
-        !status["ipam"]["pods"]
-            .to_string()
-            .contains(&format!("\"{address}\"")),
-        "lease freed: {}",
-        status["ipam"]
+    lab.wait(
+        "the lease to be freed",
+        std::time::Duration::from_secs(5),
+        || {
+            let status = lab.node_status("node-1")?;
+            (!status["ipam"]["pods"]
+                .to_string()
+                .contains(&format!("\"{address}\"")))
+            .then_some(())
+        },
     );
 }
 
@@ -486,5 +489,27 @@ fn sigkill_during_fifty_parallel_adds_loses_no_address_and_gc_reclaims_deleted_p
                 .collect();
             (leased == kept).then_some(())
         },
+    );
+}
+
+#[test]
+fn status_answers_51_when_existing_pods_are_cut_off() {
+    if !lab::available() {
+        return;
+    }
+    let _one = serial();
+    let lab = ready_lab();
+    let ns = container_netns(&lab, 60);
+    let status = |lab: &Lab| lab.cni("node-1", "STATUS", "", "", "1.1.0");
+    assert!(lab.cni("node-1", "ADD", &id(60), &ns, "1.1.0").0);
+    let (ok, out) = status(&lab);
+    assert!(ok, "a working node: {out}");
+    // The bridge goes away behind the daemon's back: the pod on it is cut off.
+    let (ok, out) = lab.exec(&lab.netns("node-1"), &["ip", "link", "del", "skein0"]);
+    assert!(ok, "{out}");
+    let (ok, e) = status(&lab);
+    assert!(
+        !ok && e["code"] == 51 && e["msg"].as_str().unwrap_or("").contains("skein0"),
+        "{e}"
     );
 }

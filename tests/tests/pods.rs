@@ -93,14 +93,28 @@ fn twenty_pods_get_distinct_addresses_and_reach_each_other_and_the_node() {
     }
 
     // The status page lists the pods and the CIDR's use.
-    let status = lab.node_status("node-1").expect("status");
-    assert_eq!(
-        status["ipam"]["pods"].as_array().map(Vec::len),
-        Some(20),
-        "{}",
-        status["ipam"]
+    if skein_e2e::require(
+        skein_e2e::which("chromium").is_some(),
+        "Debian's chromium is not installed",
+    ) {
+        lab.wait("the page to list the pods", Duration::from_secs(10), || {
+            let dom = skein_e2e::rendered_dom(&format!("http://{}/", lab.page("node-1")));
+            (dom.contains(r#"data-pod="default/p01""#)
+                && dom.contains(r#"data-pod="default/p20""#)
+                && dom.contains("20 used"))
+            .then_some(())
+        });
+    }
+    lab.wait(
+        "the page's IPAM view of 20 pods",
+        Duration::from_secs(5),
+        || {
+            let status = lab.node_status("node-1")?;
+            (status["ipam"]["pods"].as_array().map(Vec::len) == Some(20)
+                && status["ipam"]["cidrs"][0]["used"] == 20)
+                .then_some(())
+        },
     );
-    assert_eq!(status["ipam"]["cidrs"][0]["used"], 20, "{}", status["ipam"]);
 }
 
 #[test]

@@ -128,6 +128,8 @@ pub struct PodNetwork {
     /// The CIDRs the bridge was last made for, so ADDs skip the netlink round trips after the
     /// first; held while the bridge is being made, so concurrent ADDs wait for it.
     ensured: tokio::sync::Mutex<Option<Vec<IpNet>>>,
+    /// Wakes the task that refreshes the page's IPAM view: off the request path, coalesced.
+    reported: tokio::sync::Notify,
     board: StatusBoard,
 }
 
@@ -264,6 +266,7 @@ impl PodNetwork {
 
 impl Handler for PodNetwork {
     async fn add(&self, request: AddRequest) -> Result<AddResult, CniError> {
+        let started = std::time::Instant::now();
         let _shared = self.gc_lock.read().await;
         let cidrs = self.pod_cidrs()?;
         let gateways = self.ensure_node_network(&cidrs).await?;
@@ -290,6 +293,7 @@ impl Handler for PodNetwork {
             .iter()
             .filter_map(|l| IpNet::new(l.address, l.cidr.prefix_len()).ok())
             .collect();
+        let leased = started.elapsed();
         let host_ifname = skein_podnet::host_ifname(&request.container_id, &request.ifname);
         let attached = self
             .net
@@ -317,7 +321,8 @@ impl Handler for PodNetwork {
             }
         };
         drop(_shared);
-        self.report().await;
+        self.reported.notify_one();
+        tracing::debug!(container = %request.container_id, ?leased, total = ?started.elapsed(), "ADD");
         Ok(AddResult {
             interfaces: vec![
                 Interface {
@@ -375,7 +380,7 @@ impl Handler for PodNetwork {
             .await
             .map_err(store_error)?;
         drop(_shared);
-        self.report().await;
+        self.reported.notify_one();
         Ok(())
     }
 
@@ -402,10 +407,24 @@ impl Handler for PodNetwork {
     }
 
     async fn status(&self) -> Result<(), CniError> {
-        match self.pod_cidrs() {
-            Ok(_) => Ok(()),
-            Err(e) => Err(CniError::NotAvailable(e.to_string())),
+        if let Err(e) = self.pod_cidrs() {
+            return Err(CniError::NotAvailable(e.to_string()));
         }
+        // Pods hold addresses but their bridge is gone: they are cut off until it is back.
+        let leases = self.store.leases().await.map_err(store_error)?;
+        let bridge = self
+            .net
+            .link(&self.settings.bridge)
+            .await
+            .map_err(dataplane)?;
+        if !leases.is_empty() && bridge.is_none() {
+            return Err(CniError::NotAvailableImpaired(format!(
+                "bridge {} is gone; the {} pods on this node are cut off",
+                self.settings.bridge,
+                leases.len()
+            )));
+        }
+        Ok(())
     }
 
     async fn gc(&self, request: GcRequest) -> Result<(), CniError> {
@@ -459,6 +478,7 @@ pub async fn run(
         mtu,
         gc_lock: RwLock::new(()),
         ensured: tokio::sync::Mutex::new(None),
+        reported: tokio::sync::Notify::new(),
         board,
     });
     let serving = tokio::spawn(skein_cni::serve(
@@ -466,6 +486,17 @@ pub async fn run(
         network.clone(),
         cancel.child_token(),
     ));
+    let reporter = {
+        let network = network.clone();
+        tokio::spawn(async move {
+            loop {
+                network.reported.notified().await;
+                network.report().await;
+                // At most a few refreshes a second, however many pods come and go.
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        })
+    };
 
     let mut snapshots = snapshots;
     let mut gc = tokio::time::interval(gc_interval);
@@ -531,6 +562,7 @@ pub async fn run(
         }
     };
     serving.abort();
+    reporter.abort();
     let _ = std::fs::remove_file(&settings.socket);
     result
 }

@@ -11,8 +11,11 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
-use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
+};
 
 #[cfg(test)]
 mod tests;
@@ -106,9 +109,6 @@ fn mac_of(link: &LinkMessage) -> String {
 #[derive(Debug, Clone)]
 pub struct PodNet {
     handle: Handle,
-    /// The kernel allows one dump at a time per netlink socket (EBUSY otherwise), and ADDs run
-    /// concurrently: dumps take turns.
-    dumps: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl PodNet {
@@ -119,10 +119,7 @@ impl PodNet {
                 source,
             })?;
         tokio::spawn(connection);
-        Ok(Self {
-            handle,
-            dumps: Default::default(),
-        })
+        Ok(Self { handle })
     }
 
     pub async fn link(&self, name: &str) -> Result<Option<LinkMessage>, PodNetError> {
@@ -136,30 +133,33 @@ impl PodNet {
         addresses: &[IpNet],
         mtu: u32,
     ) -> Result<u32, PodNetError> {
-        let link = match self.link(name).await? {
+        // A socket of its own: the kernel runs one request per netlink socket at a time, and a
+        // link deletion holds it for an RCU grace period; concurrent pods must not queue.
+        let fresh = Self::connect()?;
+        let this = &fresh;
+        let link = match this.link(name).await? {
             Some(link) => link,
             None => {
-                self.handle
+                this.handle
                     .link()
                     .add(LinkBridge::new(name).mtu(mtu).build())
                     .execute()
                     .await
                     .or_else(|e| if is_exists(&e) { Ok(()) } else { Err(e) })
                     .map_err(nl(format!("creating bridge {name}")))?;
-                self.link(name)
+                this.link(name)
                     .await?
                     .ok_or_else(|| PodNetError::Other(format!("bridge {name} vanished")))?
             }
         };
         let index = link.header.index;
-        self.handle
+        this.handle
             .link()
             .set(LinkUnspec::new_with_index(index).up().build())
             .execute()
             .await
             .map_err(nl(format!("setting {name} up")))?;
-        let dump = self.dumps.lock().await;
-        let have: Vec<IpNet> = self
+        let have: Vec<IpNet> = this
             .handle
             .address()
             .get()
@@ -172,10 +172,9 @@ impl PodNet {
             .into_iter()
             .flatten()
             .collect();
-        drop(dump);
         for address in addresses {
             if !have.contains(address) {
-                self.handle
+                this.handle
                     .address()
                     .add(index, address.addr(), address.prefix_len())
                     .execute()
@@ -191,65 +190,66 @@ impl PodNet {
     /// default routes, host end on the bridge with hairpin. Fails with [`PodNetError::Exists`]
     /// when `ifname` already exists in the namespace.
     pub async fn attach(&self, pod: PodAttachment) -> Result<Attached, PodNetError> {
-        let bridge = self
+        // A socket of its own: the kernel runs one request per netlink socket at a time, and a
+        // link deletion holds it for an RCU grace period; concurrent pods must not queue.
+        let fresh = Self::connect()?;
+        let this = &fresh;
+        let bridge = this
             .link(&pod.bridge)
             .await?
             .ok_or_else(|| PodNetError::Other(format!("bridge {} is missing", pod.bridge)))?;
-        let netns = pod.netns.try_clone().map_err(|source| PodNetError::Io {
-            action: "duplicating the netns fd".into(),
-            source,
-        })?;
-        let ifname = pod.ifname.clone();
-        if in_netns(netns, move |h| async move {
-            Ok(link_by_name(&h, &ifname).await?.is_some())
-        })
-        .await?
-        {
-            return Err(PodNetError::Exists {
-                ifname: pod.ifname.clone(),
-            });
-        }
-        // A leftover host end from an ADD that died half-way is removed first (its pod end went
-        // with it or is the one we are about to create).
-        if let Some(old) = self.link(&pod.host_ifname).await? {
-            self.handle
+        // A host end already there means either a second ADD (the pod's interface exists: the
+        // spec's error, and nothing may be touched) or an ADD that died half-way (remove it).
+        // Only this rare case pays for a separate look into the pod's namespace.
+        if let Some(old) = this.link(&pod.host_ifname).await? {
+            let netns = pod.netns.try_clone().map_err(|source| PodNetError::Io {
+                action: "duplicating the netns fd".into(),
+                source,
+            })?;
+            let ifname = pod.ifname.clone();
+            if in_netns(netns, move |h| async move {
+                Ok(link_by_name(&h, &ifname).await?.is_some())
+            })
+            .await?
+            {
+                return Err(PodNetError::Exists {
+                    ifname: pod.ifname.clone(),
+                });
+            }
+            this.handle
                 .link()
                 .del(old.header.index)
                 .execute()
                 .await
                 .map_err(nl("removing a stale veth"))?;
         }
-        let temp_peer = format!("skp{}", &pod.host_ifname[HOST_IFNAME_PREFIX.len()..]);
-        self.handle
-            .link()
-            .add(
-                LinkVeth::new(&pod.host_ifname, &temp_peer)
-                    .mtu(pod.mtu)
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(nl(format!("creating veth {}", pod.host_ifname)))?;
-        let host = self
+        // The pod end is born in the pod's namespace under its final name (the peer carries the
+        // namespace in the same request): moving a link afterwards costs an RCU grace period,
+        // the bulk of an ADD otherwise. EEXIST here means the name is taken in the pod.
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(pod.ifname.clone())
+            .mtu(pod.mtu)
+            .setns_by_fd(pod.netns.as_fd().as_raw_fd())
+            .build();
+        let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(pod.host_ifname.clone())
+            .mtu(pod.mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        match this.handle.link().add(veth).execute().await {
+            Ok(()) => {}
+            Err(e) if is_exists(&e) => {
+                return Err(PodNetError::Exists {
+                    ifname: pod.ifname.clone(),
+                });
+            }
+            Err(e) => return Err(nl(format!("creating veth {}", pod.host_ifname))(e)),
+        }
+        let host = this
             .link(&pod.host_ifname)
             .await?
             .ok_or_else(|| PodNetError::Other("veth vanished".into()))?;
-        let peer = self
-            .link(&temp_peer)
-            .await?
-            .ok_or_else(|| PodNetError::Other("veth peer vanished".into()))?;
-        self.handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(peer.header.index)
-                    .mtu(pod.mtu)
-                    .setns_by_fd(pod.netns.as_fd().as_raw_fd())
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(nl("moving the pod end into the pod's namespace"))?;
-        self.handle
+        this.handle
             .link()
             .set(
                 LinkUnspec::new_with_index(host.header.index)
@@ -264,7 +264,7 @@ impl PodNet {
                 pod.host_ifname, pod.bridge
             )))?;
         // Hairpin: a pod reaching itself through a Service comes back out of its own port.
-        self.handle
+        this.handle
             .link()
             .set_port(LinkBridgePort::new(host.header.index).hairpin(true).build())
             .execute()
@@ -277,19 +277,13 @@ impl PodNet {
             pod.gateways.clone(),
         );
         let pod_mac = in_netns(pod.netns, move |h| async move {
-            let peer = link_by_name(&h, &temp_peer)
+            let index = link_by_name(&h, &ifname)
                 .await?
-                .ok_or_else(|| PodNetError::Other("pod end vanished".into()))?;
-            let index = peer.header.index;
-            h.link()
-                .set(
-                    LinkUnspec::new_with_index(index)
-                        .name(ifname.clone())
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(nl(format!("renaming the pod end to {ifname}")))?;
+                .ok_or_else(|| PodNetError::Missing {
+                    ifname: ifname.clone(),
+                })?
+                .header
+                .index;
             for a in &addresses {
                 h.address()
                     .add(index, a.addr(), a.prefix_len())
@@ -333,8 +327,18 @@ impl PodNet {
                 })?;
             Ok(mac_of(&link))
         })
-        .await?;
-        let host = self
+        .await;
+        let pod_mac = match pod_mac {
+            Ok(mac) => mac,
+            Err(e) => {
+                // Whatever went wrong in the pod's namespace, the pair made above goes again.
+                if let Some(host) = this.link(&pod.host_ifname).await? {
+                    let _ = this.handle.link().del(host.header.index).execute().await;
+                }
+                return Err(e);
+            }
+        };
+        let host = this
             .link(&pod.host_ifname)
             .await?
             .ok_or_else(|| PodNetError::Other("veth vanished".into()))?;
@@ -353,6 +357,29 @@ impl PodNet {
         ifname: &str,
         host_ifname: &str,
     ) -> Result<(), PodNetError> {
+        // A socket of its own: the kernel runs one request per netlink socket at a time, and a
+        // link deletion holds it for an RCU grace period; concurrent pods must not queue.
+        let fresh = Self::connect()?;
+        let this = &fresh;
+        // Deleting the host end deletes the pair, pod end included: no trip into the pod's
+        // namespace unless the host end is already gone.
+        if this.link(host_ifname).await?.is_some() {
+            // On a thread of its own too: the deleting request blocks its caller for the grace
+            // period, and the daemon's few runtime threads must keep serving other pods.
+            let name = host_ifname.to_string();
+            return on_own_thread(None, move |h| async move {
+                if let Some(link) = link_by_name(&h, &name).await? {
+                    h.link()
+                        .del(link.header.index)
+                        .execute()
+                        .await
+                        .or_else(ignore_missing)
+                        .map_err(nl(format!("deleting {name}")))?;
+                }
+                Ok(())
+            })
+            .await;
+        }
         if let Some(netns) = netns {
             let ifname = ifname.to_string();
             in_netns(netns, move |h| async move {
@@ -367,15 +394,6 @@ impl PodNet {
                 Ok(())
             })
             .await?;
-        }
-        if let Some(link) = self.link(host_ifname).await? {
-            self.handle
-                .link()
-                .del(link.header.index)
-                .execute()
-                .await
-                .or_else(ignore_missing)
-                .map_err(nl(format!("deleting {host_ifname}")))?;
         }
         Ok(())
     }
@@ -428,8 +446,11 @@ impl PodNet {
 
     /// Host ends of pod veths present on the node.
     pub async fn host_ends(&self) -> Result<Vec<String>, PodNetError> {
-        let _dump = self.dumps.lock().await;
-        let links: Vec<LinkMessage> = self
+        // A socket of its own: the kernel runs one request per netlink socket at a time, and a
+        // link deletion holds it for an RCU grace period; concurrent pods must not queue.
+        let fresh = Self::connect()?;
+        let this = &fresh;
+        let links: Vec<LinkMessage> = this
             .handle
             .link()
             .get()
@@ -501,17 +522,29 @@ where
     F: FnOnce(Handle) -> Fut + Send + 'static,
     Fut: Future<Output = Result<T, PodNetError>>,
 {
+    on_own_thread(Some(netns), work).await
+}
+
+/// Runs `work` with a netlink handle on a thread of its own, inside `netns` when given.
+async fn on_own_thread<T, F, Fut>(netns: Option<OwnedFd>, work: F) -> Result<T, PodNetError>
+where
+    T: Send + 'static,
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, PodNetError>>,
+{
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("skein-netns".into())
         .spawn(move || {
             let result = (|| {
-                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-                    PodNetError::Io {
-                        action: "entering the pod's network namespace".into(),
-                        source: e.into(),
-                    }
-                })?;
+                if let Some(netns) = &netns {
+                    nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                        |e| PodNetError::Io {
+                            action: "entering the pod's network namespace".into(),
+                            source: e.into(),
+                        },
+                    )?;
+                }
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

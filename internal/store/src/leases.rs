@@ -97,16 +97,44 @@ fn not_kept(leases: Vec<Lease>, keep: &BTreeSet<(String, String)>) -> Vec<Lease>
         .collect()
 }
 
+/// A write transaction that holds this process's writer turn until it ends.
+pub(crate) struct WriteTx {
+    tx: Transaction<'static, Sqlite>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl WriteTx {
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::SqliteConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
+
 impl Store {
     /// Starts a transaction that holds the database's write lock from its first statement.
     /// sqlx's plain `begin` is a deferred BEGIN: two allocations would both read the same free
     /// address and the second would fail when upgrading to write. IMMEDIATE makes them queue
     /// at BEGIN instead (for up to the busy timeout), each seeing the other's committed lease.
-    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.pool
+    pub(crate) async fn begin_write(&self) -> Result<WriteTx, StoreError> {
+        let turn = self.writer.clone().lock_owned().await;
+        let tx = self
+            .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(|e| self.query_err(e))
+            .map_err(|e| self.query_err(e))?;
+        Ok(WriteTx { tx, _turn: turn })
     }
 
     fn parse_leases(&self, rows: &[SqliteRow]) -> Result<Vec<Lease>, StoreError> {

@@ -129,6 +129,9 @@ pub struct Store {
     pool: SqlitePool,
     path: PathBuf,
     _lock: std::sync::Arc<DirLock>,
+    /// Writers take turns here rather than in SQLite's busy handler, which sleeps in steps of up
+    /// to tens of milliseconds: eight pods at once would wait on its timer, not on the disk.
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What the status page shows about the store.
@@ -186,6 +189,7 @@ impl Store {
             pool,
             path: path.to_path_buf(),
             _lock: std::sync::Arc::new(lock),
+            writer: Default::default(),
         };
         store.migrate().await?;
         Ok(store)
