@@ -19,6 +19,8 @@ pub fn available() -> bool {
 pub struct Lab {
     pub name: String,
     pub status: serde_json::Value,
+    /// Workloads the test started outside pods; stopped and reaped when the lab goes.
+    workloads: std::sync::Mutex<Vec<std::process::Child>>,
 }
 
 /// A lab name unique to this test process and call: `t` + pid + counter, within 8 characters.
@@ -36,6 +38,7 @@ impl Lab {
         let mut lab = Self {
             name,
             status: serde_json::Value::Null,
+            workloads: Default::default(),
         };
         let count = nodes.to_string();
         let mut args = vec!["up", "--nodes", &count];
@@ -160,6 +163,12 @@ impl Lab {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
+            .map(|child| {
+                self.workloads
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(child)
+            })
             .expect("start a workload");
     }
 
@@ -278,6 +287,15 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        for mut child in self
+            .workloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let _ = self.run(&["down"]);
     }
 }

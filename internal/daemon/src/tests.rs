@@ -129,3 +129,97 @@ async fn shutdown_aborts_parts_that_ignore_cancellation() {
     sup.shutdown(Duration::from_secs(2)).await;
     assert!(before.elapsed() <= Duration::from_secs(3));
 }
+
+mod pure {
+    //! The daemon's pure pieces: pod MTU, CNI installation, published annotations.
+    use crate::{cluster_part, cni_install, cni_part};
+    use skein_config::Mtu;
+
+    #[test]
+    fn pod_mtu_is_the_underlay_minus_the_overlay_unless_fixed() {
+        assert_eq!(cni_part::pod_mtu(Mtu::Auto, Some(1500)), 1420);
+        assert_eq!(cni_part::pod_mtu(Mtu::Auto, Some(9000)), 8920);
+        assert_eq!(
+            cni_part::pod_mtu(Mtu::Auto, None),
+            1420,
+            "1500 assumed when unknown"
+        );
+        assert_eq!(cni_part::pod_mtu(Mtu::Fixed(1300), Some(9000)), 1300);
+        assert_eq!(
+            cni_part::pod_mtu(Mtu::Auto, Some(600)),
+            576,
+            "never below IPv4's minimum"
+        );
+    }
+
+    #[test]
+    fn the_conflist_speaks_1_0_0_and_offers_1_1_0() {
+        let list: serde_json::Value = serde_json::from_str(&cni_install::conflist(
+            std::path::Path::new("/run/skein/cni.sock"),
+            false,
+        ))
+        .expect("json");
+        assert_eq!(list["cniVersion"], "1.0.0");
+        assert_eq!(list["cniVersions"], serde_json::json!(["1.0.0", "1.1.0"]));
+        assert_eq!(list["plugins"][0]["type"], "skein");
+        assert_eq!(list["plugins"][0]["socket"], "/run/skein/cni.sock");
+        assert_eq!(list["plugins"].as_array().map(Vec::len), Some(1));
+        let with_portmap: serde_json::Value =
+            serde_json::from_str(&cni_install::conflist(std::path::Path::new("/s"), true))
+                .expect("json");
+        assert_eq!(with_portmap["plugins"][1]["type"], "portmap");
+    }
+
+    #[test]
+    fn files_are_installed_only_when_their_content_differs() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("sub").join("10-skein.conflist");
+        assert!(cni_install::install_file(&path, b"one", 0o644).expect("write"));
+        assert!(
+            !cni_install::install_file(&path, b"one", 0o644).expect("same"),
+            "unchanged content is left alone"
+        );
+        assert!(cni_install::install_file(&path, b"two", 0o644).expect("rewrite"));
+        assert_eq!(std::fs::read(&path).expect("read"), b"two");
+        let names: Vec<_> = std::fs::read_dir(path.parent().expect("dir"))
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+    }
+
+    #[test]
+    fn the_node_publishes_its_underlay_address_until_the_api_has_it() {
+        let desired = cluster_part::desired_annotations(Some("198.18.0.11".parse().expect("ip")));
+        let mut snapshot = skein_cluster::Snapshot::default();
+        assert!(
+            cluster_part::annotations_outdated(&snapshot, "n1", &desired),
+            "node not seen yet"
+        );
+        let node = skein_cluster::Node {
+            name: "n1".into(),
+            uid: "u".into(),
+            pod_cidrs: vec![],
+            internal_ip: None,
+            ready: Some(true),
+            skein: desired.clone(),
+            unschedulable: false,
+        };
+        snapshot.nodes.insert("n1".into(), node.clone());
+        assert!(!cluster_part::annotations_outdated(
+            &snapshot, "n1", &desired
+        ));
+        let mut stale = node;
+        stale.skein.insert(
+            skein_cluster::ANNOTATION_UNDERLAY_ADDRESS.into(),
+            "198.18.0.99".into(),
+        );
+        snapshot.nodes.insert("n1".into(), stale);
+        assert!(
+            cluster_part::annotations_outdated(&snapshot, "n1", &desired),
+            "a changed address is republished"
+        );
+        assert!(cluster_part::desired_annotations(None).is_empty());
+    }
+}
