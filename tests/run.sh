@@ -22,5 +22,5 @@ cmd/skein-lab/controlplane/build.sh >/dev/null
 step "cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 step "cargo test"
-cargo test --locked --workspace
+cargo test --locked --workspace --no-fail-fast
 step "all tests passed"

@@ -182,15 +182,7 @@ impl Lab {
         netns_path: &str,
         version: &str,
     ) -> (bool, serde_json::Value) {
-        let node_dir = format!("{}/nodes/{node}", self.dir());
-        let list: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(format!("{node_dir}/net.d/10-skein.conflist"))
-                .expect("conflist"),
-        )
-        .expect("conflist json");
-        let mut config = list["plugins"][0].clone();
-        config["cniVersion"] = version.into();
-        config["name"] = list["name"].clone();
+        let config = self.cni_config(node, version);
         self.cni_raw(
             node,
             &[
@@ -201,6 +193,19 @@ impl Lab {
             ],
             &config.to_string(),
         )
+    }
+
+    /// The first plugin's configuration from the node's conflist, at `version`, as a runtime
+    /// hands it to the plugin (the list's name and version filled in).
+    pub fn cni_config(&self, node: &str, version: &str) -> serde_json::Value {
+        let path = format!("{}/nodes/{node}/net.d/10-skein.conflist", self.dir());
+        let list: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("conflist"))
+                .expect("conflist json");
+        let mut config = list["plugins"][0].clone();
+        config["cniVersion"] = version.into();
+        config["name"] = list["name"].clone();
+        config
     }
 
     /// The plugin with exactly these variables and this stdin: (exit success, printed JSON).

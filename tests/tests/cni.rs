@@ -345,14 +345,7 @@ fn gc_frees_what_is_not_listed_and_leaves_valid_attachments_untouched() {
     for (n, ns) in namespaces.iter().enumerate() {
         assert!(lab.cni("node-1", "ADD", &id(40 + n), ns, "1.1.0").0);
     }
-    let node_dir = format!("{}/nodes/node-1", lab.dir());
-    let list: Value = serde_json::from_str(
-        &std::fs::read_to_string(format!("{node_dir}/net.d/10-skein.conflist")).expect("conflist"),
-    )
-    .expect("json");
-    let mut config = list["plugins"][0].clone();
-    config["cniVersion"] = "1.1.0".into();
-    config["name"] = list["name"].clone();
+    let mut config = lab.cni_config("node-1", "1.1.0");
     config["cni.dev/valid-attachments"] = json!([
         {"containerID": id(40), "ifname": "eth0"},
         {"containerID": id(41), "ifname": "eth0"},
