@@ -463,6 +463,33 @@ fn up(
         })
         .with_context(|| format!("waiting for skein on {}", node.name))?;
     }
+    // Ready is not yet serving pods: the nodes wait for their pod CIDRs from the controller
+    // manager, and pods applied before that would only be retried.
+    progress(started, "waiting for every node's pod network");
+    let settle = Instant::now();
+    for node in &lab.nodes {
+        let addr = SocketAddr::from(([127, 0, 0, 1], node.page_port));
+        let healthy = || {
+            http_get(addr, "/api/v1/status")
+                .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+                .is_some_and(|s| {
+                    s["parts"].as_array().is_some_and(|parts| {
+                        parts
+                            .iter()
+                            .any(|p| p["name"] == "cni" && p["state"] == "ok")
+                    })
+                })
+        };
+        while !healthy() && settle.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if !healthy() {
+            eprintln!(
+                "note: {} cannot serve pods yet; see its status page",
+                node.name
+            );
+        }
+    }
     progress(started, "lab is up");
     println!(
         "lab {name}: {count} node(s); kubeconfig: {}",
