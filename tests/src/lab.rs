@@ -15,6 +15,13 @@ pub fn available() -> bool {
         && require(which("ip").is_some(), "iproute2 is not installed")
 }
 
+/// Labs are heavy (an API server each): tests take turns. Returns the turn, or `None` when lab
+/// tests cannot run here (after saying why, or failing under `SKEIN_TEST_ALL=1`).
+pub fn exclusive() -> Option<std::sync::MutexGuard<'static, ()>> {
+    static ONE_LAB_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    available().then(|| ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
 #[derive(Debug)]
 pub struct Lab {
     pub name: String,

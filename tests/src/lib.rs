@@ -82,6 +82,14 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Op
     }
 }
 
+/// One part's entry in a `/api/v1/status` report (`Null` when the part is not there).
+pub fn part<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["parts"]
+        .as_array()
+        .and_then(|parts| parts.iter().find(|p| p["name"] == name))
+        .unwrap_or(&serde_json::Value::Null)
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

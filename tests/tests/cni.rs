@@ -4,17 +4,10 @@
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 
 use serde_json::{Value, json};
 use skein_e2e::lab::{self, Lab};
-use skein_e2e::{Sandbox, skein_bin};
-
-static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
+use skein_e2e::{Sandbox, part, skein_bin};
 
 /// A lab node whose daemon has its pod CIDR and serves the plugin.
 fn ready_lab() -> Lab {
@@ -22,15 +15,7 @@ fn ready_lab() -> Lab {
     lab.wait(
         "the CNI part to be ready",
         std::time::Duration::from_secs(60),
-        || {
-            let s = lab.node_status("node-1")?;
-            let cni = s["parts"]
-                .as_array()?
-                .iter()
-                .find(|p| p["name"] == "cni")?
-                .clone();
-            (cni["state"] == "ok").then_some(())
-        },
+        || (part(&lab.node_status("node-1")?, "cni")["state"] == "ok").then_some(()),
     );
     lab
 }
@@ -82,10 +67,9 @@ fn config_with_socket(socket: &str) -> String {
 
 #[test]
 fn a_second_add_of_an_existing_container_and_interface_fails_with_an_error_object() {
-    if !lab::available() {
+    let Some(_one) = lab::exclusive() else {
         return;
-    }
-    let _one = serial();
+    };
     let lab = ready_lab();
     let ns = container_netns(&lab, 1);
     let (ok, first) = lab.cni("node-1", "ADD", &id(1), &ns, "1.1.0");
@@ -107,10 +91,9 @@ fn a_second_add_of_an_existing_container_and_interface_fails_with_an_error_objec
 
 #[test]
 fn del_is_idempotent_and_succeeds_for_unknown_containers_and_vanished_namespaces() {
-    if !lab::available() {
+    let Some(_one) = lab::exclusive() else {
         return;
-    }
-    let _one = serial();
+    };
     let lab = ready_lab();
     let ns = container_netns(&lab, 2);
     assert!(lab.cni("node-1", "ADD", &id(2), &ns, "1.1.0").0);
@@ -162,10 +145,9 @@ fn del_is_idempotent_and_succeeds_for_unknown_containers_and_vanished_namespaces
 
 #[test]
 fn check_reports_an_interface_removed_behind_its_back() {
-    if !lab::available() {
+    let Some(_one) = lab::exclusive() else {
         return;
-    }
-    let _one = serial();
+    };
     let lab = ready_lab();
     let ns = container_netns(&lab, 4);
     assert!(lab.cni("node-1", "ADD", &id(4), &ns, "1.1.0").0);
@@ -191,10 +173,9 @@ fn check_reports_an_interface_removed_behind_its_back() {
 
 #[test]
 fn every_version_that_version_lists_serves_add_and_del_in_its_own_schema() {
-    if !lab::available() {
+    let Some(_one) = lab::exclusive() else {
         return;
-    }
-    let _one = serial();
+    };
     let lab = ready_lab();
     let (ok, version) = lab.cni_raw(
         "node-1",
@@ -301,10 +282,9 @@ fn status_answers_50_while_the_daemon_cannot_serve_add() {
 
 #[test]
 fn eight_parallel_adds_never_share_an_address() {
-    if !lab::available() {
+    let Some(_one) = lab::exclusive() else {
         return;
-    }
-    let _one = serial();
+    };
     let lab = ready_lab();
     let namespaces: Vec<String> = (0..8).map(|n| container_netns(&lab, 30 + n)).collect();
     let results: Vec<(bool, Value)> = std::thread::scope(|s| {
@@ -336,10 +316,9 @@ fn eight_parallel_adds_never_share_an_address() {
 
 #[test]
 fn gc_frees_what_is_not_listed_and_leaves_valid_attachments_untouched() {
-    if !lab::available() {
+    let Some(_one) = lab::exclusive() else {
         return;
-    }
-    let _one = serial();
+    };
     let lab = ready_lab();
     let namespaces: Vec<String> = (0..3).map(|n| container_netns(&lab, 40 + n)).collect();
     for (n, ns) in namespaces.iter().enumerate() {
@@ -378,10 +357,9 @@ fn gc_frees_what_is_not_listed_and_leaves_valid_attachments_untouched() {
 fn sigkill_during_fifty_parallel_adds_loses_no_address_and_gc_reclaims_deleted_pods() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::{Duration, Instant};
-    if !lab::available() {
+    let Some(_one) = lab::exclusive() else {
         return;
-    }
-    let _one = serial();
+    };
     let lab = ready_lab();
     let namespaces: Vec<String> = (0..50).map(|n| container_netns(&lab, 100 + n)).collect();
     let done = AtomicUsize::new(0);
@@ -487,10 +465,9 @@ fn sigkill_during_fifty_parallel_adds_loses_no_address_and_gc_reclaims_deleted_p
 
 #[test]
 fn status_answers_51_when_existing_pods_are_cut_off() {
-    if !lab::available() {
+    let Some(_one) = lab::exclusive() else {
         return;
-    }
-    let _one = serial();
+    };
     let lab = ready_lab();
     let ns = container_netns(&lab, 60);
     let status = |lab: &Lab| lab.cni("node-1", "STATUS", "", "", "1.1.0");

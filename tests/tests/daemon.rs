@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use skein_e2e::{Sandbox, http_get, wait_for};
+use skein_e2e::{Sandbox, http_get, part, wait_for};
 
 #[test]
 fn status_api_has_the_documented_fields() {
@@ -29,12 +29,7 @@ fn status_api_has_the_documented_fields() {
         }
     }
     let store = wait_for("the store part to report", Duration::from_secs(10), || {
-        let s = d.status();
-        let p = s["parts"]
-            .as_array()?
-            .iter()
-            .find(|p| p["name"] == "store")?
-            .clone();
+        let p = part(&d.status(), "store").clone();
         (p["state"] == "ok").then_some(p)
     });
     // The schema version is that of the newest migration this build embeds.
@@ -133,12 +128,7 @@ fn sigkill_at_any_point_of_startup_leaves_a_store_that_opens_cleanly() {
     let mut d = sb.start();
     d.wait_ready();
     let store = wait_for("the store check", Duration::from_secs(10), || {
-        let s = d.status();
-        let p = s["parts"]
-            .as_array()?
-            .iter()
-            .find(|p| p["name"] == "store")?
-            .clone();
+        let p = part(&d.status(), "store").clone();
         (p["state"] != "starting").then_some(p)
     });
     assert_eq!(store["state"], "ok", "{store}\n{}", d.logs());

@@ -1,18 +1,12 @@
 //! The lab and the daemons' cluster view, end to end: real kube-apiserver and
 //! kube-controller-manager, real `skein run` in node namespaces, the packaged RBAC role.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use skein_e2e::lab::{self, Lab};
+use skein_e2e::part;
 
 /// Labs are heavy (an API server each): one at a time in this binary.
-static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// (name, pod CIDRs, ready) of every node in a daemon's view.
 fn view(status: &serde_json::Value) -> Vec<(String, Vec<String>, serde_json::Value)> {
     status["cluster"]["nodes"]
@@ -40,19 +34,11 @@ fn view(status: &serde_json::Value) -> Vec<(String, Vec<String>, serde_json::Val
         .unwrap_or_default()
 }
 
-fn part<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    status["parts"]
-        .as_array()
-        .and_then(|p| p.iter().find(|p| p["name"] == name))
-        .unwrap_or(&serde_json::Value::Null)
-}
-
 #[test]
 fn three_nodes_see_each_other_follow_deletions_and_survive_an_api_outage() {
-    if !lab::available() {
+    let Some(_one) = lab::exclusive() else {
         return;
-    }
-    let _one = serial();
+    };
     let lab = Lab::up(3, &[]);
     let nodes = lab.node_names();
     assert_eq!(nodes, ["node-1", "node-2", "node-3"]);
@@ -220,10 +206,9 @@ fn three_nodes_see_each_other_follow_deletions_and_survive_an_api_outage() {
 
 #[test]
 fn a_stopped_node_is_marked_not_ready_by_the_node_lifecycle_controller() {
-    if !lab::available() {
+    let Some(_one) = lab::exclusive() else {
         return;
-    }
-    let _one = serial();
+    };
     let lab = Lab::up(2, &[]);
     lab.wait(
         "node-1 to see node-2 ready",
@@ -267,10 +252,9 @@ fn a_stopped_node_is_marked_not_ready_by_the_node_lifecycle_controller() {
 
 #[test]
 fn a_role_without_a_needed_verb_is_named_on_the_status_page() {
-    if !lab::available() {
+    let Some(_one) = lab::exclusive() else {
         return;
-    }
-    let _one = serial();
+    };
     let packaged = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../packaging/rbac.yaml"
@@ -306,10 +290,9 @@ fn a_role_without_a_needed_verb_is_named_on_the_status_page() {
 
 #[test]
 fn down_leaves_nothing_behind_even_after_the_lab_was_killed() {
-    if !lab::available() {
+    let Some(_one) = lab::exclusive() else {
         return;
-    }
-    let _one = serial();
+    };
     let lab = Lab::up(2, &[]);
     let name = lab.name.clone();
     let dir = lab.dir();

@@ -3,16 +3,9 @@
 //! outside the cluster CIDR; Services getting their EndpointSlices from the real controller.
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use skein_e2e::lab::{self, Lab};
-
-static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn pod_yaml(name: &str, node: &str, app: &str) -> String {
     format!(
@@ -37,10 +30,9 @@ fn running(lab: &Lab, names: &[String]) -> Vec<(String, String)> {
 
 #[test]
 fn twenty_pods_get_distinct_addresses_and_reach_each_other_and_the_node() {
-    if !lab::available() {
+    let Some(_one) = lab::exclusive() else {
         return;
-    }
-    let _one = serial();
+    };
     let lab = Lab::up(1, &[]);
     let names: Vec<String> = (1..=20).map(|i| format!("p{i:02}")).collect();
     let yaml: Vec<String> = names
@@ -119,10 +111,9 @@ fn twenty_pods_get_distinct_addresses_and_reach_each_other_and_the_node() {
 
 #[test]
 fn services_get_the_pods_addresses_and_deleting_a_pod_frees_its_lease() {
-    if !lab::available() {
+    let Some(_one) = lab::exclusive() else {
         return;
-    }
-    let _one = serial();
+    };
     let lab = Lab::up(2, &[]);
     lab.apply(&format!(
         "{}---\n{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\n\
@@ -215,10 +206,9 @@ fn services_get_the_pods_addresses_and_deleting_a_pod_frees_its_lease() {
 
 #[test]
 fn traffic_leaving_the_cluster_cidr_is_masqueraded_and_pod_traffic_is_not() {
-    if !lab::available() {
+    let Some(_one) = lab::exclusive() else {
         return;
-    }
-    let _one = serial();
+    };
     let lab = Lab::up(1, &[]);
     lab.apply(&format!(
         "{}---\n{}",
