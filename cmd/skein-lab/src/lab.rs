@@ -29,6 +29,27 @@ pub fn node_ip(index: usize) -> Ipv4Addr {
 }
 
 /// A lab name: short, so derived interface names stay within 15 characters.
+/// Where the nodes' state lives: persistent storage, as a node's /var/lib/skein is (the
+/// daemon refuses to keep its WireGuard key on a tmpfs such as /run).
+pub const STATE_DIR: &str = "/var/lib/skein-lab";
+
+/// The state directory of `node` in lab `lab`.
+pub fn state_dir_of(lab: &str, node: &str) -> PathBuf {
+    Path::new(STATE_DIR).join(lab).join(node)
+}
+
+/// The WireGuard interface of the lab's `index`th node. Control sockets of userspace WireGuard
+/// share one directory across all namespaces, so the name carries the lab's: unique among
+/// concurrent labs, and within 15 characters (2 + 8 + 1 + 2).
+pub fn overlay_interface(lab: &str, index: usize) -> String {
+    format!("sk{lab}-{index}")
+}
+
+/// The name of a node's WireGuard device process, for `stop` and `start`.
+pub fn wireguard_process(node: &str) -> String {
+    format!("{node}-wg")
+}
+
 pub fn check_name(name: &str) -> anyhow::Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 8
@@ -67,6 +88,8 @@ pub struct Node {
     pub page_port: u16,
     pub config: PathBuf,
     pub kubeconfig: PathBuf,
+    /// The node's WireGuard interface (and control socket) name.
+    pub overlay_interface: String,
 }
 
 /// The lab's state file, `<dir>/lab.json`: written by `up`, `stop` and `start`; read by the rest.

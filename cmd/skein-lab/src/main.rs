@@ -339,7 +339,12 @@ fn up(
         std::fs::create_dir_all(&node_dir)?;
         let kubeconfig = pki.write_kubeconfig(node, &in_lab_api)?;
         let config = node_dir.join("config.toml");
-        std::fs::write(&config, node_config(node, &node_dir, &kubeconfig))?;
+        let overlay_interface = lab::overlay_interface(name, i + 1);
+        let state_dir = lab::state_dir_of(name, node);
+        std::fs::write(
+            &config,
+            node_config(node, &node_dir, &state_dir, &kubeconfig, &overlay_interface),
+        )?;
         lab.nodes.push(Node {
             name: node.clone(),
             netns: format!("{prefix}{node}"),
@@ -347,6 +352,7 @@ fn up(
             page_port: free_port()?,
             config,
             kubeconfig,
+            overlay_interface,
         });
     }
     let mut members = vec![(lab.control_plane_netns.clone(), CONTROL_PLANE_IP)];
@@ -398,6 +404,17 @@ fn up(
         controlplane::controller_manager_argv(&bin, &dir, &pki, &kcm_kubeconfig, grace),
     );
     for node in lab.nodes.clone() {
+        // The node's userspace WireGuard, a process of its own as skein-wireguard.service is:
+        // it outlives restarts of the node's daemon.
+        let argv = vec![
+            skein.display().to_string(),
+            "wireguard".into(),
+            "--interface".into(),
+            node.overlay_interface.clone(),
+            "--threads".into(),
+            "2".into(),
+        ];
+        add(&mut lab, &lab::wireguard_process(&node.name), Some(node.netns.clone()), argv);
         let argv = vec![
             skein.display().to_string(),
             "run".into(),
@@ -443,7 +460,15 @@ fn up(
         anyhow::Ok(())
     })?;
 
-    progress(started, "starting skein on each node");
+    progress(started, "starting skein and its WireGuard device on each node");
+    for node in lab.nodes.clone() {
+        lab.spawn(&lab::wireguard_process(&node.name))?;
+    }
+    for node in &lab.nodes {
+        let socket = format!("/var/run/wireguard/{}.sock", node.overlay_interface);
+        wait_until(Duration::from_secs(10), || Ok(Path::new(&socket).exists()))
+            .with_context(|| format!("waiting for the WireGuard device of {}", node.name))?;
+    }
     for node in lab.nodes.clone() {
         lab.spawn(&node.name)?;
     }
@@ -504,11 +529,18 @@ fn up(
     Ok(())
 }
 
-fn node_config(node: &str, dir: &Path, kubeconfig: &Path) -> String {
+fn node_config(
+    node: &str,
+    dir: &Path,
+    state_dir: &Path,
+    kubeconfig: &Path,
+    overlay_interface: &str,
+) -> String {
     format!(
-        "# skein on lab node {node}\n[node]\nname = \"{node}\"\n\n[cluster]\nkubeconfig = \"{kc}\"\n\n[cni]\nsocket = \"{d}/cni.sock\"\nconf_dir = \"{d}/net.d\"\nbin_dir = \"{d}/bin\"\n\n[store]\npath = \"{d}/state/state.db\"\n\n[dashboard]\nlisten = \"127.0.0.1:9610\"\n",
+        "# skein on lab node {node}\n[node]\nname = \"{node}\"\n\n[cluster]\nkubeconfig = \"{kc}\"\n\n[cni]\nsocket = \"{d}/cni.sock\"\nconf_dir = \"{d}/net.d\"\nbin_dir = \"{d}/bin\"\n\n[overlay]\nmode = \"userspace\"\ninterface = \"{overlay_interface}\"\n\n[store]\npath = \"{s}/state.db\"\n\n[dashboard]\nlisten = \"127.0.0.1:9610\"\n",
         kc = kubeconfig.display(),
         d = dir.display(),
+        s = state_dir.display(),
     )
 }
 
@@ -630,6 +662,16 @@ fn down(name: Option<&str>) {
     }
     for lab_name in labs {
         let _ = std::fs::remove_dir_all(Lab::dir_of(&lab_name));
+        let _ = std::fs::remove_dir_all(Path::new(lab::STATE_DIR).join(&lab_name));
+        // A device killed outright leaves its control socket behind.
+        let prefix = lab::overlay_interface(&lab_name, 0);
+        let prefix = prefix.trim_end_matches('0');
+        for entry in std::fs::read_dir("/var/run/wireguard").into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(prefix) && name.ends_with(".sock") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
     match name {
         Some(n) => eprintln!("lab {n} is down"),

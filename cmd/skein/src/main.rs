@@ -38,8 +38,38 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Run the userspace WireGuard device NAME in the foreground (normally through systemd:
+    /// skein-wireguard.service). The daemon configures it; it outlives daemon restarts, so pod
+    /// traffic keeps flowing while skein itself restarts or upgrades.
+    Wireguard {
+        /// Interface name; default: overlay.interface from the configuration.
+        #[arg(long, value_name = "NAME")]
+        interface: Option<String>,
+        /// Configuration file, for overlay.interface and overlay.mode.
+        #[arg(long, short, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Packet worker threads; default: the number of CPUs, at most 4.
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
+    },
+    /// Act on the running daemon's WireGuard overlay.
+    Overlay {
+        #[command(subcommand)]
+        command: OverlayCommand,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand, Debug)]
+enum OverlayCommand {
+    /// Make a new WireGuard key pair for this node, publish its public key and re-peer. The
+    /// old key stops working; connections through the tunnel carry on.
+    RotateKey {
+        /// The daemon's configuration (for the state directory).
+        #[arg(long, short, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -101,6 +131,43 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             command: ConfigCommand::Default,
         } => {
             print!("{}", skein_config::DEFAULT_TOML);
+            Ok(())
+        }
+        Command::Wireguard {
+            interface,
+            config,
+            threads,
+        } => {
+            let loaded = skein_config::load(config.as_deref(), std::env::vars())?;
+            init_logging(&loaded.config)?;
+            let name = interface.unwrap_or_else(|| loaded.config.overlay.interface.clone());
+            // The unit is wanted by skein.service everywhere; where the kernel carries the
+            // overlay it has nothing to do.
+            let mode = loaded.config.overlay.mode.as_str();
+            if mode == "kernel" || (mode == "auto" && skein_wireguard::kernel_has_wireguard()) {
+                eprintln!(
+                    "skein wireguard: overlay.mode = {mode} and the kernel carries the overlay; no userspace device is needed"
+                );
+                return Ok(());
+            }
+            let threads = threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(2, |n| n.get().min(4))
+            });
+            Ok(skein_wireguard::run(&name, threads)?)
+        }
+        Command::Overlay {
+            command: OverlayCommand::RotateKey { config },
+        } => {
+            let loaded = skein_config::load(config.as_deref(), std::env::vars())?;
+            let state_dir = loaded
+                .config
+                .store
+                .path
+                .parent()
+                .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf);
+            let answer = skein_daemon::control::request(&state_dir, "rotate-key")
+                .map_err(|e| anyhow::anyhow!(e))?;
+            println!("{answer}");
             Ok(())
         }
         Command::Version => {

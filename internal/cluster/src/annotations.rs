@@ -15,6 +15,12 @@ pub const ANNOTATION_PREFIX: &str = "skein.dev/";
 /// The address other nodes reach this node's overlay on.
 pub const ANNOTATION_UNDERLAY_ADDRESS: &str = "skein.dev/underlay-address";
 
+/// The node's WireGuard public key (base64, as `wg pubkey` prints it).
+pub const ANNOTATION_WIREGUARD_PUBLIC_KEY: &str = "skein.dev/wireguard-public-key";
+
+/// Where the node's WireGuard listens: `address:port` (`[v6]:port` for IPv6).
+pub const ANNOTATION_WIREGUARD_ENDPOINT: &str = "skein.dev/wireguard-endpoint";
+
 /// Named in the Node's managedFields, so `kubectl` shows who wrote the annotations.
 const FIELD_MANAGER: &str = "skein";
 

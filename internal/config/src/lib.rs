@@ -734,6 +734,14 @@ impl Config {
         parse_mtu(&self.overlay.mtu).unwrap_or(Mtu::Auto)
     }
 
+    /// `overlay.persistent_keepalive` in seconds; `None` when off.
+    pub fn overlay_keepalive(&self) -> Option<u16> {
+        parse_duration(&self.overlay.persistent_keepalive)
+            .ok()
+            .map(|d| d.as_secs().min(u64::from(u16::MAX)) as u16)
+            .filter(|s| *s > 0)
+    }
+
     pub fn log_format(&self) -> LogFormat {
         parse_log_format(&self.log.format).unwrap_or(LogFormat::Text)
     }

@@ -8,21 +8,42 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use skein_cluster::{ANNOTATION_UNDERLAY_ADDRESS, ApiHealth, Snapshot};
+use skein_cluster::{
+    ANNOTATION_UNDERLAY_ADDRESS, ANNOTATION_WIREGUARD_ENDPOINT, ANNOTATION_WIREGUARD_PUBLIC_KEY,
+    ApiHealth, Snapshot,
+};
 use skein_status::{ClusterSummary, NodeSummary, PartHandle, ServiceSummary, StatusBoard};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::PartResult;
+use crate::overlay_part::Identity;
 
 /// How soon a failed or outdated annotation publish is tried again.
 const REPUBLISH_AFTER: Duration = Duration::from_secs(5);
 
 /// The annotations this node should carry: a pure function of what the node knows about itself.
-pub fn desired_annotations(underlay: Option<IpAddr>) -> BTreeMap<String, String> {
-    underlay
-        .map(|ip| BTreeMap::from([(ANNOTATION_UNDERLAY_ADDRESS.to_string(), ip.to_string())]))
-        .unwrap_or_default()
+/// The WireGuard endpoint is the underlay address with the overlay's port; without an underlay
+/// address there is nothing to reach, so no key is published either.
+pub fn desired_annotations(
+    underlay: Option<IpAddr>,
+    overlay: Option<&Identity>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if let Some(ip) = underlay {
+        out.insert(ANNOTATION_UNDERLAY_ADDRESS.to_string(), ip.to_string());
+        if let Some(id) = overlay {
+            out.insert(
+                ANNOTATION_WIREGUARD_PUBLIC_KEY.to_string(),
+                id.public_key.clone(),
+            );
+            out.insert(
+                ANNOTATION_WIREGUARD_ENDPOINT.to_string(),
+                SocketAddr::new(ip, id.listen_port).to_string(),
+            );
+        }
+    }
+    out
 }
 
 /// Whether the node object (as the snapshot has it) lacks or differs in any desired annotation.
@@ -121,6 +142,7 @@ pub async fn run(
     handle: PartHandle,
     board: StatusBoard,
     feed: watch::Sender<Arc<Snapshot>>,
+    mut overlay: watch::Receiver<Option<Identity>>,
     cancel: CancellationToken,
 ) -> PartResult {
     let config = skein_cluster::client_config(&kubeconfig)
@@ -129,7 +151,7 @@ pub async fn run(
     let server = api_server_address(&config).await;
     let client = skein_cluster::client(config).map_err(|e| e.to_string())?;
     let underlay = server.and_then(source_address_towards);
-    let desired = desired_annotations(underlay);
+    let mut desired = desired_annotations(underlay, overlay.borrow().as_ref());
 
     let (view, watching) =
         skein_cluster::watch_cluster(client.clone(), Default::default(), cancel.child_token());
@@ -166,6 +188,12 @@ pub async fn run(
             _ = cancel.cancelled() => break Ok(()),
             changed = snapshots.changed() => if changed.is_err() { break Err("the cluster view stopped".to_string()) },
             changed = health.changed() => if changed.is_err() { break Err("the cluster view stopped".to_string()) },
+            changed = overlay.changed() => {
+                if changed.is_err() { break Err("the overlay part is gone".to_string()) }
+                desired = desired_annotations(underlay, overlay.borrow().as_ref());
+                // A new key is published at once, not after the retry delay.
+                next_publish = tokio::time::Instant::now();
+            },
             _ = tokio::time::sleep_until(next_publish), if publish_error.is_some() || annotations_outdated(&snapshot, &node, &desired) => {}
         }
     };

@@ -41,9 +41,6 @@ const SYSCTLS: [(&str, &str); 3] = [
     ("net.ipv4.conf.default.rp_filter", "2"),
 ];
 
-/// The WireGuard overlay's worst-case overhead (IPv6 outer header), taken off the underlay MTU.
-pub const OVERLAY_OVERHEAD: u32 = 80;
-
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub node: String,
@@ -53,32 +50,18 @@ pub struct Settings {
     pub bridge: String,
     pub mtu: skein_config::Mtu,
     pub portmap: bool,
+    /// The overlay link's MTU; pods never get a larger one.
+    pub overlay_mtu: u32,
     pub cluster_cidrs: Vec<IpNet>,
 }
 
-/// The MTU pods get: configured, or the underlay's minus the overlay's overhead.
-pub fn pod_mtu(setting: skein_config::Mtu, underlay_mtu: Option<u32>) -> u32 {
+/// The MTU pods get: the overlay's (so a pod's packet always fits the tunnel), or a smaller one
+/// configured in `cni.mtu`.
+pub fn pod_mtu(setting: skein_config::Mtu, overlay_mtu: u32) -> u32 {
     match setting {
-        skein_config::Mtu::Fixed(n) => n,
-        skein_config::Mtu::Auto => underlay_mtu
-            .unwrap_or(1500)
-            .saturating_sub(OVERLAY_OVERHEAD)
-            .max(576),
+        skein_config::Mtu::Fixed(n) => n.min(overlay_mtu),
+        skein_config::Mtu::Auto => overlay_mtu,
     }
-}
-
-/// The MTU of the interface that carries the default route, read from /proc and /sys.
-pub fn underlay_mtu() -> Option<u32> {
-    let routes = std::fs::read_to_string("/proc/net/route").ok()?;
-    let dev = routes.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(1) == Some(&"00000000") && f.get(7) == Some(&"00000000")).then(|| f[0].to_string())
-    })?;
-    std::fs::read_to_string(format!("/sys/class/net/{dev}/mtu"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 fn dataplane(e: PodNetError) -> CniError {
@@ -467,7 +450,7 @@ pub async fn run(
     }
     let mut warnings = Vec::new();
     let net = PodNet::connect().map_err(|e| e.to_string())?;
-    let mtu = pod_mtu(settings.mtu, underlay_mtu());
+    let mtu = pod_mtu(settings.mtu, settings.overlay_mtu);
     let listener = skein_cni::bind(&settings.socket)
         .map_err(|e| format!("cni.socket = \"{}\": {e}", settings.socket.display()))?;
     let network = Arc::new(PodNetwork {

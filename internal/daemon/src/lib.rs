@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 mod cluster_part;
 mod cni_install;
 mod cni_part;
+pub mod control;
+mod overlay_part;
 pub mod supervisor;
 #[cfg(test)]
 mod tests;
@@ -110,6 +112,8 @@ fn spawn_parts(
     // parts reading it never lose their subscription.
     let (feed, snapshots) =
         tokio::sync::watch::channel(std::sync::Arc::new(skein_cluster::Snapshot::default()));
+    // The overlay's identity (public key, port), which the cluster part publishes on the Node.
+    let (identity_tx, identity_rx) = tokio::sync::watch::channel(None);
     let kubeconfig = config.cluster.kubeconfig.clone();
     let (cluster_node, cluster_board) = (node.to_string(), board.clone());
     parts.spawn("cluster", move |handle, cancel| {
@@ -119,8 +123,52 @@ fn spawn_parts(
             handle,
             cluster_board.clone(),
             feed.clone(),
+            identity_rx.clone(),
             cancel,
         )
+    });
+
+    let state_dir = config
+        .store
+        .path
+        .parent()
+        .map_or_else(|| std::path::PathBuf::from("."), std::path::Path::to_path_buf);
+    let overlay_mtu = skein_overlay::overlay_mtu(
+        match config.overlay_mtu() {
+            skein_config::Mtu::Fixed(n) => Some(n),
+            skein_config::Mtu::Auto => None,
+        },
+        skein_overlay::underlay_mtu(),
+    );
+    let overlay = overlay_part::Settings {
+        node: node.to_string(),
+        interface: config.overlay.interface.clone(),
+        mode: config.overlay.mode.clone(),
+        listen_port: config.overlay.listen_port,
+        mtu: overlay_mtu,
+        keepalive: config.overlay_keepalive(),
+        state_dir: state_dir.clone(),
+    };
+    // Requests from the control socket; the queue outlives the overlay part's restarts.
+    let (rotate_tx, rotate_rx) = tokio::sync::mpsc::channel(4);
+    let rotate_rx = std::sync::Arc::new(tokio::sync::Mutex::new(rotate_rx));
+    let (overlay_snapshots, overlay_board) = (snapshots.clone(), board.clone());
+    parts.spawn("overlay", move |handle, cancel| {
+        let (settings, snapshots, identity, board, rotations) = (
+            overlay.clone(),
+            overlay_snapshots.clone(),
+            identity_tx.clone(),
+            overlay_board.clone(),
+            rotate_rx.clone(),
+        );
+        async move {
+            let mut rotations = rotations.lock().await;
+            overlay_part::run(settings, snapshots, identity, &mut rotations, handle, board, cancel)
+                .await
+        }
+    });
+    parts.spawn("control", move |handle, cancel| {
+        control::serve(state_dir.clone(), rotate_tx.clone(), handle, cancel)
     });
 
     let settings = cni_part::Settings {
@@ -131,6 +179,7 @@ fn spawn_parts(
         bridge: config.cni.bridge.clone(),
         mtu: config.cni_mtu(),
         portmap: config.cni.portmap,
+        overlay_mtu,
         cluster_cidrs: vec![config.pod_cidr()],
     };
     let gc_interval = config.ipam_gc_interval();

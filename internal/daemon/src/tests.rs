@@ -136,20 +136,24 @@ mod pure {
     use skein_config::Mtu;
 
     #[test]
-    fn pod_mtu_is_the_underlay_minus_the_overlay_unless_fixed() {
-        assert_eq!(cni_part::pod_mtu(Mtu::Auto, Some(1500)), 1420);
-        assert_eq!(cni_part::pod_mtu(Mtu::Auto, Some(9000)), 8920);
+    fn pods_get_the_overlay_mtu_or_a_smaller_configured_one() {
+        assert_eq!(cni_part::pod_mtu(Mtu::Auto, 1420), 1420);
+        assert_eq!(cni_part::pod_mtu(Mtu::Fixed(1300), 1420), 1300);
         assert_eq!(
-            cni_part::pod_mtu(Mtu::Auto, None),
+            cni_part::pod_mtu(Mtu::Fixed(9000), 1420),
             1420,
-            "1500 assumed when unknown"
+            "a pod MTU above the tunnel's would black-hole large packets"
         );
-        assert_eq!(cni_part::pod_mtu(Mtu::Fixed(1300), Some(9000)), 1300);
-        assert_eq!(
-            cni_part::pod_mtu(Mtu::Auto, Some(600)),
-            576,
-            "never below IPv4's minimum"
-        );
+    }
+
+    #[test]
+    fn the_overlay_mtu_is_the_underlay_minus_80_unless_fixed() {
+        use skein_overlay::overlay_mtu;
+        assert_eq!(overlay_mtu(None, Some(1500)), 1420);
+        assert_eq!(overlay_mtu(None, Some(9000)), 8920);
+        assert_eq!(overlay_mtu(None, None), 1420, "1500 assumed when unknown");
+        assert_eq!(overlay_mtu(Some(1300), Some(9000)), 1300);
+        assert_eq!(overlay_mtu(None, Some(600)), 576, "never below IPv4's minimum");
     }
 
     #[test]
@@ -191,7 +195,8 @@ mod pure {
 
     #[test]
     fn the_node_publishes_its_underlay_address_until_the_api_has_it() {
-        let desired = cluster_part::desired_annotations(Some("198.18.0.11".parse().expect("ip")));
+        let desired =
+            cluster_part::desired_annotations(Some("198.18.0.11".parse().expect("ip")), None);
         let mut snapshot = skein_cluster::Snapshot::default();
         assert!(
             cluster_part::annotations_outdated(&snapshot, "n1", &desired),
@@ -220,6 +225,23 @@ mod pure {
             cluster_part::annotations_outdated(&snapshot, "n1", &desired),
             "a changed address is republished"
         );
-        assert!(cluster_part::desired_annotations(None).is_empty());
+        assert!(cluster_part::desired_annotations(None, None).is_empty());
+    }
+
+    #[test]
+    fn the_wireguard_endpoint_is_the_underlay_address_with_the_overlay_port() {
+        let id = crate::overlay_part::Identity {
+            public_key: "k".into(),
+            listen_port: 51820,
+        };
+        let v4 = cluster_part::desired_annotations(Some("198.18.0.11".parse().expect("ip")), Some(&id));
+        assert_eq!(v4[skein_cluster::ANNOTATION_WIREGUARD_ENDPOINT], "198.18.0.11:51820");
+        assert_eq!(v4[skein_cluster::ANNOTATION_WIREGUARD_PUBLIC_KEY], "k");
+        let v6 = cluster_part::desired_annotations(Some("fd00::11".parse().expect("ip")), Some(&id));
+        assert_eq!(v6[skein_cluster::ANNOTATION_WIREGUARD_ENDPOINT], "[fd00::11]:51820");
+        assert!(
+            cluster_part::desired_annotations(None, Some(&id)).is_empty(),
+            "no endpoint without an underlay address"
+        );
     }
 }

@@ -41,6 +41,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
 pub fn router(board: StatusBoard) -> Router {
     let mut router = Router::new()
         .route("/api/v1/status", get(status))
+        .route("/api/v1/peers", get(peers))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz));
     for (path, content_type, body) in ASSETS {
@@ -69,6 +70,15 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 async fn status(State(board): State<StatusBoard>) -> Response {
     let mut response = Json(board.report()).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The overlay alone: backend, public key and each peer; `null` before the overlay reports.
+async fn peers(State(board): State<StatusBoard>) -> Response {
+    let mut response = Json(board.report().overlay).into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -9,6 +9,10 @@
 //! | chain        | hook        | priority | what                                          |
 //! |--------------|-------------|----------|-----------------------------------------------|
 //! | `postrouting`| postrouting | srcnat   | masquerade pod traffic leaving the cluster CIDR |
+//! | `overlay_mss`| forward     | mangle   | clamp TCP MSS to the route MTU on the overlay   |
+//!
+//! Each chain is rebuilt by its own transaction (add, flush, fill), so the parts that own
+//! different chains never undo each other's rules.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -23,6 +27,7 @@ mod tests;
 pub const TABLE: &str = "skein";
 pub const FAMILY: &str = "inet";
 pub const CHAIN_POSTROUTING: &str = "postrouting";
+pub const CHAIN_OVERLAY_MSS: &str = "overlay_mss";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -151,13 +156,41 @@ impl Backend for NftProgram {
     }
 }
 
+/// TCP SYNs forwarded into or out of the overlay interface `ifname` get their MSS clamped to
+/// the route's MTU, so a smaller MTU somewhere on the path cannot black-hole large segments.
+pub fn overlay_mss_clamp(ifname: &str) -> Transaction {
+    let mut tx = Transaction::default();
+    tx.push(Op::AddTable)
+        .push(Op::AddChain {
+            name: CHAIN_OVERLAY_MSS.into(),
+            hook: Some(Hook {
+                kind: "filter",
+                hook: "forward",
+                priority: "mangle",
+                policy: "accept",
+            }),
+        })
+        .push(Op::FlushChain {
+            name: CHAIN_OVERLAY_MSS.into(),
+        });
+    for dir in ["oifname", "iifname"] {
+        tx.push(Op::AddRule {
+            chain: CHAIN_OVERLAY_MSS.into(),
+            rule: format!(
+                "{dir} \"{ifname}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu"
+            ),
+            comment: Some("MSS clamp on the overlay".into()),
+        });
+    }
+    tx
+}
+
 /// The table's full state for masquerading: pod traffic from `pod_cidrs` to anywhere outside
 /// `cluster_cidrs` leaves with the node's address; pod-to-pod traffic keeps its source. One
 /// transaction that rebuilds the table, so applying it twice changes nothing.
 pub fn masquerade(pod_cidrs: &[IpNet], cluster_cidrs: &[IpNet]) -> Transaction {
     let mut tx = Transaction::default();
     tx.push(Op::AddTable)
-        .push(Op::FlushTable)
         .push(Op::AddChain {
             name: CHAIN_POSTROUTING.into(),
             hook: Some(Hook {
@@ -166,6 +199,9 @@ pub fn masquerade(pod_cidrs: &[IpNet], cluster_cidrs: &[IpNet]) -> Transaction {
                 priority: "srcnat",
                 policy: "accept",
             }),
+        })
+        .push(Op::FlushChain {
+            name: CHAIN_POSTROUTING.into(),
         });
     for pod in pod_cidrs {
         for cluster in cluster_cidrs

@@ -7,13 +7,13 @@ fn nets(s: &[&str]) -> Vec<IpNet> {
 }
 
 #[test]
-fn masquerade_rebuilds_the_table_in_one_transaction() {
+fn masquerade_rebuilds_its_chain_in_one_transaction() {
     let tx = masquerade(&nets(&["10.42.1.0/24"]), &nets(&["10.42.0.0/16"]));
     assert_eq!(
         tx.script(),
         "add table inet skein\n\
-         flush table inet skein\n\
          add chain inet skein postrouting { type nat hook postrouting priority srcnat; policy accept; }\n\
+         flush chain inet skein postrouting\n\
          add rule inet skein postrouting ip saddr 10.42.1.0/24 ip daddr != 10.42.0.0/16 masquerade comment \"pod traffic leaving the cluster\"\n"
     );
 }
@@ -38,7 +38,26 @@ fn dual_stack_pairs_families_and_never_mixes_them() {
 fn no_pod_cidr_means_an_empty_chain() {
     let tx = masquerade(&[], &nets(&["10.42.0.0/16"]));
     assert!(!tx.script().contains("add rule"));
-    assert!(tx.script().contains("flush table inet skein"));
+    assert!(tx.script().contains("flush chain inet skein postrouting"));
+}
+
+#[test]
+fn each_chain_is_rebuilt_without_touching_the_others() {
+    for tx in [masquerade(&[], &[]), overlay_mss_clamp("skein-wg")] {
+        assert!(!tx.ops.contains(&Op::FlushTable), "{}", tx.script());
+    }
+}
+
+#[test]
+fn mss_is_clamped_both_ways_through_the_overlay() {
+    let script = overlay_mss_clamp("skein-wg").script();
+    assert!(script.contains("add chain inet skein overlay_mss { type filter hook forward priority mangle; policy accept; }"), "{script}");
+    for dir in ["oifname", "iifname"] {
+        assert!(
+            script.contains(&format!("{dir} \"skein-wg\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu")),
+            "{script}"
+        );
+    }
 }
 
 #[test]

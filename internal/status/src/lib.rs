@@ -113,6 +113,45 @@ pub struct IpamSummary {
     pub pods: Vec<PodLease>,
 }
 
+/// One WireGuard peer (another node) as this node's device sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerSummary {
+    /// The Node it belongs to; empty for a peer the device has that no Node claims.
+    pub node: String,
+    pub public_key: String,
+    /// Where the tunnel sends to: learnt from the peer's packets, else the published one.
+    pub endpoint: Option<String>,
+    pub allowed_ips: Vec<String>,
+    /// Seconds since the last completed handshake; `None`: never.
+    pub latest_handshake_seconds: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// A handshake within WireGuard's session lifetime (180 s): traffic can flow now.
+    pub up: bool,
+}
+
+/// A Node the overlay cannot peer with, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SkippedPeer {
+    pub node: String,
+    pub why: String,
+}
+
+/// The encrypted overlay on this node. Public keys only: the private key never leaves its file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OverlaySummary {
+    pub interface: String,
+    /// "kernel" or "userspace".
+    pub backend: String,
+    /// Why that backend.
+    pub backend_reason: String,
+    pub public_key: String,
+    pub listen_port: u16,
+    pub mtu: u32,
+    pub peers: Vec<PeerSummary>,
+    pub skipped: Vec<SkippedPeer>,
+}
+
 /// Everything the JSON API and the page show, at one instant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
@@ -129,6 +168,8 @@ pub struct Report {
     pub cluster: Option<ClusterSummary>,
     /// `None` until the CNI part reports.
     pub ipam: Option<IpamSummary>,
+    /// `None` until the overlay part reports.
+    pub overlay: Option<OverlaySummary>,
 }
 
 #[derive(Debug)]
@@ -139,6 +180,7 @@ struct Inner {
     parts: BTreeMap<String, PartStatus>,
     cluster: Option<ClusterSummary>,
     ipam: Option<IpamSummary>,
+    overlay: Option<OverlaySummary>,
 }
 
 /// Shared, cheap to clone.
@@ -162,6 +204,7 @@ impl StatusBoard {
             parts: BTreeMap::new(),
             cluster: None,
             ipam: None,
+            overlay: None,
         };
         Self {
             inner: Arc::new(RwLock::new(inner)),
@@ -212,6 +255,10 @@ impl StatusBoard {
         self.write(|inner| inner.ipam = Some(ipam));
     }
 
+    pub fn set_overlay(&self, overlay: OverlaySummary) {
+        self.write(|inner| inner.overlay = Some(overlay));
+    }
+
     pub fn is_ready(&self) -> bool {
         self.read(|inner| inner.ready)
     }
@@ -239,6 +286,7 @@ impl StatusBoard {
                 parts,
                 cluster: inner.cluster.clone(),
                 ipam: inner.ipam.clone(),
+                overlay: inner.overlay.clone(),
             }
         })
     }
