@@ -12,6 +12,8 @@
 #                        $CARGO_TARGET_DIR or <repo>/target
 #   CASES="plain wireguard-go-debian wireguard-go-current skein"   which cases, in this order
 #   UDP_RATE=500M        offered UDP load (iperf3 -b)
+#   UDP_BUFFER=          socket buffer for the UDP run (iperf3 -w, e.g. 4M; capped by the host's
+#                        net.core.rmem_max); default: the system's, as a pod would have
 #   WIREGUARD_GO_VERSION=latest   module version of golang.zx2c4.com/wireguard to build
 #
 # The Markdown table goes to stdout (and to RESULT.md when given); progress goes to stderr.
@@ -22,6 +24,7 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 DURATION=${DURATION:-10}
 CASES=${CASES:-plain wireguard-go-debian wireguard-go-current skein}
 UDP_RATE=${UDP_RATE:-500M}
+UDP_BUFFER=${UDP_BUFFER:-}
 WIREGUARD_GO_VERSION=${WIREGUARD_GO_VERSION:-latest}
 result_file=${1:-}
 cache_root=/var/cache/skein-bench
@@ -253,7 +256,8 @@ start_tunnels() {
 
 # --- Measurements ----------------------------------------------------------------------------
 
-# Reads an iperf3 -J result; prints "receiver_bits_per_second bytes_received lost_percent".
+# Reads an iperf3 -J result; prints "receiver_bits_per_second bytes_received lost_percent
+# datagrams_sent" (0 datagrams for TCP).
 parse_iperf() {
     python3 - "$1" <<'PY'
 import json, sys
@@ -263,31 +267,55 @@ if "error" in r:
 end = r["end"]
 if "sum_received" in end:                      # TCP (and UDP on newer iperf3)
     s = end["sum_received"]
-    lost = end.get("sum", {}).get("lost_percent", 0.0)
-    if "lost_percent" in s:
-        lost = s["lost_percent"]
-    print(s["bits_per_second"], s["bytes"], lost)
+    lost = s.get("lost_percent", end.get("sum", {}).get("lost_percent", 0.0))
+    sent = end.get("sum_sent", end.get("sum", {})).get("packets", 0)
+    print(s["bits_per_second"], s["bytes"], lost, sent)
 else:                                          # UDP: "sum" is the sender's, minus the loss
     s = end["sum"]
     keep = 1 - s["lost_percent"] / 100
-    print(s["bits_per_second"] * keep, s["bytes"] * keep, s["lost_percent"])
+    print(s["bits_per_second"] * keep, s["bytes"] * keep, s["lost_percent"], s["packets"])
 PY
 }
 
+# Datagrams pod-b's kernel dropped because a receiving socket's buffer was full. UDP loss counted
+# here happened after the tunnel had delivered the datagram: the receiver fell behind (a tunnel
+# that hands over packets in large batches makes bursts that overflow a default-sized buffer).
+rcvbuf_errors() {
+    ip netns exec "$ns_pb" awk '/^Udp:/ { if (n++) print $col; else for (i = 1; i <= NF; i++) if ($i == "RcvbufErrors") col = i }' /proc/net/snmp
+}
+
+# Packets node-a's kernel dropped because its tunnel process did not read the TUN queue fast
+# enough: loss inside the tunnel, on the sending side. 0 without a tunnel.
+tun_drops() {
+    if [[ ${#wg_names[@]} -gt 0 ]]; then
+        ip netns exec "$ns_na" cat "/sys/class/net/${wg_names[0]}/statistics/tx_dropped"
+    else
+        echo 0
+    fi
+}
+
 # One iperf3 run pod-a -> pod-b. $1 = test id, the rest = extra iperf3 options.
-# Prints "bits_per_second bytes lost_percent cpu_seconds".
+# Prints "bits_per_second bytes lost_percent cpu_seconds receiver_drop_percent tun_drop_percent".
 run_iperf() {
     local test=$1; shift
-    local json="$work/$test.json" before after
+    local json="$work/$test.json" before after drops_before drops_after tun_before tun_after
+    drops_before=$(rcvbuf_errors)
+    tun_before=$(tun_drops)
     before=$(tunnel_cpu)
     # iperf3's stderr only warns that the UDP payload exceeds the control connection's MSS (that
     # MSS leaves room for TCP options; the datagrams still fit the MTU); kept for failures.
     ip netns exec "$ns_pa" iperf3 -c "$pod_b" -t "$DURATION" -J --connect-timeout 5000 "$@" \
         >"$json" 2>"$work/$test.err" || true
     after=$(tunnel_cpu)
-    local parsed
+    drops_after=$(rcvbuf_errors)
+    tun_after=$(tun_drops)
+    local parsed bps bytes loss sent
     parsed=$(parse_iperf "$json") || { cat "$work/$test.err" >&2; die "iperf3 $test failed"; }
-    echo "$parsed $(awk -v a="$before" -v b="$after" 'BEGIN { printf "%.3f", b - a }')"
+    read -r bps bytes loss sent <<<"$parsed"
+    awk -v bps="$bps" -v bytes="$bytes" -v loss="$loss" -v sent="$sent" -v c0="$before" -v c1="$after" \
+        -v d0="$drops_before" -v d1="$drops_after" -v t0="$tun_before" -v t1="$tun_after" \
+        'BEGIN { printf "%s %s %s %.3f %.2f %.2f\n", bps, bytes, loss, c1 - c0,
+            (sent > 0 ? 100 * (d1 - d0) / sent : 0), (sent > 0 ? 100 * (t1 - t0) / sent : 0) }'
 }
 
 declare -A res   # res[case,test] = "bps bytes loss cpu"
@@ -326,12 +354,14 @@ run_case() {
         case $test in
             tcp1) args=() ;;
             tcp4) args=(-P 4) ;;
-            udp) args=(-u -b "$UDP_RATE" -l "$udp_len") ;;
+            udp) args=(-u -b "$UDP_RATE" -l "$udp_len" ${UDP_BUFFER:+-w "$UDP_BUFFER"}) ;;
         esac
         log "case $c: $test (${DURATION} s)"
         res[$c,$test]=$(run_iperf "$c-$test" "${args[@]}")
-        read -r bps bytes loss cpu <<<"${res[$c,$test]}"
-        log "case $c: $test $(awk -v b="$bps" 'BEGIN { printf "%.3f", b / 1e9 }') Gbit/s, loss $(printf %.2f "$loss") %, tunnel CPU $cpu s"
+        read -r bps bytes loss cpu drops tdrops <<<"${res[$c,$test]}"
+        log "case $c: $test $(awk -v b="$bps" 'BEGIN { printf "%.3f", b / 1e9 }') Gbit/s," \
+            "loss $(printf %.2f "$loss") % (at node-a's TUN $tdrops %, at pod-b's socket $drops %)," \
+            "tunnel CPU $cpu s"
         sleep 1   # let the server return to listening and the previous flows drain
     done
 
@@ -357,9 +387,9 @@ report() {
     local ref=wireguard-go-current
     echo "## Overlay throughput, pod to pod across two nodes"
     echo
-    echo "| case | TCP×1 Gbit/s | TCP×4 Gbit/s | UDP $UDP_RATE offered: Mbit/s (loss) | tunnel CPU s/GB |" \
-        "TCP×1 ÷ current | TCP×4 ÷ current | UDP ÷ current | CPU/GB ÷ current |"
-    echo "|---|---|---|---|---|---|---|---|---|"
+    echo "| case | TCP×1 Gbit/s | TCP×4 Gbit/s | UDP $UDP_RATE offered: Mbit/s (loss) | lost at node-a's TUN |" \
+        "lost at pod-b's socket | tunnel CPU s/GB | TCP×1 ÷ current | TCP×4 ÷ current | UDP ÷ current | CPU/GB ÷ current |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
     local c
     for c in $CASES; do
         awk -v c="$c" -v ref="$ref" -v is_plain="$([[ $c = plain ]] && echo 1 || echo 0)" \
@@ -368,15 +398,16 @@ report() {
         # CPU per GB over the two TCP runs: every byte of them was carried by the tunnel, unlike
         # UDP datagrams dropped before reaching it.
         function cpu_gb(a, b,   x, y) { split(a, x, " "); split(b, y, " ");
-            return (x[4] + y[4]) / ((x[2] + y[2]) / 1e9) }
+            return x[2] + y[2] > 0 ? (x[4] + y[4]) / ((x[2] + y[2]) / 1e9) : 0 }
         function field(s, i,   x) { split(s, x, " "); return x[i] }
         function ratio(a, b) { return (b == "" || b + 0 == 0) ? "—" : sprintf("%.2f", a / b) }
         BEGIN {
             cpu = is_plain ? "—" : sprintf("%.2f", cpu_gb(t1, t4))
             have_ref = (r1 != "")
             cpu_ratio = (is_plain || !have_ref) ? "—" : ratio(cpu_gb(t1, t4), cpu_gb(r1, r4))
-            printf "| %s | %.2f | %.2f | %.0f (%.2f %%) | %s | %s | %s | %s | %s |\n", c,
-                field(t1, 1) / 1e9, field(t4, 1) / 1e9, field(u, 1) / 1e6, field(u, 3), cpu,
+            printf "| %s | %.2f | %.2f | %.0f (%.2f %%) | %s | %.2f %% | %s | %s | %s | %s | %s |\n", c,
+                field(t1, 1) / 1e9, field(t4, 1) / 1e9, field(u, 1) / 1e6, field(u, 3),
+                is_plain ? "—" : sprintf("%.2f %%", field(u, 6)), field(u, 5), cpu,
                 have_ref ? ratio(field(t1, 1), field(r1, 1)) : "—",
                 have_ref ? ratio(field(t4, 1), field(r4, 1)) : "—",
                 have_ref ? ratio(field(u, 1), field(ru, 1)) : "—", cpu_ratio
@@ -403,8 +434,11 @@ report() {
     if [[ -n $wg_go_current ]]; then
         echo "- wireguard-go-current: golang.zx2c4.com/wireguard $wg_go_version ($wg_go_current), $(go version | awk '{ print $3 }')"
     fi
-    echo "- iperf3 ${DURATION} s per run, pod-a → pod-b; inner MTU $wg_mtu (pods and tunnels), underlay MTU 1500; UDP payload $udp_len B"
+    echo "- iperf3 ${DURATION} s per run, pod-a → pod-b; inner MTU $wg_mtu (pods and tunnels), underlay MTU 1500; UDP payload $udp_len B, socket buffer ${UDP_BUFFER:-system default}"
     echo "- $cpus CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), Linux $(uname -r), $(date -u +%Y-%m-%d)"
+    echo "- lost at node-a's TUN: sent datagrams node-a's kernel dropped because the tunnel process did not drain its TUN queue in time (loss in the tunnel)"
+    echo "- lost at pod-b's socket: sent datagrams pod-b's kernel dropped for a full receive buffer (delivered by the tunnel, then lost to a receiver that fell behind)"
+    echo "- tunnel CPU s/GB: both nodes' tunnel processes (user + system, from /proc/PID/stat) over the two TCP runs, per 10^9 bytes received"
     echo "- ÷ current: the case's figure divided by wireguard-go-current's (throughput: above 1 is faster; CPU/GB: below 1 is cheaper)"
 }
 

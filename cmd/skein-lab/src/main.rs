@@ -110,6 +110,18 @@ enum Cmd {
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// An application-level echo stream over one TCP connection to a lab workload: a message
+    /// every `--every`, for `--for`; prints the longest wait between two answers as JSON.
+    /// Until `--stop-file` exists, when given, instead of `--for`.
+    EchoStream {
+        target: SocketAddr,
+        #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+        every: Duration,
+        #[arg(long = "for", default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long)]
+        stop_file: Option<PathBuf>,
+    },
     /// Runs inside the lab: port forwards and the kubelet's heartbeats.
     #[command(hide = true)]
     Agent,
@@ -213,6 +225,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             udp,
             http,
         } => runtime()?.block_on(workload::serve(pod, tcp, udp, http)),
+        Cmd::EchoStream {
+            target,
+            every,
+            duration,
+            stop_file,
+        } => {
+            let report = runtime()?.block_on(workload::echo_stream(
+                target,
+                every,
+                duration,
+                stop_file,
+            ))?;
+            println!("{report}");
+            Ok(())
+        }
         Cmd::Probe {
             protocol,
             target,

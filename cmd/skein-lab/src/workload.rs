@@ -91,6 +91,88 @@ async fn echo(mut conn: TcpStream, greeting: String) {
     let _ = tokio::io::copy(&mut r, &mut w).await;
 }
 
+/// Sends a numbered line every `every` over one connection and times the echoes. The
+/// connection must survive: a reset or close is an error, as it would be for an application.
+/// Stops after `duration`, or once `stop_file` exists when given.
+pub async fn echo_stream(
+    target: SocketAddr,
+    every: Duration,
+    duration: Duration,
+    stop_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<serde_json::Value> {
+    use tokio::io::AsyncBufReadExt;
+    let conn = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target))
+        .await
+        .with_context(|| format!("connecting to {target}"))??;
+    conn.set_nodelay(true)?;
+    let (read, mut write) = conn.into_split();
+    let mut lines = tokio::io::BufReader::new(read).lines();
+    let greeting = lines.next_line().await?.unwrap_or_default();
+    let started = std::time::Instant::now();
+    let sender = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sent: u64 = 0;
+        loop {
+            tick.tick().await;
+            let done = match &stop_file {
+                Some(f) => f.exists(),
+                None => started.elapsed() >= duration,
+            };
+            if done {
+                // The write half goes back with the count: dropping it here would close our
+                // side, and the server's close could look like a broken stream.
+                return Ok::<_, std::io::Error>((sent, write));
+            }
+            write.write_all(format!("{sent}\n").as_bytes()).await?;
+            sent += 1;
+        }
+    });
+    let mut received: u64 = 0;
+    let mut last = std::time::Instant::now();
+    let mut max_gap = Duration::ZERO;
+    let mut out_of_order = 0u64;
+    loop {
+        let next = tokio::time::timeout(Duration::from_millis(100), lines.next_line()).await;
+        match next {
+            Ok(Ok(Some(line))) => {
+                let now = std::time::Instant::now();
+                max_gap = max_gap.max(now - last);
+                last = now;
+                if line.trim().parse::<u64>().ok() != Some(received) {
+                    out_of_order += 1;
+                }
+                received += 1;
+            }
+            Ok(Ok(None)) => bail!("{target} closed the connection after {received} echoes"),
+            Ok(Err(e)) => bail!("{target}: {e} after {received} echoes"),
+            Err(_) => {}
+        }
+        if sender.is_finished() {
+            break;
+        }
+    }
+    let (sent, _write) = sender.await??;
+    // The last messages' echoes are still on their way; wait for them within a second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while received < sent && std::time::Instant::now() < deadline {
+        if let Ok(Ok(Some(_))) = tokio::time::timeout(Duration::from_millis(100), lines.next_line()).await {
+            let now = std::time::Instant::now();
+            max_gap = max_gap.max(now - last);
+            last = now;
+            received += 1;
+        }
+    }
+    Ok(serde_json::json!({
+        "greeting": greeting,
+        "sent": sent,
+        "received": received,
+        "out_of_order": out_of_order,
+        "max_gap_ms": max_gap.as_millis() as u64,
+        "seconds": started.elapsed().as_secs_f64(),
+    }))
+}
+
 /// One probe: `Ok(answer)` when the target answered within `timeout`.
 pub async fn probe(
     protocol: &str,

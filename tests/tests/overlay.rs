@@ -1,0 +1,306 @@
+//! The encrypted overlay end to end, in labs of real nodes: pods on different nodes talk through
+//! each node's userspace WireGuard device, nothing with a pod address crosses the underlay in
+//! the clear, peers and routes follow the Node objects, a wireguard-go peer configured by hand
+//! interoperates, and an echo stream between nodes survives a key rotation and a daemon killed
+//! and restarted.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use skein_e2e::lab::{self, Lab};
+
+fn pod_yaml(name: &str, node: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\n\
+         spec:\n  nodeName: {node}\n  containers: [{{name: main, image: lab, ports: [{{containerPort: 8080}}, {{containerPort: 8080, protocol: UDP}}]}}]\n"
+    )
+}
+
+/// Applies one pod per (name, node) and waits until each runs: (netns, ip) in order.
+fn pods_on(lab: &Lab, pods: &[(&str, &str)]) -> Vec<(String, String)> {
+    let yaml: Vec<String> = pods.iter().map(|(n, node)| pod_yaml(n, node)).collect();
+    lab.apply(&yaml.join("---\n"));
+    lab.wait("the pods to run", Duration::from_secs(90), || {
+        pods.iter()
+            .map(|(n, _)| lab.pod("default", n))
+            .collect::<Option<Vec<_>>>()
+    })
+}
+
+/// `node`'s `/api/v1/peers`; `null` while its daemon does not answer (it may be restarting).
+fn overlay(lab: &Lab, node: &str) -> serde_json::Value {
+    match skein_e2e::http_get(lab.page(node), "/api/v1/peers") {
+        Some((200, body)) => serde_json::from_str(&body).expect("peers JSON"),
+        _ => serde_json::Value::Null,
+    }
+}
+
+/// The peer of `node`'s device that belongs to node `peer`, if any.
+fn peer_of(lab: &Lab, node: &str, peer: &str) -> Option<serde_json::Value> {
+    overlay(lab, node)["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["node"] == peer)
+        .cloned()
+}
+
+/// The `skein.dev/` annotation `key` on Node `node`.
+fn annotation(lab: &Lab, node: &str, key: &str) -> Option<String> {
+    let out = lab.run(&["get", "nodes", "-o", "json"]).1;
+    let nodes: serde_json::Value = serde_json::from_str(&out).ok()?;
+    nodes
+        .as_array()?
+        .iter()
+        .find(|n| n["metadata"]["name"] == node)?["metadata"]["annotations"][key]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Destinations of `netns`'s routes through `dev`.
+fn routes_via(lab: &Lab, netns: &str, dev: &str) -> Vec<String> {
+    let (_, out) = lab.exec(netns, &["ip", "route", "show", "dev", dev]);
+    out.lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+fn interface(lab: &Lab, node: &str) -> String {
+    overlay(lab, node)["interface"]
+        .as_str()
+        .expect("interface")
+        .to_string()
+}
+
+#[test]
+fn pods_on_different_nodes_talk_through_the_tunnel_and_peers_follow_the_nodes() {
+    let Some(_one) = lab::exclusive() else {
+        return;
+    };
+    if !skein_e2e::require(
+        skein_e2e::which("tcpdump").is_some(),
+        "tcpdump is not installed",
+    ) {
+        return;
+    }
+    let lab = Lab::up(3, &[]);
+    let pods = pods_on(&lab, &[("a", "node-1"), ("b", "node-2"), ("c", "node-3")]);
+    let names = ["a", "b", "c"];
+
+    // Capture everything on the underlay bridge while the pods talk.
+    let ul = format!("skl-{}-ul", lab.name);
+    let capture = tempfile::NamedTempFile::new().expect("capture file");
+    let mut tcpdump = Command::new("ip")
+        .args(["netns", "exec", &ul, "tcpdump", "-i", "br0", "-nn", "-U", "-w"])
+        .arg(capture.path())
+        .env("SKEIN_LAB", &lab.name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tcpdump");
+    std::thread::sleep(Duration::from_millis(500));
+    for (i, (from_ns, from_ip)) in pods.iter().enumerate() {
+        for (j, (_, to_ip)) in pods.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            for protocol in ["tcp", "udp"] {
+                let answer = lab.wait(
+                    &format!("{} -> {} over {protocol}", names[i], names[j]),
+                    Duration::from_secs(20),
+                    || lab.probe(from_ns, protocol, &format!("{to_ip}:8080")),
+                );
+                assert_eq!(answer, format!("{} {from_ip}", names[j]), "the source address is kept");
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = Command::new("kill")
+        .args(["-INT", &tcpdump.id().to_string()])
+        .status();
+    let _ = tcpdump.wait();
+    let read = |filter: &str| -> Vec<String> {
+        let out = Command::new("tcpdump")
+            .args(["-r"])
+            .arg(capture.path())
+            .args(["-nn", filter])
+            .output()
+            .expect("read the capture");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let clear = read("net 10.42.0.0/16");
+    assert!(clear.is_empty(), "pod addresses in the clear on the underlay:\n{}", clear.join("\n"));
+    let tunnel = read("udp port 51820");
+    assert!(
+        tunnel.len() >= 12,
+        "the pods' traffic crossed as WireGuard between the nodes: {} packets",
+        tunnel.len()
+    );
+
+    // Each node shows its two peers up, with handshakes and bytes, and no private key anywhere.
+    for node in ["node-1", "node-2", "node-3"] {
+        let o = overlay(&lab, node);
+        assert_eq!(o["backend"], "userspace", "{o}");
+        let peers = lab.wait(&format!("{node}'s peers to show traffic"), Duration::from_secs(15), || {
+            let o = overlay(&lab, node);
+            let peers = o["peers"].as_array()?.clone();
+            (peers.len() == 2
+                && peers.iter().all(|p| {
+                    p["up"] == true && p["rx_bytes"].as_u64() > Some(0) && p["tx_bytes"].as_u64() > Some(0)
+                }))
+            .then_some(peers)
+        });
+        for p in &peers {
+            assert!(p["latest_handshake_seconds"].as_u64().is_some(), "{p}");
+        }
+        let status = lab.node_status(node).expect("status");
+        assert!(!status.to_string().contains("private"), "nothing private on the page");
+    }
+    let key_file = format!("/var/lib/skein-lab/{}/node-1/wireguard.key", lab.name);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key_file).expect("key file").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "{key_file}");
+
+    // A node deleted: the others drop exactly its peer and route; the rest keeps working.
+    let ifaces: Vec<String> = ["node-1", "node-2"].iter().map(|n| interface(&lab, n)).collect();
+    let node3_cidr = routes_via(&lab, &lab.netns("node-1"), &ifaces[0])
+        .into_iter()
+        .find(|r| pods[2].1.starts_with(r.trim_end_matches("0/24")))
+        .expect("a route to node-3's pods");
+    let node2_before = peer_of(&lab, "node-1", "node-2").expect("node-2 peer");
+    lab.must(&["delete", "node", "node-3"]);
+    for (node, iface) in ["node-1", "node-2"].iter().zip(&ifaces) {
+        lab.wait(&format!("{node} to drop node-3's peer and route"), Duration::from_secs(10), || {
+            let peers = overlay(&lab, node)["peers"].as_array()?.clone();
+            let routes = routes_via(&lab, &lab.netns(node), iface);
+            (peers.len() == 1 && !routes.contains(&node3_cidr) && routes.len() == 1).then_some(())
+        });
+    }
+    let node2_after = peer_of(&lab, "node-1", "node-2").expect("node-2 peer kept");
+    assert_eq!(node2_before["public_key"], node2_after["public_key"]);
+    assert!(
+        node2_after["tx_bytes"].as_u64() >= node2_before["tx_bytes"].as_u64(),
+        "node-2's peer was left alone (its counters did not restart)"
+    );
+    assert_eq!(
+        lab.probe(&pods[0].0, "tcp", &format!("{}:8080", pods[1].1)).as_deref(),
+        Some(format!("b {}", pods[0].1).as_str())
+    );
+
+    // A restarted node keeps its key; its peer on the others stays as it was.
+    let key_before = annotation(&lab, "node-2", "skein.dev/wireguard-public-key").expect("key");
+    let peer_before = peer_of(&lab, "node-1", "node-2").expect("peer");
+    lab.must(&["stop", "node-2"]);
+    lab.must(&["start", "node-2"]);
+    lab.wait("node-2's overlay to report again", Duration::from_secs(30), || {
+        let o = overlay(&lab, "node-2");
+        (o["peers"].as_array()?.len() == 1).then_some(())
+    });
+    assert_eq!(overlay(&lab, "node-2")["public_key"], key_before.as_str(), "same key after restart");
+    assert_eq!(
+        annotation(&lab, "node-2", "skein.dev/wireguard-public-key").as_deref(),
+        Some(key_before.as_str())
+    );
+    let peer_after = peer_of(&lab, "node-1", "node-2").expect("peer");
+    assert_eq!(peer_before["public_key"], peer_after["public_key"]);
+    assert_eq!(peer_before["endpoint"], peer_after["endpoint"]);
+    assert!(
+        peer_after["tx_bytes"].as_u64() >= peer_before["tx_bytes"].as_u64(),
+        "node-1's peer for node-2 was not re-made"
+    );
+    assert_eq!(
+        lab.probe(&pods[0].0, "udp", &format!("{}:8080", pods[1].1)).as_deref(),
+        Some(format!("b {}", pods[0].1).as_str())
+    );
+}
+
+/// Starts an echo stream from `netns` to `target` until the returned stop file exists.
+fn echo_stream(lab: &Lab, netns: &str, target: &str) -> (std::process::Child, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stop = dir.path().join("stop");
+    let child = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(skein_e2e::built_bin("skein-lab"))
+        .args(["echo-stream", target, "--every", "10ms", "--stop-file"])
+        .arg(&stop)
+        .env("SKEIN_LAB", &lab.name)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the echo stream");
+    (child, dir)
+}
+
+fn finish(child: std::process::Child, dir: tempfile::TempDir) -> serde_json::Value {
+    std::fs::write(dir.path().join("stop"), "").expect("stop file");
+    let out = child.wait_with_output().expect("echo stream");
+    assert!(
+        out.status.success(),
+        "the echo stream broke: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("echo report")
+}
+
+#[test]
+fn an_echo_stream_between_nodes_survives_key_rotation_and_a_killed_daemon() {
+    let Some(_one) = lab::exclusive() else {
+        return;
+    };
+    let lab = Lab::up(2, &[]);
+    let pods = pods_on(&lab, &[("e1", "node-1"), ("e2", "node-2")]);
+    let target = format!("{}:8080", pods[1].1);
+    lab.wait("the tunnel to carry traffic", Duration::from_secs(20), || {
+        lab.probe(&pods[0].0, "tcp", &target)
+    });
+
+    // Rotation on node-1, published and picked up by node-2 while the stream runs.
+    let (child, dir) = echo_stream(&lab, &pods[0].0, &target);
+    std::thread::sleep(Duration::from_secs(2));
+    let old_key = overlay(&lab, "node-1")["public_key"].as_str().expect("key").to_string();
+    let config = format!("/run/skein-lab/{}/nodes/node-1/config.toml", lab.name);
+    let out = Command::new(skein_e2e::skein_bin())
+        .args(["overlay", "rotate-key", "--config", &config])
+        .output()
+        .expect("skein overlay rotate-key");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let new_key = overlay(&lab, "node-1")["public_key"].as_str().expect("key").to_string();
+    assert_ne!(old_key, new_key, "rotate-key made a new key");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&new_key));
+    lab.wait("node-2 to peer with node-1's new key", Duration::from_secs(10), || {
+        (peer_of(&lab, "node-2", "node-1")?["public_key"] == new_key.as_str()).then_some(())
+    });
+    assert_eq!(
+        annotation(&lab, "node-1", "skein.dev/wireguard-public-key").as_deref(),
+        Some(new_key.as_str())
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let rotation = finish(child, dir);
+    eprintln!("through the key rotation: {rotation}");
+    assert!(rotation["received"].as_u64() > Some(300), "{rotation}");
+    assert!(rotation["max_gap_ms"].as_u64() <= Some(2000), "{rotation}");
+
+    // node-2's daemon killed outright and started again: its userspace tunnel carries on.
+    let (child, dir) = echo_stream(&lab, &pods[0].0, &target);
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = lab.pid("node-2").expect("node-2's skein");
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    std::thread::sleep(Duration::from_secs(1));
+    lab.must(&["start", "node-2"]);
+    lab.wait("node-2's overlay to report again", Duration::from_secs(30), || {
+        let o = overlay(&lab, "node-2");
+        (o["peers"].as_array()?.len() == 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let restart = finish(child, dir);
+    eprintln!("through the daemon restart: {restart}");
+    assert!(restart["received"].as_u64() > Some(300), "{restart}");
+    assert!(restart["max_gap_ms"].as_u64() <= Some(2000), "{restart}");
+}
