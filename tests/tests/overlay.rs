@@ -304,3 +304,125 @@ fn an_echo_stream_between_nodes_survives_key_rotation_and_a_killed_daemon() {
     assert!(restart["received"].as_u64() > Some(300), "{restart}");
     assert!(restart["max_gap_ms"].as_u64() <= Some(2000), "{restart}");
 }
+
+#[test]
+fn a_wireguard_go_peer_registered_as_a_node_exchanges_traffic_with_pods() {
+    let Some(_one) = lab::exclusive() else {
+        return;
+    };
+    if !skein_e2e::require(
+        skein_e2e::which("wireguard-go").is_some() && skein_e2e::which("wg").is_some(),
+        "wireguard-go and wireguard-tools are not installed",
+    ) {
+        return;
+    }
+    let lab = Lab::up(1, &[]);
+    let pods = pods_on(&lab, &[("w1", "node-1")]);
+    let (pod_ns, pod_ip) = &pods[0];
+
+    // A machine of its own on the underlay, running wireguard-go, configured by hand with wg
+    // from what node-1 published. `down` removes it with the lab (its namespace has the prefix).
+    let ns = format!("skl-{}-wgo", lab.name);
+    let ul = format!("skl-{}-ul", lab.name);
+    let iface = format!("sk{}-go", lab.name);
+    let ip = |args: &[&str]| {
+        let ok = Command::new("ip").args(args).status().expect("ip").success();
+        assert!(ok, "ip {args:?}");
+    };
+    ip(&["netns", "add", &ns]);
+    ip(&["-n", &ns, "link", "set", "lo", "up"]);
+    ip(&["-n", &ul, "link", "add", "wgo", "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+    ip(&["-n", &ul, "link", "set", "wgo", "master", "br0", "up"]);
+    ip(&["-n", &ns, "addr", "add", "198.18.0.50/24", "dev", "eth0"]);
+    ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+    let mut wggo = Command::new("ip")
+        .args(["netns", "exec", &ns, "wireguard-go", "-f", &iface])
+        .env("SKEIN_LAB", &lab.name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start wireguard-go");
+    let socket = format!("/var/run/wireguard/{iface}.sock");
+    lab.wait("wireguard-go's control socket", Duration::from_secs(10), || {
+        std::path::Path::new(&socket).exists().then_some(())
+    });
+    let keys = tempfile::tempdir().expect("tempdir");
+    let private = keys.path().join("private");
+    let genkey = Command::new("wg").arg("genkey").output().expect("wg genkey");
+    std::fs::write(&private, &genkey.stdout).expect("write key");
+    std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let mut pubkey = Command::new("wg")
+        .arg("pubkey")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("wg pubkey");
+    std::io::Write::write_all(pubkey.stdin.as_mut().expect("stdin"), &genkey.stdout).expect("key");
+    let public = String::from_utf8(pubkey.wait_with_output().expect("pubkey").stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string();
+
+    let node_key = annotation(&lab, "node-1", "skein.dev/wireguard-public-key").expect("node-1 key");
+    let node_endpoint =
+        annotation(&lab, "node-1", "skein.dev/wireguard-endpoint").expect("node-1 endpoint");
+    let node_cidr = overlay_cidr_of(&lab, "node-1");
+    let ok = Command::new("ip")
+        .args(["netns", "exec", &ns, "wg", "set", &iface, "private-key"])
+        .arg(&private)
+        .args(["listen-port", "51820", "peer", &node_key, "endpoint", &node_endpoint])
+        .args(["allowed-ips", &node_cidr])
+        .status()
+        .expect("wg set")
+        .success();
+    assert!(ok, "wg set");
+    ip(&["-n", &ns, "addr", "add", "10.42.200.1/32", "dev", &iface]);
+    ip(&["-n", &ns, "link", "set", &iface, "mtu", "1420", "up"]);
+    ip(&["-n", &ns, "route", "add", &node_cidr, "dev", &iface]);
+
+    // Registered as a Node with skein's annotations: node-1 peers with it.
+    lab.apply(&format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: wg-go\n  annotations:\n    \
+         skein.dev/wireguard-public-key: \"{public}\"\n    skein.dev/wireguard-endpoint: \"198.18.0.50:51820\"\n\
+         spec:\n  podCIDR: 10.42.200.0/24\n  podCIDRs: [10.42.200.0/24]\n"
+    ));
+    lab.wait("node-1 to peer with wg-go", Duration::from_secs(15), || {
+        peer_of(&lab, "node-1", "wg-go")
+    });
+
+    // Both ways, TCP and UDP, with the sources kept.
+    lab.serve_in(&ns, "wg-go", 9000);
+    for protocol in ["tcp", "udp"] {
+        let answer = lab.wait(
+            &format!("the pod to reach wg-go over {protocol}"),
+            Duration::from_secs(15),
+            || lab.probe(pod_ns, protocol, "10.42.200.1:9000"),
+        );
+        assert_eq!(answer, format!("wg-go {pod_ip}"));
+        let answer = lab.wait(
+            &format!("wg-go to reach the pod over {protocol}"),
+            Duration::from_secs(15),
+            || lab.probe(&ns, protocol, &format!("{pod_ip}:8080")),
+        );
+        assert_eq!(answer, "w1 10.42.200.1");
+    }
+    let (_, shown) = lab.exec(&ns, &["wg", "show", &iface, "latest-handshakes"]);
+    assert!(shown.contains(&node_key), "{shown}");
+    let _ = wggo.kill();
+    let _ = wggo.wait();
+}
+
+/// `node`'s pod CIDR as its Node object has it.
+fn overlay_cidr_of(lab: &Lab, node: &str) -> String {
+    let out = lab.run(&["get", "nodes", "-o", "json"]).1;
+    let nodes: serde_json::Value = serde_json::from_str(&out).expect("nodes JSON");
+    nodes
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|n| n["metadata"]["name"] == node)
+        .and_then(|n| n["spec"]["podCIDR"].as_str())
+        .expect("podCIDR")
+        .to_string()
+}
