@@ -36,7 +36,8 @@ function render(s) {
   document.querySelector("#config code").textContent = s.config_path;
   document.querySelector("#state code").textContent = s.state_path;
 
-    renderCluster(s);
+  renderCluster(s);
+  renderOverlay(s);
   renderPods(s);
 
   const list = document.getElementById("parts");
@@ -84,6 +85,44 @@ function renderCluster(s) {
     );
     return tr;
   }));
+}
+
+function bytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return `${i ? n.toFixed(1) : n} ${units[i]}`;
+}
+
+function renderOverlay(s) {
+  const head = document.getElementById("overlay");
+  const body = document.querySelector("#peers tbody");
+  const skipped = document.getElementById("skipped");
+  const o = s.overlay;
+  if (!o) {
+    head.textContent = "The overlay has not reported yet.";
+    body.replaceChildren();
+    skipped.replaceChildren();
+    return;
+  }
+  // Public key only: the private key never leaves the node's key file.
+  head.textContent = `${o.interface}: ${o.backend} WireGuard (${o.backend_reason}) · ` +
+    `port ${o.listen_port} · MTU ${o.mtu} · public key ${o.public_key}`;
+  body.replaceChildren(...o.peers.map((p) => {
+    const tr = el("tr");
+    tr.dataset.peer = p.node || p.public_key;
+    tr.append(
+      el("td", "", p.node || `unknown (${p.public_key.slice(0, 8)}…)`),
+      el("td", p.up ? "ready-ready" : "ready-not-ready", p.up ? "up" : "no session"),
+      el("td", "", p.endpoint || "–"),
+      el("td", "", p.allowed_ips.join(", ")),
+      el("td", "", p.latest_handshake_seconds == null ? "never" : `${ago(p.latest_handshake_seconds)} ago`),
+      el("td", "", bytes(p.rx_bytes)),
+      el("td", "", bytes(p.tx_bytes)),
+    );
+    return tr;
+  }));
+  skipped.replaceChildren(...o.skipped.map((k) => el("li", "", `${k.node}: not a peer; ${k.why}`)));
 }
 
 function renderPods(s) {

@@ -321,7 +321,7 @@ run_iperf() {
             (sent > 0 ? 100 * (d1 - d0) / sent : 0), (sent > 0 ? 100 * (t1 - t0) / sent : 0) }'
 }
 
-declare -A res   # res[case,test] = "bps bytes loss cpu"
+declare -A res   # res[case,test] = the line run_iperf printed
 
 run_case() {
     local c=$1

@@ -90,7 +90,9 @@ fn pods_on_different_nodes_talk_through_the_tunnel_and_peers_follow_the_nodes() 
     let ul = format!("skl-{}-ul", lab.name);
     let capture = tempfile::NamedTempFile::new().expect("capture file");
     let mut tcpdump = Command::new("ip")
-        .args(["netns", "exec", &ul, "tcpdump", "-i", "br0", "-nn", "-U", "-w"])
+        .args([
+            "netns", "exec", &ul, "tcpdump", "-i", "br0", "-nn", "-U", "-w",
+        ])
         .arg(capture.path())
         .env("SKEIN_LAB", &lab.name)
         .stdout(Stdio::null())
@@ -109,7 +111,11 @@ fn pods_on_different_nodes_talk_through_the_tunnel_and_peers_follow_the_nodes() 
                     Duration::from_secs(20),
                     || lab.probe(from_ns, protocol, &format!("{to_ip}:8080")),
                 );
-                assert_eq!(answer, format!("{} {from_ip}", names[j]), "the source address is kept");
+                assert_eq!(
+                    answer,
+                    format!("{} {from_ip}", names[j]),
+                    "the source address is kept"
+                );
             }
         }
     }
@@ -131,7 +137,11 @@ fn pods_on_different_nodes_talk_through_the_tunnel_and_peers_follow_the_nodes() 
             .collect()
     };
     let clear = read("net 10.42.0.0/16");
-    assert!(clear.is_empty(), "pod addresses in the clear on the underlay:\n{}", clear.join("\n"));
+    assert!(
+        clear.is_empty(),
+        "pod addresses in the clear on the underlay:\n{}",
+        clear.join("\n")
+    );
     let tunnel = read("udp port 51820");
     assert!(
         tunnel.len() >= 12,
@@ -143,29 +153,61 @@ fn pods_on_different_nodes_talk_through_the_tunnel_and_peers_follow_the_nodes() 
     for node in ["node-1", "node-2", "node-3"] {
         let o = overlay(&lab, node);
         assert_eq!(o["backend"], "userspace", "{o}");
-        let peers = lab.wait(&format!("{node}'s peers to show traffic"), Duration::from_secs(15), || {
-            let o = overlay(&lab, node);
-            let peers = o["peers"].as_array()?.clone();
-            (peers.len() == 2
-                && peers.iter().all(|p| {
-                    p["up"] == true && p["rx_bytes"].as_u64() > Some(0) && p["tx_bytes"].as_u64() > Some(0)
-                }))
-            .then_some(peers)
-        });
+        let peers = lab.wait(
+            &format!("{node}'s peers to show traffic"),
+            Duration::from_secs(15),
+            || {
+                let o = overlay(&lab, node);
+                let peers = o["peers"].as_array()?.clone();
+                (peers.len() == 2
+                    && peers.iter().all(|p| {
+                        p["up"] == true
+                            && p["rx_bytes"].as_u64() > Some(0)
+                            && p["tx_bytes"].as_u64() > Some(0)
+                    }))
+                .then_some(peers)
+            },
+        );
         for p in &peers {
             assert!(p["latest_handshake_seconds"].as_u64().is_some(), "{p}");
         }
         let status = lab.node_status(node).expect("status");
-        assert!(!status.to_string().contains("private"), "nothing private on the page");
+        assert!(
+            !status.to_string().contains("private"),
+            "nothing private on the page"
+        );
+    }
+    // The page, in a real browser: the backend and why, and each peer's row.
+    if skein_e2e::require(
+        skein_e2e::which("chromium").is_some(),
+        "chromium is not installed",
+    ) {
+        let dom = skein_e2e::rendered_dom(&format!("http://{}/", lab.page("node-1")));
+        assert!(
+            dom.contains("userspace WireGuard (overlay.mode = userspace)"),
+            "{dom}"
+        );
+        for peer in ["node-2", "node-3"] {
+            assert!(
+                dom.contains(&format!("data-peer=\"{peer}\"")),
+                "{peer} row: {dom}"
+            );
+        }
+        assert!(dom.contains(">up<"), "{dom}");
     }
     let key_file = format!("/var/lib/skein-lab/{}/node-1/wireguard.key", lab.name);
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(&key_file).expect("key file").permissions(),
+        &std::fs::metadata(&key_file)
+            .expect("key file")
+            .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600, "{key_file}");
 
     // A node deleted: the others drop exactly its peer and route; the rest keeps working.
-    let ifaces: Vec<String> = ["node-1", "node-2"].iter().map(|n| interface(&lab, n)).collect();
+    let ifaces: Vec<String> = ["node-1", "node-2"]
+        .iter()
+        .map(|n| interface(&lab, n))
+        .collect();
     let node3_cidr = routes_via(&lab, &lab.netns("node-1"), &ifaces[0])
         .into_iter()
         .find(|r| pods[2].1.starts_with(r.trim_end_matches("0/24")))
@@ -173,11 +215,16 @@ fn pods_on_different_nodes_talk_through_the_tunnel_and_peers_follow_the_nodes() 
     let node2_before = peer_of(&lab, "node-1", "node-2").expect("node-2 peer");
     lab.must(&["delete", "node", "node-3"]);
     for (node, iface) in ["node-1", "node-2"].iter().zip(&ifaces) {
-        lab.wait(&format!("{node} to drop node-3's peer and route"), Duration::from_secs(10), || {
-            let peers = overlay(&lab, node)["peers"].as_array()?.clone();
-            let routes = routes_via(&lab, &lab.netns(node), iface);
-            (peers.len() == 1 && !routes.contains(&node3_cidr) && routes.len() == 1).then_some(())
-        });
+        lab.wait(
+            &format!("{node} to drop node-3's peer and route"),
+            Duration::from_secs(10),
+            || {
+                let peers = overlay(&lab, node)["peers"].as_array()?.clone();
+                let routes = routes_via(&lab, &lab.netns(node), iface);
+                (peers.len() == 1 && !routes.contains(&node3_cidr) && routes.len() == 1)
+                    .then_some(())
+            },
+        );
     }
     let node2_after = peer_of(&lab, "node-1", "node-2").expect("node-2 peer kept");
     assert_eq!(node2_before["public_key"], node2_after["public_key"]);
@@ -186,7 +233,8 @@ fn pods_on_different_nodes_talk_through_the_tunnel_and_peers_follow_the_nodes() 
         "node-2's peer was left alone (its counters did not restart)"
     );
     assert_eq!(
-        lab.probe(&pods[0].0, "tcp", &format!("{}:8080", pods[1].1)).as_deref(),
+        lab.probe(&pods[0].0, "tcp", &format!("{}:8080", pods[1].1))
+            .as_deref(),
         Some(format!("b {}", pods[0].1).as_str())
     );
 
@@ -195,11 +243,19 @@ fn pods_on_different_nodes_talk_through_the_tunnel_and_peers_follow_the_nodes() 
     let peer_before = peer_of(&lab, "node-1", "node-2").expect("peer");
     lab.must(&["stop", "node-2"]);
     lab.must(&["start", "node-2"]);
-    lab.wait("node-2's overlay to report again", Duration::from_secs(30), || {
-        let o = overlay(&lab, "node-2");
-        (o["peers"].as_array()?.len() == 1).then_some(())
-    });
-    assert_eq!(overlay(&lab, "node-2")["public_key"], key_before.as_str(), "same key after restart");
+    lab.wait(
+        "node-2's overlay to report again",
+        Duration::from_secs(30),
+        || {
+            let o = overlay(&lab, "node-2");
+            (o["peers"].as_array()?.len() == 1).then_some(())
+        },
+    );
+    assert_eq!(
+        overlay(&lab, "node-2")["public_key"],
+        key_before.as_str(),
+        "same key after restart"
+    );
     assert_eq!(
         annotation(&lab, "node-2", "skein.dev/wireguard-public-key").as_deref(),
         Some(key_before.as_str())
@@ -212,7 +268,8 @@ fn pods_on_different_nodes_talk_through_the_tunnel_and_peers_follow_the_nodes() 
         "node-1's peer for node-2 was not re-made"
     );
     assert_eq!(
-        lab.probe(&pods[0].0, "udp", &format!("{}:8080", pods[1].1)).as_deref(),
+        lab.probe(&pods[0].0, "udp", &format!("{}:8080", pods[1].1))
+            .as_deref(),
         Some(format!("b {}", pods[0].1).as_str())
     );
 }
@@ -253,26 +310,40 @@ fn an_echo_stream_between_nodes_survives_key_rotation_and_a_killed_daemon() {
     let lab = Lab::up(2, &[]);
     let pods = pods_on(&lab, &[("e1", "node-1"), ("e2", "node-2")]);
     let target = format!("{}:8080", pods[1].1);
-    lab.wait("the tunnel to carry traffic", Duration::from_secs(20), || {
-        lab.probe(&pods[0].0, "tcp", &target)
-    });
+    lab.wait(
+        "the tunnel to carry traffic",
+        Duration::from_secs(20),
+        || lab.probe(&pods[0].0, "tcp", &target),
+    );
 
     // Rotation on node-1, published and picked up by node-2 while the stream runs.
     let (child, dir) = echo_stream(&lab, &pods[0].0, &target);
     std::thread::sleep(Duration::from_secs(2));
-    let old_key = overlay(&lab, "node-1")["public_key"].as_str().expect("key").to_string();
+    let old_key = overlay(&lab, "node-1")["public_key"]
+        .as_str()
+        .expect("key")
+        .to_string();
     let config = format!("/run/skein-lab/{}/nodes/node-1/config.toml", lab.name);
     let out = Command::new(skein_e2e::skein_bin())
         .args(["overlay", "rotate-key", "--config", &config])
         .output()
         .expect("skein overlay rotate-key");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let new_key = overlay(&lab, "node-1")["public_key"].as_str().expect("key").to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new_key = overlay(&lab, "node-1")["public_key"]
+        .as_str()
+        .expect("key")
+        .to_string();
     assert_ne!(old_key, new_key, "rotate-key made a new key");
     assert!(String::from_utf8_lossy(&out.stdout).contains(&new_key));
-    lab.wait("node-2 to peer with node-1's new key", Duration::from_secs(10), || {
-        (peer_of(&lab, "node-2", "node-1")?["public_key"] == new_key.as_str()).then_some(())
-    });
+    lab.wait(
+        "node-2 to peer with node-1's new key",
+        Duration::from_secs(10),
+        || (peer_of(&lab, "node-2", "node-1")?["public_key"] == new_key.as_str()).then_some(()),
+    );
     assert_eq!(
         annotation(&lab, "node-1", "skein.dev/wireguard-public-key").as_deref(),
         Some(new_key.as_str())
@@ -294,10 +365,14 @@ fn an_echo_stream_between_nodes_survives_key_rotation_and_a_killed_daemon() {
     assert!(killed.success());
     std::thread::sleep(Duration::from_secs(1));
     lab.must(&["start", "node-2"]);
-    lab.wait("node-2's overlay to report again", Duration::from_secs(30), || {
-        let o = overlay(&lab, "node-2");
-        (o["peers"].as_array()?.len() == 1).then_some(())
-    });
+    lab.wait(
+        "node-2's overlay to report again",
+        Duration::from_secs(30),
+        || {
+            let o = overlay(&lab, "node-2");
+            (o["peers"].as_array()?.len() == 1).then_some(())
+        },
+    );
     std::thread::sleep(Duration::from_secs(2));
     let restart = finish(child, dir);
     eprintln!("through the daemon restart: {restart}");
@@ -326,12 +401,18 @@ fn a_wireguard_go_peer_registered_as_a_node_exchanges_traffic_with_pods() {
     let ul = format!("skl-{}-ul", lab.name);
     let iface = format!("sk{}-go", lab.name);
     let ip = |args: &[&str]| {
-        let ok = Command::new("ip").args(args).status().expect("ip").success();
+        let ok = Command::new("ip")
+            .args(args)
+            .status()
+            .expect("ip")
+            .success();
         assert!(ok, "ip {args:?}");
     };
     ip(&["netns", "add", &ns]);
     ip(&["-n", &ns, "link", "set", "lo", "up"]);
-    ip(&["-n", &ul, "link", "add", "wgo", "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+    ip(&[
+        "-n", &ul, "link", "add", "wgo", "type", "veth", "peer", "name", "eth0", "netns", &ns,
+    ]);
     ip(&["-n", &ul, "link", "set", "wgo", "master", "br0", "up"]);
     ip(&["-n", &ns, "addr", "add", "198.18.0.50/24", "dev", "eth0"]);
     ip(&["-n", &ns, "link", "set", "eth0", "up"]);
@@ -343,15 +424,23 @@ fn a_wireguard_go_peer_registered_as_a_node_exchanges_traffic_with_pods() {
         .spawn()
         .expect("start wireguard-go");
     let socket = format!("/var/run/wireguard/{iface}.sock");
-    lab.wait("wireguard-go's control socket", Duration::from_secs(10), || {
-        std::path::Path::new(&socket).exists().then_some(())
-    });
+    lab.wait(
+        "wireguard-go's control socket",
+        Duration::from_secs(10),
+        || std::path::Path::new(&socket).exists().then_some(()),
+    );
     let keys = tempfile::tempdir().expect("tempdir");
     let private = keys.path().join("private");
-    let genkey = Command::new("wg").arg("genkey").output().expect("wg genkey");
+    let genkey = Command::new("wg")
+        .arg("genkey")
+        .output()
+        .expect("wg genkey");
     std::fs::write(&private, &genkey.stdout).expect("write key");
-    std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .expect("chmod");
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod");
     let mut pubkey = Command::new("wg")
         .arg("pubkey")
         .stdin(Stdio::piped())
@@ -364,14 +453,22 @@ fn a_wireguard_go_peer_registered_as_a_node_exchanges_traffic_with_pods() {
         .trim()
         .to_string();
 
-    let node_key = annotation(&lab, "node-1", "skein.dev/wireguard-public-key").expect("node-1 key");
+    let node_key =
+        annotation(&lab, "node-1", "skein.dev/wireguard-public-key").expect("node-1 key");
     let node_endpoint =
         annotation(&lab, "node-1", "skein.dev/wireguard-endpoint").expect("node-1 endpoint");
     let node_cidr = overlay_cidr_of(&lab, "node-1");
     let ok = Command::new("ip")
         .args(["netns", "exec", &ns, "wg", "set", &iface, "private-key"])
         .arg(&private)
-        .args(["listen-port", "51820", "peer", &node_key, "endpoint", &node_endpoint])
+        .args([
+            "listen-port",
+            "51820",
+            "peer",
+            &node_key,
+            "endpoint",
+            &node_endpoint,
+        ])
         .args(["allowed-ips", &node_cidr])
         .status()
         .expect("wg set")

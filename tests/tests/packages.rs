@@ -129,6 +129,7 @@ fn deb_installs_removes_keeping_config_and_rpm_lists_the_same_files() {
         "/usr/bin/skein",
         "/etc/skein/config.toml",
         "/usr/lib/systemd/system/skein.service",
+        "/usr/lib/systemd/system/skein-wireguard.service",
     ] {
         assert!(
             deb_files.contains(expected),
@@ -169,12 +170,21 @@ fn deb_installs_removes_keeping_config_and_rpm_lists_the_same_files() {
         &["config", "check", "/etc/skein/config.toml"],
     );
 
+    let device_unit = unit_path().replace("skein.service", "skein-wireguard.service");
+    let device_text = std::fs::read_to_string(&device_unit).expect("the device's unit");
+    assert!(
+        !device_text
+            .lines()
+            .any(|l| l.trim_start().starts_with("PartOf=")),
+        "a daemon restart must not take the tunnel down with it"
+    );
     if which("systemd-analyze").is_some() {
-        let (ok, text) = run("systemd-analyze", &["verify", unit_path()]);
+        // Verified together: skein.service names the device's unit in Wants= and After=.
+        let (ok, text) = run("systemd-analyze", &["verify", unit_path(), &device_unit]);
         // It exits 0 on directives it ignores, so any output at all is a finding.
         assert!(
             ok && text.trim().is_empty(),
-            "systemd-analyze verify on the unit:\n{text}"
+            "systemd-analyze verify on the units:\n{text}"
         );
     }
 

@@ -122,6 +122,22 @@ enum Cmd {
         #[arg(long)]
         stop_file: Option<PathBuf>,
     },
+    /// One-way UDP: a numbered datagram every `--every` for `--for`, no answers expected.
+    UdpSend {
+        target: SocketAddr,
+        #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+        every: Duration,
+        #[arg(long = "for", default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+    },
+    /// Receives `udp-send`'s datagrams on `--port` until killed, writing "<unix ms> <seq>" per
+    /// datagram to `--out`.
+    UdpSink {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Runs inside the lab: port forwards and the kubelet's heartbeats.
     #[command(hide = true)]
     Agent,
@@ -231,15 +247,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             duration,
             stop_file,
         } => {
-            let report = runtime()?.block_on(workload::echo_stream(
-                target,
-                every,
-                duration,
-                stop_file,
-            ))?;
+            let report =
+                runtime()?.block_on(workload::echo_stream(target, every, duration, stop_file))?;
             println!("{report}");
             Ok(())
         }
+        Cmd::UdpSend {
+            target,
+            every,
+            duration,
+        } => {
+            let report = runtime()?.block_on(workload::udp_send(target, every, duration))?;
+            println!("{report}");
+            Ok(())
+        }
+        Cmd::UdpSink { port, out } => runtime()?.block_on(workload::udp_sink(port, out)),
         Cmd::Probe {
             protocol,
             target,
@@ -441,7 +463,12 @@ fn up(
             "--threads".into(),
             "2".into(),
         ];
-        add(&mut lab, &lab::wireguard_process(&node.name), Some(node.netns.clone()), argv);
+        add(
+            &mut lab,
+            &lab::wireguard_process(&node.name),
+            Some(node.netns.clone()),
+            argv,
+        );
         let argv = vec![
             skein.display().to_string(),
             "run".into(),
@@ -487,7 +514,10 @@ fn up(
         anyhow::Ok(())
     })?;
 
-    progress(started, "starting skein and its WireGuard device on each node");
+    progress(
+        started,
+        "starting skein and its WireGuard device on each node",
+    );
     for node in lab.nodes.clone() {
         lab.spawn(&lab::wireguard_process(&node.name))?;
     }
@@ -693,7 +723,11 @@ fn down(name: Option<&str>) {
         // A device killed outright leaves its control socket behind.
         let prefix = lab::overlay_interface(&lab_name, 0);
         let prefix = prefix.trim_end_matches('0');
-        for entry in std::fs::read_dir("/var/run/wireguard").into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir("/var/run/wireguard")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with(prefix) && name.ends_with(".sock") {
                 let _ = std::fs::remove_file(entry.path());

@@ -156,7 +156,9 @@ pub async fn echo_stream(
     // The last messages' echoes are still on their way; wait for them within a second.
     let deadline = std::time::Instant::now() + Duration::from_secs(1);
     while received < sent && std::time::Instant::now() < deadline {
-        if let Ok(Ok(Some(_))) = tokio::time::timeout(Duration::from_millis(100), lines.next_line()).await {
+        if let Ok(Ok(Some(_))) =
+            tokio::time::timeout(Duration::from_millis(100), lines.next_line()).await
+        {
             let now = std::time::Instant::now();
             max_gap = max_gap.max(now - last);
             last = now;
@@ -171,6 +173,66 @@ pub async fn echo_stream(
         "max_gap_ms": max_gap.as_millis() as u64,
         "seconds": started.elapsed().as_secs_f64(),
     }))
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Sends numbered datagrams to `target`: traffic in one direction only, which is what
+/// exercises WireGuard's keepalive and rekey timers differently from a conversation.
+pub async fn udp_send(
+    target: SocketAddr,
+    every: Duration,
+    duration: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    let bind: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()?;
+    let socket = UdpSocket::bind(bind).await?;
+    let started = std::time::Instant::now();
+    let started_ms = unix_ms();
+    let mut tick = tokio::time::interval(every);
+    let mut sent: u64 = 0;
+    let mut errors: u64 = 0;
+    while started.elapsed() < duration {
+        tick.tick().await;
+        // A send can fail while a route is briefly missing; that is loss, not the end.
+        if socket
+            .send_to(sent.to_string().as_bytes(), target)
+            .await
+            .is_err()
+        {
+            errors += 1;
+        }
+        sent += 1;
+    }
+    Ok(serde_json::json!({
+        "sent": sent,
+        "send_errors": errors,
+        "started_ms": started_ms,
+        "ended_ms": unix_ms(),
+    }))
+}
+
+/// Logs every datagram arriving on `port` as "<unix ms> <payload>" lines in `out`.
+pub async fn udp_sink(port: u16, out: std::path::PathBuf) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let socket = UdpSocket::bind(("0.0.0.0", port))
+        .await
+        .with_context(|| format!("udp port {port}"))?;
+    let file = std::fs::File::create(&out).with_context(|| format!("{}", out.display()))?;
+    let mut file = std::io::LineWriter::new(file);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, _) = socket.recv_from(&mut buf).await?;
+        writeln!(file, "{} {}", unix_ms(), String::from_utf8_lossy(&buf[..n]))?;
+    }
 }
 
 /// One probe: `Ok(answer)` when the target answered within `timeout`.

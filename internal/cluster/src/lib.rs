@@ -21,7 +21,8 @@ mod view;
 mod tests;
 
 pub use annotations::{
-    ANNOTATION_PREFIX, ANNOTATION_UNDERLAY_ADDRESS, ANNOTATION_WIREGUARD_ENDPOINT, ANNOTATION_WIREGUARD_PUBLIC_KEY, annotation_patch, publish_node_annotations,
+    ANNOTATION_PREFIX, ANNOTATION_UNDERLAY_ADDRESS, ANNOTATION_WIREGUARD_ENDPOINT,
+    ANNOTATION_WIREGUARD_PUBLIC_KEY, annotation_patch, publish_node_annotations,
 };
 pub use connect::{K3S_KUBECONFIG, client, client_config};
 pub use health::{ApiHealth, Kind};

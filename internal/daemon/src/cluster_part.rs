@@ -127,6 +127,27 @@ fn source_address_towards(server: SocketAddr) -> Option<IpAddr> {
     Some(socket.local_addr().ok()?.ip())
 }
 
+/// The first address of interface `name` (IPv4 first, else a global IPv6): the configured
+/// `node.underlay_interface`.
+pub fn address_of_interface(name: &str) -> Option<IpAddr> {
+    let mut v6 = None;
+    for a in nix::ifaddrs::getifaddrs().ok()? {
+        if a.interface_name != name {
+            continue;
+        }
+        let Some(addr) = a.address else { continue };
+        if let Some(v4) = addr.as_sockaddr_in() {
+            return Some(IpAddr::V4(v4.ip()));
+        }
+        if let Some(s6) = addr.as_sockaddr_in6()
+            && !s6.ip().is_unicast_link_local()
+        {
+            v6.get_or_insert(IpAddr::V6(s6.ip()));
+        }
+    }
+    v6
+}
+
 async fn api_server_address(config: &kube::Config) -> Option<SocketAddr> {
     let host = config.cluster_url.host()?;
     let port = config.cluster_url.port_u16().unwrap_or(443);
@@ -136,21 +157,39 @@ async fn api_server_address(config: &kube::Config) -> Option<SocketAddr> {
         .next()
 }
 
+/// What the cluster part is told at start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub kubeconfig: String,
+    /// `node.underlay_interface`; empty: the address towards the API server.
+    pub underlay_interface: String,
+    pub node: String,
+}
+
 pub async fn run(
-    kubeconfig: String,
-    node: String,
+    settings: Settings,
     handle: PartHandle,
     board: StatusBoard,
     feed: watch::Sender<Arc<Snapshot>>,
     mut overlay: watch::Receiver<Option<Identity>>,
     cancel: CancellationToken,
 ) -> PartResult {
+    let Settings {
+        kubeconfig,
+        underlay_interface,
+        node,
+    } = settings;
     let config = skein_cluster::client_config(&kubeconfig)
         .await
         .map_err(|e| e.to_string())?;
     let server = api_server_address(&config).await;
     let client = skein_cluster::client(config).map_err(|e| e.to_string())?;
-    let underlay = server.and_then(source_address_towards);
+    // The configured interface's address, else the one the node reaches the API server from.
+    let underlay = if underlay_interface.is_empty() {
+        server.and_then(source_address_towards)
+    } else {
+        address_of_interface(&underlay_interface)
+    };
     let mut desired = desired_annotations(underlay, overlay.borrow().as_ref());
 
     let (view, watching) =
@@ -182,7 +221,14 @@ pub async fn run(
                     Err(e) => Some(e.to_string()),
                 };
         }
-        report.show(&handle, &api, &snapshot, publish_error.as_deref(), underlay);
+        report.show(
+            &handle,
+            &api,
+            &snapshot,
+            publish_error.as_deref(),
+            underlay,
+            &underlay_interface,
+        );
 
         tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
@@ -215,6 +261,7 @@ impl Report {
         snapshot: &Snapshot,
         publish_error: Option<&str>,
         underlay: Option<IpAddr>,
+        underlay_interface: &str,
     ) {
         let nodes = snapshot.nodes.len();
         let (level, detail, error) = if !api.reachable && api.synced {
@@ -242,9 +289,14 @@ impl Report {
                 Some(e.to_string()),
             )
         } else if underlay.is_none() {
+            let why = if underlay_interface.is_empty() {
+                "no route towards the API server".to_string()
+            } else {
+                format!("node.underlay_interface = \"{underlay_interface}\" has no address")
+            };
             (
                 2,
-                format!("watching {nodes} nodes; no underlay address found"),
+                format!("watching {nodes} nodes; no underlay address found ({why})"),
                 None,
             )
         } else {

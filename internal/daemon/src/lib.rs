@@ -114,12 +114,15 @@ fn spawn_parts(
         tokio::sync::watch::channel(std::sync::Arc::new(skein_cluster::Snapshot::default()));
     // The overlay's identity (public key, port), which the cluster part publishes on the Node.
     let (identity_tx, identity_rx) = tokio::sync::watch::channel(None);
-    let kubeconfig = config.cluster.kubeconfig.clone();
-    let (cluster_node, cluster_board) = (node.to_string(), board.clone());
+    let cluster = cluster_part::Settings {
+        kubeconfig: config.cluster.kubeconfig.clone(),
+        underlay_interface: config.node.underlay_interface.clone(),
+        node: node.to_string(),
+    };
+    let cluster_board = board.clone();
     parts.spawn("cluster", move |handle, cancel| {
         cluster_part::run(
-            kubeconfig.clone(),
-            cluster_node.clone(),
+            cluster.clone(),
             handle,
             cluster_board.clone(),
             feed.clone(),
@@ -128,11 +131,10 @@ fn spawn_parts(
         )
     });
 
-    let state_dir = config
-        .store
-        .path
-        .parent()
-        .map_or_else(|| std::path::PathBuf::from("."), std::path::Path::to_path_buf);
+    let state_dir = config.store.path.parent().map_or_else(
+        || std::path::PathBuf::from("."),
+        std::path::Path::to_path_buf,
+    );
     let overlay_mtu = skein_overlay::overlay_mtu(
         match config.overlay_mtu() {
             skein_config::Mtu::Fixed(n) => Some(n),
@@ -163,8 +165,16 @@ fn spawn_parts(
         );
         async move {
             let mut rotations = rotations.lock().await;
-            overlay_part::run(settings, snapshots, identity, &mut rotations, handle, board, cancel)
-                .await
+            overlay_part::run(
+                settings,
+                snapshots,
+                identity,
+                &mut rotations,
+                handle,
+                board,
+                cancel,
+            )
+            .await
         }
     });
     parts.spawn("control", move |handle, cancel| {

@@ -139,7 +139,11 @@ pub async fn run(
 /// Makes a new key, saves it, hands it to the device, then lets it be published. The device
 /// switches first: the other nodes re-peer when they see the new key, and their fresh peer's
 /// first handshake then meets the new key already in place.
-async fn rotate(settings: &Settings, overlay: &Overlay, key: &mut NodeKey) -> Result<String, String> {
+async fn rotate(
+    settings: &Settings,
+    overlay: &Overlay,
+    key: &mut NodeKey,
+) -> Result<String, String> {
     let new = NodeKey::generate();
     new.save(&settings.state_dir).map_err(|e| e.to_string())?;
     let (o, k) = (overlay.clone(), new.private().clone());
@@ -187,12 +191,15 @@ impl Turn<'_> {
             // said; their endpoints are rewritten only when the published one changes.
             for p in &device.peers {
                 if let Some(spec) = desired.iter().find(|d| d.public_key == p.public_key) {
-                    self.published.entry(p.public_key.0).or_insert(spec.endpoint);
+                    self.published
+                        .entry(p.public_key.0)
+                        .or_insert(spec.endpoint);
                 }
             }
             plan_peers(&device.peers, &desired, &self.published)
         };
-        let private = (device.public_key.as_ref() != Some(key.public())).then(|| key.private().clone());
+        let private =
+            (device.public_key.as_ref() != Some(key.public())).then(|| key.private().clone());
         let port = (device.listen_port != s.listen_port).then_some(s.listen_port);
         if private.is_some() || port.is_some() || !changes.is_empty() {
             for c in &changes {
@@ -220,22 +227,37 @@ impl Turn<'_> {
         Ok(self.summary(key, &device, &desired, &skipped))
     }
 
-    async fn routes(&self, index: u32, snapshot: &Snapshot, desired: &[PeerSpec]) -> Result<(), String> {
+    async fn routes(
+        &self,
+        index: u32,
+        snapshot: &Snapshot,
+        desired: &[PeerSpec],
+    ) -> Result<(), String> {
         // The node's own packets to remote pods leave with its gateway address, which the peers'
         // allowed IPs (this node's pod CIDRs) accept.
         let src: Option<IpAddr> = snapshot
             .node(&self.settings.node)
             .and_then(|n| n.pod_cidrs.first())
             .and_then(|c| c.hosts().next());
-        let current = self.net.routes_via(index).await.map_err(|e| e.to_string())?;
+        let current = self
+            .net
+            .routes_via(index)
+            .await
+            .map_err(|e| e.to_string())?;
         let (add, remove) = plan_routes(&current, desired);
         for dest in add {
             tracing::info!("overlay: route {dest} via {}", self.settings.interface);
-            self.net.add_route(index, dest, src).await.map_err(|e| e.to_string())?;
+            self.net
+                .add_route(index, dest, src)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         for dest in remove {
             tracing::info!("overlay: route {dest} removed");
-            self.net.delete_route(index, dest).await.map_err(|e| e.to_string())?;
+            self.net
+                .delete_route(index, dest)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }

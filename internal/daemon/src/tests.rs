@@ -148,12 +148,17 @@ mod pure {
 
     #[test]
     fn the_overlay_mtu_is_the_underlay_minus_80_unless_fixed() {
+        // Lives in skein-overlay; checked here where the daemon derives the pods' MTU from it.
         use skein_overlay::overlay_mtu;
         assert_eq!(overlay_mtu(None, Some(1500)), 1420);
         assert_eq!(overlay_mtu(None, Some(9000)), 8920);
         assert_eq!(overlay_mtu(None, None), 1420, "1500 assumed when unknown");
         assert_eq!(overlay_mtu(Some(1300), Some(9000)), 1300);
-        assert_eq!(overlay_mtu(None, Some(600)), 576, "never below IPv4's minimum");
+        assert_eq!(
+            overlay_mtu(None, Some(600)),
+            576,
+            "never below IPv4's minimum"
+        );
     }
 
     #[test]
@@ -229,16 +234,33 @@ mod pure {
     }
 
     #[test]
+    fn node_underlay_interface_gives_that_interfaces_address() {
+        assert_eq!(
+            cluster_part::address_of_interface("lo"),
+            Some("127.0.0.1".parse().expect("ip"))
+        );
+        assert_eq!(cluster_part::address_of_interface("skein-none0"), None);
+    }
+
+    #[test]
     fn the_wireguard_endpoint_is_the_underlay_address_with_the_overlay_port() {
         let id = crate::overlay_part::Identity {
             public_key: "k".into(),
             listen_port: 51820,
         };
-        let v4 = cluster_part::desired_annotations(Some("198.18.0.11".parse().expect("ip")), Some(&id));
-        assert_eq!(v4[skein_cluster::ANNOTATION_WIREGUARD_ENDPOINT], "198.18.0.11:51820");
+        let v4 =
+            cluster_part::desired_annotations(Some("198.18.0.11".parse().expect("ip")), Some(&id));
+        assert_eq!(
+            v4[skein_cluster::ANNOTATION_WIREGUARD_ENDPOINT],
+            "198.18.0.11:51820"
+        );
         assert_eq!(v4[skein_cluster::ANNOTATION_WIREGUARD_PUBLIC_KEY], "k");
-        let v6 = cluster_part::desired_annotations(Some("fd00::11".parse().expect("ip")), Some(&id));
-        assert_eq!(v6[skein_cluster::ANNOTATION_WIREGUARD_ENDPOINT], "[fd00::11]:51820");
+        let v6 =
+            cluster_part::desired_annotations(Some("fd00::11".parse().expect("ip")), Some(&id));
+        assert_eq!(
+            v6[skein_cluster::ANNOTATION_WIREGUARD_ENDPOINT],
+            "[fd00::11]:51820"
+        );
         assert!(
             cluster_part::desired_annotations(None, Some(&id)).is_empty(),
             "no endpoint without an underlay address"

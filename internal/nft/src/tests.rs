@@ -54,7 +54,9 @@ fn mss_is_clamped_both_ways_through_the_overlay() {
     assert!(script.contains("add chain inet skein overlay_mss { type filter hook forward priority mangle; policy accept; }"), "{script}");
     for dir in ["oifname", "iifname"] {
         assert!(
-            script.contains(&format!("{dir} \"skein-wg\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu")),
+            script.contains(&format!(
+                "{dir} \"skein-wg\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu"
+            )),
             "{script}"
         );
     }

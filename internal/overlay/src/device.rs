@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use wireguard_control::{Backend as WgBackend, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
+use wireguard_control::{
+    Backend as WgBackend, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder,
+};
 
 use crate::peers::PeerChange;
 use crate::uapi;
@@ -230,9 +232,8 @@ impl Overlay {
                     endpoint,
                     allowed_ips,
                 } => {
-                    first = first.add_peer(
-                        with_ips(peer(public_key), allowed_ips).set_endpoint(*endpoint),
-                    );
+                    first = first
+                        .add_peer(with_ips(peer(public_key), allowed_ips).set_endpoint(*endpoint));
                 }
                 PeerChange::Update {
                     public_key,
@@ -254,8 +255,12 @@ impl Overlay {
                 }
             }
         }
-        first.apply(&name, WgBackend::Kernel).map_err(|e| self.kernel(e))?;
-        second.apply(&name, WgBackend::Kernel).map_err(|e| self.kernel(e))
+        first
+            .apply(&name, WgBackend::Kernel)
+            .map_err(|e| self.kernel(e))?;
+        second
+            .apply(&name, WgBackend::Kernel)
+            .map_err(|e| self.kernel(e))
     }
 
     fn ifname(&self) -> Result<InterfaceName, OverlayError> {

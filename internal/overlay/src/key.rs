@@ -21,7 +21,9 @@ pub enum KeyError {
         action: &'static str,
         source: std::io::Error,
     },
-    #[error("{path}: not a WireGuard private key (expected 44 characters of base64, as `wg genkey` writes)")]
+    #[error(
+        "{path}: not a WireGuard private key (expected 44 characters of base64, as `wg genkey` writes)"
+    )]
     Malformed { path: String },
     #[error(
         "{path} is on a tmpfs, so the node's WireGuard key would change at every reboot; \

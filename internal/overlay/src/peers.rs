@@ -45,7 +45,9 @@ pub fn desired_peers(snapshot: &Snapshot, me: &str, my_key: &Key) -> (Vec<PeerSp
             node.skein.get(ANNOTATION_WIREGUARD_PUBLIC_KEY),
             node.skein.get(ANNOTATION_WIREGUARD_ENDPOINT),
         ) else {
-            skipped.push(skip("has not published a WireGuard key and endpoint yet".into()));
+            skipped.push(skip(
+                "has not published a WireGuard key and endpoint yet".into(),
+            ));
             continue;
         };
         let Ok(public_key) = Key::from_base64(key_text.trim()) else {
@@ -69,7 +71,9 @@ pub fn desired_peers(snapshot: &Snapshot, me: &str, my_key: &Key) -> (Vec<PeerSp
             continue;
         }
         if let Some(first) = keys_seen.get(&public_key.0) {
-            skipped.push(skip(format!("publishes the same WireGuard key as node {first}")));
+            skipped.push(skip(format!(
+                "publishes the same WireGuard key as node {first}"
+            )));
             continue;
         }
         keys_seen.insert(public_key.0, node.name.clone());

@@ -1,1 +1,339 @@
-//! The overlay's pure core: peers from the cluster view, the plan, the control protocol's text.
+//! The overlay's pure core: peers from the cluster view, the plan, the control protocol's text,
+//! and the key file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
+use skein_cluster::{
+    ANNOTATION_WIREGUARD_ENDPOINT, ANNOTATION_WIREGUARD_PUBLIC_KEY, Node, Snapshot,
+};
+use wireguard_control::Key;
+
+use crate::peers::PeerChange;
+use crate::*;
+
+fn key(n: u8) -> Key {
+    Key::from_base64(&Key([n; 32]).to_base64()).expect("key")
+}
+
+fn node(name: &str, cidr: &str, key: Option<&Key>, endpoint: &str) -> Node {
+    let mut skein = BTreeMap::new();
+    if let Some(k) = key {
+        skein.insert(ANNOTATION_WIREGUARD_PUBLIC_KEY.to_string(), k.to_base64());
+        skein.insert(
+            ANNOTATION_WIREGUARD_ENDPOINT.to_string(),
+            endpoint.to_string(),
+        );
+    }
+    Node {
+        name: name.into(),
+        uid: name.into(),
+        pod_cidrs: if cidr.is_empty() {
+            vec![]
+        } else {
+            vec![cidr.parse().expect("cidr")]
+        },
+        internal_ip: None,
+        ready: Some(true),
+        skein,
+        unschedulable: false,
+    }
+}
+
+fn snapshot(nodes: Vec<Node>) -> Snapshot {
+    let mut s = Snapshot {
+        version: 1,
+        ..Default::default()
+    };
+    for n in nodes {
+        s.nodes.insert(n.name.clone(), n);
+    }
+    s
+}
+
+fn nets(s: &[&str]) -> Vec<IpNet> {
+    s.iter().map(|c| c.parse().expect("cidr")).collect()
+}
+
+fn ep(s: &str) -> SocketAddr {
+    s.parse().expect("endpoint")
+}
+
+fn state(k: &Key, endpoint: Option<&str>, ips: &[&str]) -> PeerState {
+    let mut p = PeerState::new(k.clone());
+    p.endpoint = endpoint.map(ep);
+    p.allowed_ips = nets(ips);
+    p
+}
+
+#[test]
+fn every_other_node_with_a_key_endpoint_and_cidr_is_a_peer() {
+    let me = key(1);
+    let s = snapshot(vec![
+        node("a", "10.42.0.0/24", Some(&me), "198.18.0.11:51820"),
+        node("b", "10.42.1.0/24", Some(&key(2)), "198.18.0.12:51820"),
+        node("c", "10.42.2.0/24", None, ""),
+        node("d", "", Some(&key(4)), "198.18.0.14:51820"),
+        node("e", "10.42.4.0/24", Some(&key(2)), "198.18.0.15:51820"),
+        node("f", "10.42.5.0/24", Some(&me), "198.18.0.16:51820"),
+    ]);
+    let (peers, skipped) = desired_peers(&s, "a", &me);
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(peers[0].node, "b");
+    assert_eq!(peers[0].endpoint, ep("198.18.0.12:51820"));
+    assert_eq!(peers[0].allowed_ips, nets(&["10.42.1.0/24"]));
+    let why: BTreeMap<&str, &str> = skipped
+        .iter()
+        .map(|s| (s.node.as_str(), s.why.as_str()))
+        .collect();
+    assert!(why["c"].contains("not published"), "{why:?}");
+    assert!(why["d"].contains("no pod CIDR"), "{why:?}");
+    assert!(why["e"].contains("same WireGuard key as node b"), "{why:?}");
+    assert!(why["f"].contains("own WireGuard key"), "{why:?}");
+    assert!(!why.contains_key("a"), "this node is not its own peer");
+}
+
+#[test]
+fn a_bad_annotation_is_named_with_its_value() {
+    let mut bad_key = node("b", "10.42.1.0/24", Some(&key(2)), "198.18.0.12:51820");
+    bad_key
+        .skein
+        .insert(ANNOTATION_WIREGUARD_PUBLIC_KEY.into(), "not-a-key".into());
+    let bad_endpoint = node("c", "10.42.2.0/24", Some(&key(3)), "198.18.0.13");
+    let (peers, skipped) = desired_peers(&snapshot(vec![bad_key, bad_endpoint]), "a", &key(1));
+    assert!(peers.is_empty());
+    assert!(
+        skipped[0]
+            .why
+            .contains("skein.dev/wireguard-public-key = \"not-a-key\""),
+        "{skipped:?}"
+    );
+    assert!(
+        skipped[1]
+            .why
+            .contains("skein.dev/wireguard-endpoint = \"198.18.0.13\""),
+        "{skipped:?}"
+    );
+}
+
+#[test]
+fn nodes_coming_and_going_add_and_remove_exactly_their_peer() {
+    let s = snapshot(vec![
+        node("b", "10.42.1.0/24", Some(&key(2)), "198.18.0.12:51820"),
+        node("d", "10.42.3.0/24", Some(&key(4)), "198.18.0.14:51820"),
+    ]);
+    let (desired, _) = desired_peers(&s, "a", &key(1));
+    let current = vec![
+        state(&key(2), Some("198.18.0.12:51820"), &["10.42.1.0/24"]),
+        state(&key(3), Some("198.18.0.13:51820"), &["10.42.2.0/24"]),
+    ];
+    let published = BTreeMap::from([(key(2).0, ep("198.18.0.12:51820"))]);
+    let plan = plan_peers(&current, &desired, &published);
+    assert_eq!(
+        plan,
+        vec![
+            PeerChange::Add {
+                public_key: key(4),
+                endpoint: ep("198.18.0.14:51820"),
+                allowed_ips: nets(&["10.42.3.0/24"]),
+            },
+            PeerChange::Remove { public_key: key(3) },
+        ],
+        "b is untouched; the addition comes before the removal"
+    );
+    assert!(
+        plan_peers(&current[..1], &desired[..1], &published).is_empty(),
+        "nothing to do twice"
+    );
+}
+
+#[test]
+fn a_learnt_endpoint_is_kept_until_the_published_one_changes() {
+    let s = snapshot(vec![node(
+        "b",
+        "10.42.1.0/24",
+        Some(&key(2)),
+        "198.18.0.12:51820",
+    )]);
+    let (desired, _) = desired_peers(&s, "a", &key(1));
+    // The tunnel learnt a NAT'd address for b.
+    let roamed = vec![state(&key(2), Some("203.0.113.7:40000"), &["10.42.1.0/24"])];
+    let published = BTreeMap::from([(key(2).0, ep("198.18.0.12:51820"))]);
+    assert!(
+        plan_peers(&roamed, &desired, &published).is_empty(),
+        "resync leaves it alone"
+    );
+    // After a daemon restart nothing is remembered: still left alone.
+    assert!(plan_peers(&roamed, &desired, &BTreeMap::new()).is_empty());
+    // b publishes a new address: that one is written.
+    let moved = snapshot(vec![node(
+        "b",
+        "10.42.1.0/24",
+        Some(&key(2)),
+        "198.18.0.99:51820",
+    )]);
+    let (desired, _) = desired_peers(&moved, "a", &key(1));
+    match &plan_peers(&roamed, &desired, &published)[..] {
+        [PeerChange::Update { endpoint, .. }] => {
+            assert_eq!(*endpoint, Some(ep("198.18.0.99:51820")))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn changed_allowed_ips_update_the_peer_without_its_endpoint() {
+    let s = snapshot(vec![node(
+        "b",
+        "10.42.9.0/24",
+        Some(&key(2)),
+        "198.18.0.12:51820",
+    )]);
+    let (desired, _) = desired_peers(&s, "a", &key(1));
+    let current = vec![state(&key(2), Some("203.0.113.7:40000"), &["10.42.1.0/24"])];
+    let published = BTreeMap::from([(key(2).0, ep("198.18.0.12:51820"))]);
+    let plan = plan_peers(&current, &desired, &published);
+    assert_eq!(
+        plan,
+        vec![PeerChange::Update {
+            public_key: key(2),
+            endpoint: None,
+            current_endpoint: Some(ep("203.0.113.7:40000")),
+            allowed_ips: nets(&["10.42.9.0/24"]),
+            old_allowed_ips: nets(&["10.42.1.0/24"]),
+        }]
+    );
+    // The userspace request keeps the learnt endpoint across the remove-and-add.
+    let text = uapi::render_set(None, None, &plan, None);
+    assert!(text.contains("remove=true\npublic_key="), "{text}");
+    assert!(text.contains("endpoint=203.0.113.7:40000"), "{text}");
+    assert!(text.contains("allowed_ip=10.42.9.0/24"), "{text}");
+}
+
+#[test]
+fn routes_are_the_peers_allowed_ips_added_before_removed() {
+    let s = snapshot(vec![
+        node("b", "10.42.1.0/24", Some(&key(2)), "198.18.0.12:51820"),
+        node("c", "10.42.2.0/24", Some(&key(3)), "198.18.0.13:51820"),
+    ]);
+    let (desired, _) = desired_peers(&s, "a", &key(1));
+    let (add, remove) = plan_routes(&nets(&["10.42.1.0/24", "10.42.7.0/24"]), &desired);
+    assert_eq!(add, nets(&["10.42.2.0/24"]));
+    assert_eq!(remove, nets(&["10.42.7.0/24"]));
+}
+
+#[test]
+fn the_set_request_speaks_the_wireguard_control_protocol() {
+    let changes = vec![
+        PeerChange::Add {
+            public_key: key(2),
+            endpoint: ep("198.18.0.12:51820"),
+            allowed_ips: nets(&["10.42.1.0/24"]),
+        },
+        PeerChange::Remove { public_key: key(3) },
+    ];
+    let text = uapi::render_set(Some(&key(1)), Some(51820), &changes, Some(25));
+    let hex = |n: u8| format!("{n:02x}").repeat(32);
+    assert_eq!(
+        text,
+        format!(
+            "set=1\nprivate_key={}\nlisten_port=51820\npublic_key={}\nendpoint=198.18.0.12:51820\n\
+             persistent_keepalive_interval=25\nallowed_ip=10.42.1.0/24\npublic_key={}\nremove=true\n\n",
+            hex(1),
+            hex(2),
+            hex(3)
+        )
+    );
+}
+
+#[test]
+fn get_answers_of_boringtun_and_wireguard_go_both_parse() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let hex = |n: u8| format!("{n:02x}").repeat(32);
+    // boringtun: its own public key, and the time *since* the handshake.
+    let boringtun = format!(
+        "own_public_key={}\nlisten_port=51820\npublic_key={}\nendpoint=198.18.0.12:51820\n\
+         allowed_ip=10.42.1.0/24\nlast_handshake_time_sec=7\nlast_handshake_time_nsec=0\n\
+         rx_bytes=100\ntx_bytes=200\nerrno=0\n",
+        hex(1),
+        hex(2)
+    );
+    let s = uapi::parse_get(&boringtun, now).expect("parse");
+    assert_eq!(s.public_key, Some(key(1)));
+    assert_eq!(s.listen_port, 51820);
+    assert_eq!(s.peers.len(), 1);
+    assert_eq!(s.peers[0].last_handshake_age, Some(Duration::from_secs(7)));
+    assert_eq!((s.peers[0].rx_bytes, s.peers[0].tx_bytes), (100, 200));
+    // wireguard-go: the private key, an absolute handshake time, 0 for never.
+    let private = key(1);
+    let go = format!(
+        "private_key={}\nlisten_port=51820\npublic_key={}\nlast_handshake_time_sec=1799999990\n\
+         rx_bytes=1\ntx_bytes=1\npublic_key={}\nlast_handshake_time_sec=0\nrx_bytes=0\ntx_bytes=0\nerrno=0\n",
+        hex(1),
+        hex(2),
+        hex(3)
+    );
+    let s = uapi::parse_get(&go, now).expect("parse");
+    assert_eq!(s.public_key, Some(private.get_public()));
+    assert_eq!(s.peers[0].last_handshake_age, Some(Duration::from_secs(10)));
+    assert_eq!(s.peers[1].last_handshake_age, None, "0 means never");
+    assert!(uapi::parse_get("errno=22\n", now).is_err());
+}
+
+#[test]
+fn the_key_is_made_once_kept_private_and_never_printed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = NodeKey::load_or_create(dir.path()).expect("create");
+    let path = NodeKey::path_in(dir.path());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&path).expect("file").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let again = NodeKey::load_or_create(dir.path()).expect("load");
+    assert_eq!(first, again, "a restart keeps the key");
+    let text = std::fs::read_to_string(&path).expect("read");
+    let shown = format!("{first:?}");
+    assert!(
+        !shown.contains(text.trim()),
+        "Debug shows no private key: {shown}"
+    );
+    assert!(shown.contains(&first.public().to_base64()));
+    std::fs::write(&path, "garbage\n").expect("write");
+    let e = NodeKey::load_or_create(dir.path())
+        .expect_err("malformed")
+        .to_string();
+    assert!(
+        e.contains("wireguard.key") && e.contains("not a WireGuard private key"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_key_on_tmpfs_is_refused() {
+    let on_tmpfs = ["/dev/shm", "/run"].into_iter().find(|d| {
+        nix::sys::statfs::statfs(*d)
+            .is_ok_and(|f| f.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+    });
+    let Some(dir) = on_tmpfs else {
+        eprintln!("no tmpfs mounted here; nothing to check");
+        return;
+    };
+    let e = NodeKey::load_or_create(std::path::Path::new(dir))
+        .expect_err("tmpfs")
+        .to_string();
+    assert!(e.contains("tmpfs") && e.contains("store.path"), "{e}");
+}
+
+#[test]
+fn backend_choice_says_why() {
+    assert_eq!(choose_backend("kernel", false, "x").0, Backend::Kernel);
+    assert_eq!(choose_backend("userspace", true, "x").0, Backend::Userspace);
+    let (b, why) = choose_backend("auto", true, "skein-test-none");
+    assert_eq!(b, Backend::Kernel);
+    assert!(why.contains("kernel has WireGuard"), "{why}");
+    let (b, why) = choose_backend("auto", false, "skein-test-none");
+    assert_eq!(b, Backend::Userspace);
+    assert!(why.contains("no WireGuard module"), "{why}");
+}

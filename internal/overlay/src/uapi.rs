@@ -44,10 +44,10 @@ pub fn connect_owned(name: &str) -> Result<Owned, OverlayError> {
     })?;
     let creds = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
         .map_err(|e| OverlayError::Stranger {
-            socket: socket.display().to_string(),
-            pid: 0,
-            program: format!("unknown (cannot read its credentials: {e})"),
-        })?;
+        socket: socket.display().to_string(),
+        pid: 0,
+        program: format!("unknown (cannot read its credentials: {e})"),
+    })?;
     let pid = u32::try_from(creds.pid()).unwrap_or(0);
     check_owner(pid).map_err(|program| OverlayError::Stranger {
         socket: socket.display().to_string(),
@@ -69,7 +69,12 @@ fn check_owner(pid: u32) -> Result<(), String> {
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .map(|p| p.display().to_string().trim_end_matches(" (deleted)").to_string())
+        .map(|p| {
+            p.display()
+                .to_string()
+                .trim_end_matches(" (deleted)")
+                .to_string()
+        })
         .unwrap_or_default();
     let file_name = |p: &str| p.rsplit('/').next().unwrap_or_default().to_string();
     let ours = std::env::current_exe()
@@ -224,7 +229,9 @@ pub fn parse_get(text: &str, now: SystemTime) -> Result<DeviceState, OverlayErro
         let bad = || OverlayError::Control(format!("the device answered {line:?}"));
         match k {
             "errno" if v != "0" => {
-                return Err(OverlayError::Control(format!("the device answered errno={v}")));
+                return Err(OverlayError::Control(format!(
+                    "the device answered errno={v}"
+                )));
             }
             "private_key" => {
                 state.public_key = Some(unhex(v).ok_or_else(bad)?.get_public());

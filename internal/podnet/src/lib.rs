@@ -13,8 +13,8 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
-    LinkWireguard, RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkWireguard,
+    RouteMessageBuilder,
 };
 
 #[cfg(test)]
@@ -526,8 +526,12 @@ impl PodNet {
                 .await
                 .map_err(nl("listing routes"))?;
             for route in routes {
-                let out = route.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
-                let main = route.header.table == rtnetlink::packet_route::route::RouteHeader::RT_TABLE_MAIN;
+                let out = route
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+                let main = route.header.table
+                    == rtnetlink::packet_route::route::RouteHeader::RT_TABLE_MAIN;
                 if !out || !main {
                     continue;
                 }
