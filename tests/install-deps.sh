@@ -12,6 +12,11 @@ declare -A wanted=(
     [rpm]=rpm
     [systemd-analyze]=systemd
     [curl]=curl
+    # the overlay tests: a hand-configured wireguard-go peer, and a capture of the underlay
+    [wireguard-go]=wireguard-go
+    [tcpdump]=tcpdump
+    # bench/overlay
+    [iperf3]=iperf3
 )
 missing=()
 for program in "${!wanted[@]}"; do

@@ -32,7 +32,7 @@ cache_root=/var/cache/skein-bench
 # wireguard-go sizes its workers by GOMAXPROCS (= the number of CPUs); skein caps its own at 4, so
 # ask for the same count explicitly and both run with equal parallelism up to 4 CPUs.
 cpus=$(nproc)
-threads=$((cpus < 4 ? cpus : 4))
+threads=${SKEIN_THREADS:-$((cpus < 4 ? cpus : 4))}
 
 # Inner MTU of every tunnel, and of the pods in every case (as a CNI sets it on a WireGuard
 # overlay), so each case moves the same packets and `plain` differs only by the missing tunnel.

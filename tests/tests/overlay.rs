@@ -64,6 +64,15 @@ fn routes_via(lab: &Lab, netns: &str, dev: &str) -> Vec<String> {
         .collect()
 }
 
+/// Waits until `node`'s daemon answers again and its overlay reports `count` peers.
+fn wait_for_peers(lab: &Lab, node: &str, count: usize) {
+    lab.wait(
+        &format!("{node}'s overlay to report {count} peers"),
+        Duration::from_secs(30),
+        || (overlay(lab, node)["peers"].as_array()?.len() == count).then_some(()),
+    );
+}
+
 fn interface(lab: &Lab, node: &str) -> String {
     overlay(lab, node)["interface"]
         .as_str()
@@ -243,14 +252,7 @@ fn pods_on_different_nodes_talk_through_the_tunnel_and_peers_follow_the_nodes() 
     let peer_before = peer_of(&lab, "node-1", "node-2").expect("peer");
     lab.must(&["stop", "node-2"]);
     lab.must(&["start", "node-2"]);
-    lab.wait(
-        "node-2's overlay to report again",
-        Duration::from_secs(30),
-        || {
-            let o = overlay(&lab, "node-2");
-            (o["peers"].as_array()?.len() == 1).then_some(())
-        },
-    );
+    wait_for_peers(&lab, "node-2", 1);
     assert_eq!(
         overlay(&lab, "node-2")["public_key"],
         key_before.as_str(),
@@ -365,14 +367,7 @@ fn an_echo_stream_between_nodes_survives_key_rotation_and_a_killed_daemon() {
     assert!(killed.success());
     std::thread::sleep(Duration::from_secs(1));
     lab.must(&["start", "node-2"]);
-    lab.wait(
-        "node-2's overlay to report again",
-        Duration::from_secs(30),
-        || {
-            let o = overlay(&lab, "node-2");
-            (o["peers"].as_array()?.len() == 1).then_some(())
-        },
-    );
+    wait_for_peers(&lab, "node-2", 1);
     std::thread::sleep(Duration::from_secs(2));
     let restart = finish(child, dir);
     eprintln!("through the daemon restart: {restart}");

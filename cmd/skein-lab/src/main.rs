@@ -454,14 +454,15 @@ fn up(
     );
     for node in lab.nodes.clone() {
         // The node's userspace WireGuard, a process of its own as skein-wireguard.service is:
-        // it outlives restarts of the node's daemon.
+        // it outlives restarts of the node's daemon. One worker: the lab's nodes share the
+        // machine's CPUs, and more workers only contend (bench/README.md).
         let argv = vec![
             skein.display().to_string(),
             "wireguard".into(),
             "--interface".into(),
             node.overlay_interface.clone(),
             "--threads".into(),
-            "2".into(),
+            "1".into(),
         ];
         add(
             &mut lab,
