@@ -100,7 +100,16 @@ fn pods_on_different_nodes_talk_through_the_tunnel_and_peers_follow_the_nodes() 
     let capture = tempfile::NamedTempFile::new().expect("capture file");
     let mut tcpdump = Command::new("ip")
         .args([
-            "netns", "exec", &ul, "tcpdump", "-i", "br0", "-nn", "-U", "-w",
+            "netns",
+            "exec",
+            &ul,
+            "tcpdump",
+            "-i",
+            "br0",
+            "-nn",
+            "-U",
+            "--immediate-mode",
+            "-w",
         ])
         .arg(capture.path())
         .env("SKEIN_LAB", &lab.name)
@@ -108,7 +117,10 @@ fn pods_on_different_nodes_talk_through_the_tunnel_and_peers_follow_the_nodes() 
         .stderr(Stdio::null())
         .spawn()
         .expect("start tcpdump");
-    std::thread::sleep(Duration::from_millis(500));
+    // tcpdump writes the file's header once it captures.
+    lab.wait("tcpdump to capture", Duration::from_secs(10), || {
+        (std::fs::metadata(capture.path()).ok()?.len() >= 24).then_some(())
+    });
     for (i, (from_ns, from_ip)) in pods.iter().enumerate() {
         for (j, (_, to_ip)) in pods.iter().enumerate() {
             if i == j {
@@ -128,11 +140,6 @@ fn pods_on_different_nodes_talk_through_the_tunnel_and_peers_follow_the_nodes() 
             }
         }
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = Command::new("kill")
-        .args(["-INT", &tcpdump.id().to_string()])
-        .status();
-    let _ = tcpdump.wait();
     let read = |filter: &str| -> Vec<String> {
         let out = Command::new("tcpdump")
             .args(["-r"])
@@ -145,6 +152,16 @@ fn pods_on_different_nodes_talk_through_the_tunnel_and_peers_follow_the_nodes() 
             .map(str::to_string)
             .collect()
     };
+    // Every probe got its answer, so its packets crossed; the capture file may lag a little.
+    lab.wait(
+        "the capture to hold the tunnel's packets",
+        Duration::from_secs(10),
+        || (read("udp port 51820").len() >= 12).then_some(()),
+    );
+    let _ = Command::new("kill")
+        .args(["-INT", &tcpdump.id().to_string()])
+        .status();
+    let _ = tcpdump.wait();
     let clear = read("net 10.42.0.0/16");
     assert!(
         clear.is_empty(),
@@ -320,6 +337,7 @@ fn an_echo_stream_between_nodes_survives_key_rotation_and_a_killed_daemon() {
 
     // Rotation on node-1, published and picked up by node-2 while the stream runs.
     let (child, dir) = echo_stream(&lab, &pods[0].0, &target);
+    // The stream runs a while before the event and after it: the gaps are measured across it.
     std::thread::sleep(Duration::from_secs(2));
     let old_key = overlay(&lab, "node-1")["public_key"]
         .as_str()
@@ -335,11 +353,15 @@ fn an_echo_stream_between_nodes_survives_key_rotation_and_a_killed_daemon() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let new_key = overlay(&lab, "node-1")["public_key"]
-        .as_str()
-        .expect("key")
-        .to_string();
-    assert_ne!(old_key, new_key, "rotate-key made a new key");
+    // The page shows the new key from the overlay's next turn on.
+    let new_key = lab.wait(
+        "node-1's page to show a new key",
+        Duration::from_secs(10),
+        || {
+            let key = overlay(&lab, "node-1")["public_key"].as_str()?.to_string();
+            (key != old_key).then_some(key)
+        },
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&new_key));
     lab.wait(
         "node-2 to peer with node-1's new key",
@@ -365,7 +387,7 @@ fn an_echo_stream_between_nodes_survives_key_rotation_and_a_killed_daemon() {
         .status()
         .expect("kill");
     assert!(killed.success());
-    std::thread::sleep(Duration::from_secs(1));
+    // `start` waits for the killed process to be gone before it starts the new one.
     lab.must(&["start", "node-2"]);
     wait_for_peers(&lab, "node-2", 1);
     std::thread::sleep(Duration::from_secs(2));

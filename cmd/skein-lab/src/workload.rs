@@ -132,7 +132,16 @@ pub async fn echo_stream(
     let mut last = std::time::Instant::now();
     let mut max_gap = Duration::ZERO;
     let mut out_of_order = 0u64;
-    loop {
+    let mut sender = sender;
+    // Once the sender is done: how many it sent, its write half (kept open), and how long the
+    // last echoes, still on their way, may take.
+    let mut finished = None;
+    let sent = loop {
+        if let Some((sent, _, deadline)) = &finished
+            && (received >= *sent || std::time::Instant::now() >= *deadline)
+        {
+            break *sent;
+        }
         let next = tokio::time::timeout(Duration::from_millis(100), lines.next_line()).await;
         match next {
             Ok(Ok(Some(line))) => {
@@ -148,23 +157,15 @@ pub async fn echo_stream(
             Ok(Err(e)) => bail!("{target}: {e} after {received} echoes"),
             Err(_) => {}
         }
-        if sender.is_finished() {
-            break;
+        if finished.is_none() && sender.is_finished() {
+            let (sent, write) = (&mut sender).await??;
+            finished = Some((
+                sent,
+                write,
+                std::time::Instant::now() + Duration::from_secs(1),
+            ));
         }
-    }
-    let (sent, _write) = sender.await??;
-    // The last messages' echoes are still on their way; wait for them within a second.
-    let deadline = std::time::Instant::now() + Duration::from_secs(1);
-    while received < sent && std::time::Instant::now() < deadline {
-        if let Ok(Ok(Some(_))) =
-            tokio::time::timeout(Duration::from_millis(100), lines.next_line()).await
-        {
-            let now = std::time::Instant::now();
-            max_gap = max_gap.max(now - last);
-            last = now;
-            received += 1;
-        }
-    }
+    };
     Ok(serde_json::json!({
         "greeting": greeting,
         "sent": sent,

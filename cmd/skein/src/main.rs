@@ -1,6 +1,7 @@
-//! The `skein` command: the daemon (`skein run`), configuration tools, and (later) the CNI
-//! plugin entry. Parsing arguments and setting up logging live here; the work lives in the
-//! `internal/` crates.
+//! The `skein` command: the daemon (`skein run`), the userspace WireGuard device (`skein
+//! wireguard`), `skein overlay rotate-key`, configuration tools, and the CNI plugin (when
+//! `CNI_COMMAND` is set). Parsing arguments and setting up logging live here; the work lives in
+//! the `internal/` crates.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -14,8 +14,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use skein_cluster::Snapshot;
 use skein_overlay::{
-    Backend, DeviceState, NodeKey, Overlay, PeerSpec, Skipped, desired_peers, plan_peers,
-    plan_routes,
+    Backend, DeviceChange, DeviceState, NodeKey, Overlay, PeerSpec, Skipped, desired_peers,
+    plan_peers, plan_routes,
 };
 use skein_podnet::PodNet;
 use skein_status::{OverlaySummary, PartHandle, PeerSummary, SkippedPeer, StatusBoard};
@@ -147,7 +147,11 @@ async fn rotate(
     let new = NodeKey::generate();
     new.save(&settings.state_dir).map_err(|e| e.to_string())?;
     let (o, k) = (overlay.clone(), new.private().clone());
-    blocking(move || o.apply(Some(&k), None, &[], None)).await?;
+    let change = DeviceChange {
+        private_key: Some(k),
+        ..Default::default()
+    };
+    blocking(move || o.apply(&change)).await?;
     let old = std::mem::replace(key, new);
     tracing::info!(
         "overlay: WireGuard key rotated; public key {} replaces {}",
@@ -198,15 +202,19 @@ impl Turn<'_> {
             }
             plan_peers(&device.peers, &desired, &self.published)
         };
-        let private =
-            (device.public_key.as_ref() != Some(key.public())).then(|| key.private().clone());
-        let port = (device.listen_port != s.listen_port).then_some(s.listen_port);
-        if private.is_some() || port.is_some() || !changes.is_empty() {
-            for c in &changes {
+        let change = DeviceChange {
+            private_key: (device.public_key.as_ref() != Some(key.public()))
+                .then(|| key.private().clone()),
+            listen_port: (device.listen_port != s.listen_port).then_some(s.listen_port),
+            peers: changes,
+            keepalive: s.keepalive,
+        };
+        if !change.is_empty() {
+            for c in &change.peers {
                 tracing::info!("overlay: {c:?}");
             }
-            let (o, ch, ka) = (self.overlay.clone(), changes.clone(), s.keepalive);
-            blocking(move || o.apply(private.as_ref(), port, &ch, ka)).await?;
+            let (o, ch) = (self.overlay.clone(), change.clone());
+            blocking(move || o.apply(&ch)).await?;
             for spec in &desired {
                 self.published.insert(spec.public_key.0, spec.endpoint);
             }
@@ -218,7 +226,7 @@ impl Turn<'_> {
         {
             self.routes(index, snapshot, &desired).await?;
         }
-        let device = if changes.is_empty() {
+        let device = if change.peers.is_empty() {
             device
         } else {
             let o = self.overlay.clone();

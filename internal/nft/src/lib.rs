@@ -156,23 +156,31 @@ impl Backend for NftProgram {
     }
 }
 
-/// TCP SYNs forwarded into or out of the overlay interface `ifname` get their MSS clamped to
-/// the route's MTU, so a smaller MTU somewhere on the path cannot black-hole large segments.
-pub fn overlay_mss_clamp(ifname: &str) -> Transaction {
+/// The start of every chain's transaction: the table and the base chain made if missing, the
+/// chain emptied; the caller adds the rules. Other chains are left as they are.
+fn rebuild_chain(name: &str, hook: Hook) -> Transaction {
     let mut tx = Transaction::default();
     tx.push(Op::AddTable)
         .push(Op::AddChain {
-            name: CHAIN_OVERLAY_MSS.into(),
-            hook: Some(Hook {
-                kind: "filter",
-                hook: "forward",
-                priority: "mangle",
-                policy: "accept",
-            }),
+            name: name.into(),
+            hook: Some(hook),
         })
-        .push(Op::FlushChain {
-            name: CHAIN_OVERLAY_MSS.into(),
-        });
+        .push(Op::FlushChain { name: name.into() });
+    tx
+}
+
+/// TCP SYNs forwarded into or out of the overlay interface `ifname` get their MSS clamped to
+/// the route's MTU, so a smaller MTU somewhere on the path cannot black-hole large segments.
+pub fn overlay_mss_clamp(ifname: &str) -> Transaction {
+    let mut tx = rebuild_chain(
+        CHAIN_OVERLAY_MSS,
+        Hook {
+            kind: "filter",
+            hook: "forward",
+            priority: "mangle",
+            policy: "accept",
+        },
+    );
     for dir in ["oifname", "iifname"] {
         tx.push(Op::AddRule {
             chain: CHAIN_OVERLAY_MSS.into(),
@@ -187,22 +195,17 @@ pub fn overlay_mss_clamp(ifname: &str) -> Transaction {
 
 /// The table's full state for masquerading: pod traffic from `pod_cidrs` to anywhere outside
 /// `cluster_cidrs` leaves with the node's address; pod-to-pod traffic keeps its source. One
-/// transaction that rebuilds the table, so applying it twice changes nothing.
+/// transaction that rebuilds its chain, so applying it twice changes nothing.
 pub fn masquerade(pod_cidrs: &[IpNet], cluster_cidrs: &[IpNet]) -> Transaction {
-    let mut tx = Transaction::default();
-    tx.push(Op::AddTable)
-        .push(Op::AddChain {
-            name: CHAIN_POSTROUTING.into(),
-            hook: Some(Hook {
-                kind: "nat",
-                hook: "postrouting",
-                priority: "srcnat",
-                policy: "accept",
-            }),
-        })
-        .push(Op::FlushChain {
-            name: CHAIN_POSTROUTING.into(),
-        });
+    let mut tx = rebuild_chain(
+        CHAIN_POSTROUTING,
+        Hook {
+            kind: "nat",
+            hook: "postrouting",
+            priority: "srcnat",
+            policy: "accept",
+        },
+    );
     for pod in pod_cidrs {
         for cluster in cluster_cidrs
             .iter()

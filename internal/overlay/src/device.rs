@@ -119,6 +119,22 @@ impl PeerState {
     }
 }
 
+/// One write to a device: the private key and listen port when they change, and peer changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceChange {
+    pub private_key: Option<Key>,
+    pub listen_port: Option<u16>,
+    pub peers: Vec<PeerChange>,
+    /// `overlay.persistent_keepalive`, for every peer written.
+    pub keepalive: Option<u16>,
+}
+
+impl DeviceChange {
+    pub fn is_empty(&self) -> bool {
+        self.private_key.is_none() && self.listen_port.is_none() && self.peers.is_empty()
+    }
+}
+
 /// One node's WireGuard device.
 #[derive(Debug, Clone)]
 pub struct Overlay {
@@ -174,35 +190,27 @@ impl Overlay {
         }
     }
 
-    /// Writes the private key (when given), the listen port (when given) and `changes`.
-    pub fn apply(
-        &self,
-        private_key: Option<&Key>,
-        listen_port: Option<u16>,
-        changes: &[PeerChange],
-        keepalive: Option<u16>,
-    ) -> Result<(), OverlayError> {
-        if private_key.is_none() && listen_port.is_none() && changes.is_empty() {
+    /// Writes `change` to the device; nothing when it is empty.
+    pub fn apply(&self, change: &DeviceChange) -> Result<(), OverlayError> {
+        if change.is_empty() {
             return Ok(());
         }
         match self.backend {
-            Backend::Userspace => uapi::connect_owned(&self.interface)?.set(&uapi::render_set(
-                private_key,
-                listen_port,
-                changes,
-                keepalive,
-            )),
-            Backend::Kernel => self.apply_kernel(private_key, listen_port, changes, keepalive),
+            Backend::Userspace => {
+                uapi::connect_owned(&self.interface)?.set(&uapi::render_set(change))
+            }
+            Backend::Kernel => self.apply_kernel(change),
         }
     }
 
-    fn apply_kernel(
-        &self,
-        private_key: Option<&Key>,
-        listen_port: Option<u16>,
-        changes: &[PeerChange],
-        keepalive: Option<u16>,
-    ) -> Result<(), OverlayError> {
+    fn apply_kernel(&self, change: &DeviceChange) -> Result<(), OverlayError> {
+        let DeviceChange {
+            private_key,
+            listen_port,
+            peers: changes,
+            keepalive,
+        } = change;
+        let keepalive = *keepalive;
         let name = self.ifname()?;
         let peer = |key: &Key| {
             let b = PeerConfigBuilder::new(key);
@@ -221,7 +229,7 @@ impl Overlay {
         if let Some(k) = private_key {
             first = first.set_private_key(k.clone());
         }
-        if let Some(p) = listen_port {
+        if let Some(p) = *listen_port {
             first = first.set_listen_port(p);
         }
         let mut second = DeviceUpdate::new();

@@ -16,7 +16,9 @@ pub mod uapi;
 #[cfg(test)]
 mod tests;
 
-pub use device::{Backend, DeviceState, Overlay, OverlayError, PeerState, choose_backend};
+pub use device::{
+    Backend, DeviceChange, DeviceState, Overlay, OverlayError, PeerState, choose_backend,
+};
 pub use key::{KeyError, NodeKey};
 pub use peers::{PeerChange, PeerSpec, Skipped, desired_peers, plan_peers, plan_routes};
 

@@ -206,7 +206,10 @@ fn changed_allowed_ips_update_the_peer_without_its_endpoint() {
         }]
     );
     // The userspace request keeps the learnt endpoint across the remove-and-add.
-    let text = uapi::render_set(None, None, &plan, None);
+    let text = uapi::render_set(&DeviceChange {
+        peers: plan,
+        ..Default::default()
+    });
     assert!(text.contains("remove=true\npublic_key="), "{text}");
     assert!(text.contains("endpoint=203.0.113.7:40000"), "{text}");
     assert!(text.contains("allowed_ip=10.42.9.0/24"), "{text}");
@@ -234,7 +237,12 @@ fn the_set_request_speaks_the_wireguard_control_protocol() {
         },
         PeerChange::Remove { public_key: key(3) },
     ];
-    let text = uapi::render_set(Some(&key(1)), Some(51820), &changes, Some(25));
+    let text = uapi::render_set(&DeviceChange {
+        private_key: Some(key(1)),
+        listen_port: Some(51820),
+        peers: changes,
+        keepalive: Some(25),
+    });
     let hex = |n: u8| format!("{n:02x}").repeat(32);
     assert_eq!(
         text,

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ipnet::IpNet;
 use wireguard_control::Key;
 
-use crate::device::{DeviceState, OverlayError, PeerState};
+use crate::device::{DeviceChange, DeviceState, OverlayError, PeerState};
 use crate::peers::PeerChange;
 
 /// How long a device may take to answer.
@@ -145,17 +145,13 @@ fn unhex(s: &str) -> Option<Key> {
 /// The `set=1` request for a private key, a listen port and peer changes. Updates are a remove
 /// and an add in the same request (boringtun cannot modify a peer in place; one request is one
 /// critical section, so no packet sees the peer missing).
-pub fn render_set(
-    private_key: Option<&Key>,
-    listen_port: Option<u16>,
-    changes: &[PeerChange],
-    keepalive: Option<u16>,
-) -> String {
+pub fn render_set(change: &DeviceChange) -> String {
+    let keepalive = change.keepalive;
     let mut out = String::from("set=1\n");
-    if let Some(k) = private_key {
+    if let Some(k) = &change.private_key {
         out.push_str(&format!("private_key={}\n", hex(k)));
     }
-    if let Some(p) = listen_port {
+    if let Some(p) = change.listen_port {
         out.push_str(&format!("listen_port={p}\n"));
     }
     let add = |out: &mut String, key: &Key, endpoint: Option<SocketAddr>, ips: &[IpNet]| {
@@ -171,8 +167,8 @@ pub fn render_set(
             out.push_str(&format!("allowed_ip={ip}\n"));
         }
     };
-    for change in changes {
-        match change {
+    for peer in &change.peers {
+        match peer {
             PeerChange::Add {
                 public_key,
                 endpoint,
