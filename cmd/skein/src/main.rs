@@ -105,7 +105,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config } => {
             let loaded = skein_config::load(config.as_deref(), std::env::vars())?;
-            init_logging(&loaded.config)?;
+            init_logging(&loaded.settings.log)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("skein")
@@ -140,32 +140,37 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             threads,
         } => {
             let loaded = skein_config::load(config.as_deref(), std::env::vars())?;
-            init_logging(&loaded.config)?;
-            let name = interface.unwrap_or_else(|| loaded.config.overlay.interface.clone());
+            init_logging(&loaded.settings.log)?;
+            let name = match interface {
+                Some(name) => skein_names::IfName::new(name.as_str())
+                    .map_err(|e| anyhow::anyhow!("--interface: {e}"))?,
+                None => loaded.settings.overlay.interface.clone(),
+            };
             // The unit is wanted by skein.service everywhere; where the kernel carries the
             // overlay it has nothing to do.
-            let mode = loaded.config.overlay.mode.as_str();
-            if mode == "kernel" || (mode == "auto" && skein_wireguard::kernel_has_wireguard()) {
+            let mode = loaded.settings.overlay.mode;
+            let (backend, _) = skein_overlay::choose_backend(
+                mode,
+                skein_wireguard::kernel_has_wireguard(),
+                name.as_str(),
+            );
+            if backend == skein_overlay::Backend::Kernel {
                 eprintln!(
-                    "skein wireguard: overlay.mode = {mode} and the kernel carries the overlay; no userspace device is needed"
+                    "skein wireguard: overlay.mode = {} and the kernel carries the overlay; no userspace device is needed",
+                    mode.as_str()
                 );
                 return Ok(());
             }
             let threads = threads.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(2, |n| n.get().min(4))
             });
-            Ok(skein_wireguard::run(&name, threads)?)
+            Ok(skein_wireguard::run(name.as_str(), threads)?)
         }
         Command::Overlay {
             command: OverlayCommand::RotateKey { config },
         } => {
             let loaded = skein_config::load(config.as_deref(), std::env::vars())?;
-            let state_dir = loaded
-                .config
-                .store
-                .path
-                .parent()
-                .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf);
+            let state_dir = loaded.settings.store.dir();
             let answer = skein_daemon::control::request(&state_dir, "rotate-key")
                 .map_err(|e| anyhow::anyhow!(e))?;
             println!("{answer}");
@@ -180,14 +185,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 /// Text for people or JSON for machines; level from RUST_LOG, else `log.level`. Under systemd
 /// (JOURNAL_STREAM set) lines carry no timestamp, since the journal adds its own.
-fn init_logging(config: &skein_config::Config) -> anyhow::Result<()> {
+fn init_logging(config: &skein_config::LogSettings) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.is_empty() => {
             EnvFilter::try_new(&spec).with_context(|| format!("RUST_LOG = {spec:?}"))?
         }
-        _ => EnvFilter::try_new(&config.log.level)
-            .with_context(|| format!("log.level = {:?}", config.log.level))?,
+        _ => EnvFilter::try_new(&config.level)
+            .with_context(|| format!("log.level = {:?}", config.level))?,
     };
     let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -195,7 +200,7 @@ fn init_logging(config: &skein_config::Config) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(colour);
-    let result = match (config.log_format(), under_journal) {
+    let result = match (config.format, under_journal) {
         (skein_config::LogFormat::Json, _) => builder.json().flatten_event(true).try_init(),
         (skein_config::LogFormat::Text, true) => builder.without_time().with_ansi(false).try_init(),
         (skein_config::LogFormat::Text, false) => builder.try_init(),

@@ -245,21 +245,10 @@ pub(crate) fn check_container_id(id: &str) -> Result<(), String> {
     }
 }
 
-/// The spec's interface name rule, which is Linux's: 1 to 15 bytes, not `.` or `..`, no `/`,
-/// `:` or whitespace.
+/// The spec's interface name rule is Linux's; skein's one name validator is stricter (no
+/// characters that would need quoting where the name reaches a rule or a path).
 pub(crate) fn check_ifname(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() < 16
-        && name != "."
-        && name != ".."
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "must be 1 to 15 bytes, not `.` or `..`, without `/`, `:` or whitespace; found {name:?}"
-        ))
-    }
+    skein_names::IfName::new(name)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }

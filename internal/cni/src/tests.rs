@@ -219,7 +219,7 @@ fn invalid_input_yields_the_spec_error_code_naming_the_culprit() {
             env: &[("CNI_IFNAME", "abcdefghijklmnop")],
             stdin: CONF,
             code: 4,
-            names: &["CNI_IFNAME", "15 bytes"],
+            names: &["CNI_IFNAME", "at most 15"],
         },
         Case {
             what: "no netns for ADD",

@@ -1,7 +1,9 @@
 //! Unit tests of loading and validation, table-driven over file contents.
 
 use super::*;
+use crate::load::toml_keys;
 use std::io::Write;
+use std::time::Duration;
 
 fn load_text(text: &str, env: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
     let mut file = tempfile::NamedTempFile::new().expect("temp file");
@@ -105,7 +107,7 @@ fn invalid_values_name_key_value_and_what_is_allowed() {
         ),
         (
             "[cni]\nbridge = \"a-very-long-bridge-name\"",
-            "1 to 15 characters",
+            "at most 15 are allowed",
         ),
         (
             "[cni]\nsocket = \"run/cni.sock\"",
@@ -225,9 +227,82 @@ fn syntax_error_names_the_file() {
 #[test]
 fn node_name_falls_back_to_hostname() {
     let mut config = Config::default();
-    assert_eq!(config.node_name("Edge-1"), "edge-1");
+    let settings = Settings::from_config(&config).expect("defaults are valid");
+    assert_eq!(settings.node.name_or("Edge-1"), "edge-1");
     config.node.name = "n1".into();
-    assert_eq!(config.node_name("edge-1"), "n1");
+    let settings = Settings::from_config(&config).expect("valid");
+    assert_eq!(settings.node.name_or("edge-1"), "n1");
+}
+
+#[test]
+fn settings_are_typed_values_of_the_file() {
+    let loaded = load_text(
+        "[overlay]\nmode = \"userspace\"\nmtu = \"1380\"\npersistent_keepalive = \"25s\"\n\
+         [cni]\nbridge = \"br-pods\"\n[daemon]\nresync_interval = \"2m\"\n\
+         [dns]\nupstreams = [\"192.0.2.1\", \"192.0.2.2:5353\"]\n",
+        &[],
+    )
+    .expect("valid");
+    let s = loaded.settings;
+    assert_eq!(s.overlay.mode, OverlayMode::Userspace);
+    assert_eq!(s.overlay.mtu, Mtu::Fixed(1380));
+    assert_eq!(s.overlay.keepalive_seconds(), Some(25));
+    assert_eq!(s.overlay.interface.as_str(), "skein-wg");
+    assert_eq!(s.cni.bridge.as_str(), "br-pods");
+    assert_eq!(s.cni.mtu, Mtu::Auto);
+    assert_eq!(s.daemon.resync_interval, Duration::from_secs(120));
+    assert_eq!(s.ipam.gc_interval, Duration::from_secs(300));
+    assert_eq!(
+        s.cluster.pod_cidr,
+        "10.42.0.0/16".parse::<ipnet::IpNet>().unwrap()
+    );
+    assert_eq!(s.cluster.kubeconfig, None);
+    assert_eq!(
+        s.dns.upstreams,
+        [
+            "192.0.2.1:53".parse().unwrap(),
+            "192.0.2.2:5353".parse().unwrap()
+        ]
+    );
+    assert_eq!(s.dashboard.listen, "127.0.0.1:9610".parse().unwrap());
+    assert_eq!(s.node.underlay_interface, None);
+    assert_eq!(
+        s.overlay.persistent_keepalive.map(|d| d.as_secs()),
+        Some(25)
+    );
+}
+
+#[test]
+fn keepalive_zero_is_off() {
+    let s = load_text("", &[]).expect("valid").settings;
+    assert_eq!(s.overlay.persistent_keepalive, None);
+    assert_eq!(s.overlay.keepalive_seconds(), None);
+}
+
+#[test]
+fn names_that_could_reach_a_rule_are_refused_with_their_key() {
+    for (text, key) in [
+        ("[cni]\nbridge = \"br\\\"; flush\"", "cni.bridge"),
+        ("[overlay]\ninterface = \"wg;x\"", "overlay.interface"),
+        (
+            "[node]\nunderlay_interface = \"eth 0\"",
+            "node.underlay_interface",
+        ),
+    ] {
+        let problems = problems_of(text);
+        assert!(
+            problems.iter().any(|p| p.key == key),
+            "{text}: {problems:?}"
+        );
+    }
+}
+
+#[test]
+fn resync_interval_must_be_a_positive_duration() {
+    for bad in ["0s", "soon", "500ms"] {
+        let problems = problems_of(&format!("[daemon]\nresync_interval = \"{bad}\""));
+        assert_eq!(problems[0].key, "daemon.resync_interval", "{bad}");
+    }
 }
 
 #[test]

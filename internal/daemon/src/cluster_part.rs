@@ -14,10 +14,10 @@ use skein_cluster::{
 };
 use skein_status::{ClusterSummary, NodeSummary, PartHandle, ServiceSummary, StatusBoard};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
-use crate::PartResult;
 use crate::overlay_part::Identity;
+use crate::{Part, PartError, PartResult};
+use skein_names::IfName;
 
 /// How soon a failed or outdated annotation publish is tried again.
 const REPUBLISH_AFTER: Duration = Duration::from_secs(5);
@@ -160,41 +160,48 @@ async fn api_server_address(config: &kube::Config) -> Option<SocketAddr> {
 /// What the cluster part is told at start.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub kubeconfig: String,
-    /// `node.underlay_interface`; empty: the address towards the API server.
-    pub underlay_interface: String,
+    /// `None`: found automatically.
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// `node.underlay_interface`; `None`: the address towards the API server.
+    pub underlay_interface: Option<IfName>,
     pub node: String,
 }
 
 pub async fn run(
     settings: Settings,
-    handle: PartHandle,
+    part: Part,
     board: StatusBoard,
     feed: watch::Sender<Arc<Snapshot>>,
     mut overlay: watch::Receiver<Option<Identity>>,
-    cancel: CancellationToken,
 ) -> PartResult {
     let Settings {
         kubeconfig,
         underlay_interface,
         node,
     } = settings;
-    let config = skein_cluster::client_config(&kubeconfig)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (handle, cancel) = (&part.handle, &part.cancel);
+    let kubeconfig = kubeconfig
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let config = skein_cluster::client_config(&kubeconfig).await?;
     let server = api_server_address(&config).await;
-    let client = skein_cluster::client(config).map_err(|e| e.to_string())?;
+    let client = skein_cluster::client(config)?;
     // The configured interface's address, else the one the node reaches the API server from.
-    let underlay = if underlay_interface.is_empty() {
-        server.and_then(source_address_towards)
-    } else {
-        address_of_interface(&underlay_interface)
+    let underlay = match &underlay_interface {
+        None => server.and_then(source_address_towards),
+        Some(name) => address_of_interface(name.as_str()),
     };
+    let underlay_interface = underlay_interface
+        .map(|n| n.to_string())
+        .unwrap_or_default();
     let mut desired = desired_annotations(underlay, overlay.borrow().as_ref());
 
     let (view, watching) =
         skein_cluster::watch_cluster(client.clone(), Default::default(), cancel.child_token());
-    let watching = tokio::spawn(watching);
+    part.spawn("watchers", async move {
+        watching.await;
+        Ok::<(), String>(())
+    });
     let mut snapshots = view.snapshots.clone();
     let mut health = view.health.clone();
     let mut report = Report::default();
@@ -222,7 +229,7 @@ pub async fn run(
                 };
         }
         report.show(
-            &handle,
+            handle,
             &api,
             &snapshot,
             publish_error.as_deref(),
@@ -232,10 +239,10 @@ pub async fn run(
 
         tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
-            changed = snapshots.changed() => if changed.is_err() { break Err("the cluster view stopped".to_string()) },
-            changed = health.changed() => if changed.is_err() { break Err("the cluster view stopped".to_string()) },
+            changed = snapshots.changed() => if changed.is_err() { break Err(PartError::ViewClosed) },
+            changed = health.changed() => if changed.is_err() { break Err(PartError::ViewClosed) },
             changed = overlay.changed() => {
-                if changed.is_err() { break Err("the overlay part is gone".to_string()) }
+                if changed.is_err() { break Err(PartError::Failed("the overlay part is gone".into())) }
                 desired = desired_annotations(underlay, overlay.borrow().as_ref());
                 // A new key is published at once, not after the retry delay.
                 next_publish = tokio::time::Instant::now();
@@ -243,7 +250,6 @@ pub async fn run(
             _ = tokio::time::sleep_until(next_publish), if publish_error.is_some() || annotations_outdated(&snapshot, &node, &desired) => {}
         }
     };
-    watching.abort();
     result
 }
 

@@ -17,12 +17,12 @@ use skein_cni::{
 };
 use skein_nft::Backend;
 use skein_podnet::{PodAttachment, PodNet, PodNetError};
-use skein_status::{IpamSummary, PartHandle, PodLease, StatusBoard};
+use skein_status::{IpamSummary, PodLease, StatusBoard};
 use skein_store::{LeaseRequest, PodRef, Store};
 use tokio::sync::{RwLock, watch};
-use tokio_util::sync::CancellationToken;
 
-use crate::PartResult;
+use crate::{Part, PartError, PartResult};
+use skein_names::IfName;
 
 /// The daemon's CNI error codes (the spec leaves 100 and up to plugins; `skein-cni` keeps the
 /// ones below 110 for the protocol itself).
@@ -47,12 +47,15 @@ pub struct Settings {
     pub socket: PathBuf,
     pub conf_dir: PathBuf,
     pub bin_dir: PathBuf,
-    pub bridge: String,
+    pub bridge: IfName,
     pub mtu: skein_config::Mtu,
     pub portmap: bool,
     /// The overlay link's MTU; pods never get a larger one.
     pub overlay_mtu: u32,
     pub cluster_cidrs: Vec<IpNet>,
+    pub gc_interval: std::time::Duration,
+    /// `daemon.resync_interval`.
+    pub resync: std::time::Duration,
 }
 
 /// The MTU pods get: the overlay's (so a pod's packet always fits the tunnel), or a smaller one
@@ -161,7 +164,7 @@ impl PodNetwork {
                 .map(|(c, g)| skein_podnet::bridge_address(*c, *g))
                 .collect();
             self.net
-                .ensure_bridge(&self.settings.bridge, &addresses, self.mtu)
+                .ensure_bridge(self.settings.bridge.as_str(), &addresses, self.mtu)
                 .await
                 .map_err(dataplane)?;
             *ensured = Some(cidrs.to_vec());
@@ -284,7 +287,7 @@ impl Handler for PodNetwork {
                 netns: request.netns,
                 ifname: request.ifname.clone(),
                 host_ifname: host_ifname.clone(),
-                bridge: self.settings.bridge.clone(),
+                bridge: self.settings.bridge.to_string(),
                 addresses: addresses.clone(),
                 gateways: gateways.iter().map(|(_, g)| *g).collect(),
                 mtu: self.mtu,
@@ -397,7 +400,7 @@ impl Handler for PodNetwork {
         let leases = self.store.leases().await.map_err(store_error)?;
         let bridge = self
             .net
-            .link(&self.settings.bridge)
+            .link(self.settings.bridge.as_str())
             .await
             .map_err(dataplane)?;
         if !leases.is_empty() && bridge.is_none() {
@@ -427,32 +430,34 @@ pub async fn run(
     settings: Settings,
     store: Store,
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    gc_interval: std::time::Duration,
-    handle: PartHandle,
+    part: Part,
     board: StatusBoard,
-    cancel: CancellationToken,
 ) -> PartResult {
+    let (handle, cancel) = (&part.handle, &part.cancel);
+    let gc_interval = settings.gc_interval;
     let written = crate::cni_install::install(
         &settings.conf_dir,
         &settings.bin_dir,
         &settings.socket,
         settings.portmap,
     )
-    .map_err(|e| {
-        format!(
-            "installing the CNI plugin into {} and {}: {e}",
-            settings.bin_dir.display(),
-            settings.conf_dir.display()
-        )
-    })?;
+    .map_err(PartError::io(format!(
+        "installing the CNI plugin into {} and {}",
+        settings.bin_dir.display(),
+        settings.conf_dir.display()
+    )))?;
     for path in written {
         tracing::info!(path = %path.display(), "installed");
     }
     let mut warnings = Vec::new();
-    let net = PodNet::connect().map_err(|e| e.to_string())?;
+    let net = PodNet::connect()?;
     let mtu = pod_mtu(settings.mtu, settings.overlay_mtu);
-    let listener = skein_cni::bind(&settings.socket)
-        .map_err(|e| format!("cni.socket = \"{}\": {e}", settings.socket.display()))?;
+    let listener = skein_cni::bind(&settings.socket).map_err(|e| {
+        PartError::Failed(format!(
+            "cni.socket = \"{}\": {e}",
+            settings.socket.display()
+        ))
+    })?;
     let network = Arc::new(PodNetwork {
         settings: settings.clone(),
         store,
@@ -464,22 +469,24 @@ pub async fn run(
         reported: tokio::sync::Notify::new(),
         board,
     });
-    let serving = tokio::spawn(skein_cni::serve(
-        listener,
-        network.clone(),
-        cancel.child_token(),
-    ));
-    let reporter = {
+    let serving = skein_cni::serve(listener, network.clone(), cancel.child_token());
+    part.spawn("CNI socket server", async move {
+        serving.await;
+        Ok::<(), String>(())
+    });
+    {
         let network = network.clone();
-        tokio::spawn(async move {
+        part.spawn("IPAM reporter", async move {
             loop {
                 network.reported.notified().await;
                 network.report().await;
                 // At most a few refreshes a second, however many pods come and go.
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
-        })
-    };
+            #[allow(unreachable_code)]
+            Ok::<(), String>(())
+        });
+    }
 
     let mut snapshots = snapshots;
     let mut gc = tokio::time::interval(gc_interval);
@@ -536,7 +543,7 @@ pub async fn run(
         warnings.clear();
         tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
-            changed = snapshots.changed() => if changed.is_err() { break Err("the cluster view stopped".into()) },
+            changed = snapshots.changed() => if changed.is_err() { break Err(PartError::ViewClosed) },
             _ = gc.tick() => {
                 if snapshot_ready && let Err(e) = network.collect(None).await {
                     warnings.push(format!("garbage collection: {e}"));
@@ -544,8 +551,6 @@ pub async fn run(
             }
         }
     };
-    serving.abort();
-    reporter.abort();
     let _ = std::fs::remove_file(&settings.socket);
     result
 }

@@ -5,6 +5,9 @@
 //! skein  -> daemon  rotate-key\n
 //! daemon -> skein   {"ok":"…what happened…"}\n  |  {"error":"…"}\n
 //! ```
+//!
+//! A daemon started with `SKEIN_TEST_FAULTS=1` also takes `fault panic <part>`, which makes that
+//! part's current run panic: the tests' way to show that a crashed part leaves nothing behind.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -13,10 +16,16 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
-use crate::PartResult;
 use crate::overlay_part::RotateRequest;
+use crate::{Part, PartError, PartResult};
+
+/// A test's request to make a part panic, answered with a line for the caller.
+#[derive(Debug)]
+pub struct Fault {
+    pub part: String,
+    pub reply: oneshot::Sender<Result<String, String>>,
+}
 
 pub const SOCKET_NAME: &str = "control.sock";
 
@@ -29,32 +38,34 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 pub async fn serve(
     state_dir: PathBuf,
     rotations: mpsc::Sender<RotateRequest>,
-    handle: skein_status::PartHandle,
-    cancel: CancellationToken,
+    faults: Option<mpsc::Sender<Fault>>,
+    part: Part,
 ) -> PartResult {
+    let (handle, cancel) = (&part.handle, &part.cancel);
     let path = socket_path(&state_dir);
     // The store's lock guarantees no other daemon uses this directory: a socket here is stale.
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)
-        .map_err(|e| format!("{}: cannot listen: {e}", path.display()))?;
+        .map_err(PartError::io(format!("{}: cannot listen", path.display())))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(PartError::io(path.display().to_string()))?;
     handle.ok(format!("listening on {}", path.display()));
     loop {
         let stream = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             accepted = listener.accept() => match accepted {
                 Ok((s, _)) => s,
-                Err(e) => return Err(format!("{}: {e}", path.display())),
+                Err(e) => return Err(PartError::io(path.display().to_string())(e)),
             },
         };
         let rotations = rotations.clone();
-        tokio::spawn(async move {
+        let faults = faults.clone();
+        part.spawn("control connection", async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
             let mut reader = tokio::io::BufReader::new(read);
             if reader.read_line(&mut line).await.is_err() {
-                return;
+                return Ok::<(), String>(());
             }
             let answer = match line.trim() {
                 "rotate-key" => {
@@ -66,13 +77,27 @@ pub async fn serve(
                             .unwrap_or_else(|_| Err("the overlay restarted; try again".into()))
                     }
                 }
-                other => Err(format!("unknown command {other:?}; known: rotate-key")),
+                other => match (other.strip_prefix("fault panic "), &faults) {
+                    (Some(name), Some(faults)) => {
+                        let (tx, rx) = oneshot::channel();
+                        let fault = Fault {
+                            part: name.trim().to_string(),
+                            reply: tx,
+                        };
+                        match faults.send(fault).await {
+                            Ok(()) => rx.await.unwrap_or_else(|_| Err("no answer".into())),
+                            Err(_) => Err("the daemon is stopping".into()),
+                        }
+                    }
+                    _ => Err(format!("unknown command {other:?}; known: rotate-key")),
+                },
             };
             let json = match answer {
                 Ok(m) => serde_json::json!({ "ok": m }),
                 Err(e) => serde_json::json!({ "error": e }),
             };
             let _ = write.write_all(format!("{json}\n").as_bytes()).await;
+            Ok(())
         });
     }
 }

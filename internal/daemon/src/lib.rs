@@ -6,10 +6,9 @@
 
 use std::time::Duration;
 
-use skein_config::{Config, Loaded};
+use skein_config::{Loaded, Settings};
 use skein_status::{Identity, StatusBoard};
 use skein_store::Store;
-use tokio_util::sync::CancellationToken;
 
 mod cluster_part;
 mod cni_install;
@@ -20,7 +19,7 @@ pub mod supervisor;
 #[cfg(test)]
 mod tests;
 
-pub use supervisor::{Backoff, PartResult, Supervisor};
+pub use supervisor::{Backoff, Part, PartError, PartResult, Supervisor};
 
 /// How long parts get to stop after a signal; systemd's default stop timeout is far longer, but
 /// a node being drained should not wait on us.
@@ -45,39 +44,41 @@ pub enum DaemonError {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
-    let config = loaded.config;
-    let node = config.node_name(&hostname());
+    let settings = loaded.settings;
+    let node = settings.node.name_or(&hostname());
     let board = StatusBoard::new(Identity {
         node: node.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         config_path: loaded.source.to_string(),
-        state_path: config.store.path.display().to_string(),
+        state_path: settings.store.path.display().to_string(),
     });
     tracing::info!(node = %node, config = %loaded.source, "starting skein {}", env!("CARGO_PKG_VERSION"));
     for name in &loaded.overrides {
         tracing::info!("configuration overridden by {name}");
     }
 
-    let store = Store::open(&config.store.path).await?;
+    let store = Store::open(&settings.store.path).await?;
     let start_id = store.record_start(env!("CARGO_PKG_VERSION")).await?;
     tracing::info!(path = %store.path().display(), "state store open");
 
-    let listen = config.dashboard.listen.clone();
-    let listener = std::net::TcpListener::bind(config.dashboard_listen())
+    let listen = settings.dashboard.listen;
+    let listener = std::net::TcpListener::bind(listen)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|source| DaemonError::Listen {
-            addr: listen.clone(),
+            addr: listen.to_string(),
             source,
         })?;
-    let page = format!(
-        "http://{}",
-        listener
-            .local_addr()
-            .map_or(listen.clone(), |a| a.to_string())
-    );
+    let page = format!("http://{}", listener.local_addr().map_or(listen, |a| a));
 
     let mut parts = Supervisor::new(board.clone(), Backoff::default());
-    spawn_parts(&mut parts, &config, &node, &board, &store, listener, &page);
+    let (faults_tx, mut faults) = tokio::sync::mpsc::channel(4);
+    // The fault hook exists only for tests, and only when the daemon is started for them.
+    let faults_tx = std::env::var_os(TEST_FAULTS_ENV)
+        .is_some_and(|v| v == "1")
+        .then_some(faults_tx);
+    spawn_parts(
+        &mut parts, &settings, &node, &board, &store, listener, &page, faults_tx,
+    );
 
     board.set_ready(true);
     notify_systemd(&[
@@ -86,7 +87,21 @@ pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
     ]);
     tracing::info!("ready; status page on {page}");
 
-    wait_for_stop_signal().await?;
+    let stop = wait_for_stop_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            signal = &mut stop => { signal?; break; }
+            Some(control::Fault { part, reply }) = faults.recv() => {
+                let known = parts.inject_panic(&part);
+                let _ = reply.send(if known {
+                    Ok(format!("part {part} made to panic"))
+                } else {
+                    Err(format!("no part {part:?}; parts: {}", parts.part_names().join(", ")))
+                });
+            }
+        }
+    }
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("stopping");
     board.set_ready(false);
@@ -99,15 +114,21 @@ pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Set to `1` in a daemon's environment, the control socket also takes `fault panic <part>`.
+pub const TEST_FAULTS_ENV: &str = "SKEIN_TEST_FAULTS";
+
+#[allow(clippy::too_many_arguments)]
 fn spawn_parts(
     parts: &mut Supervisor,
-    config: &Config,
+    settings: &Settings,
     node: &str,
     board: &StatusBoard,
     store: &Store,
     listener: std::net::TcpListener,
     page: &str,
+    faults: Option<tokio::sync::mpsc::Sender<control::Fault>>,
 ) {
+    let resync = settings.daemon.resync_interval;
     // The cluster part feeds the latest snapshot here; it outlives the part's restarts, so the
     // parts reading it never lose their subscription.
     let (feed, snapshots) =
@@ -115,28 +136,24 @@ fn spawn_parts(
     // The overlay's identity (public key, port), which the cluster part publishes on the Node.
     let (identity_tx, identity_rx) = tokio::sync::watch::channel(None);
     let cluster = cluster_part::Settings {
-        kubeconfig: config.cluster.kubeconfig.clone(),
-        underlay_interface: config.node.underlay_interface.clone(),
+        kubeconfig: settings.cluster.kubeconfig.clone(),
+        underlay_interface: settings.node.underlay_interface.clone(),
         node: node.to_string(),
     };
     let cluster_board = board.clone();
-    parts.spawn("cluster", move |handle, cancel| {
+    parts.spawn("cluster", move |part| {
         cluster_part::run(
             cluster.clone(),
-            handle,
+            part,
             cluster_board.clone(),
             feed.clone(),
             identity_rx.clone(),
-            cancel,
         )
     });
 
-    let state_dir = config.store.path.parent().map_or_else(
-        || std::path::PathBuf::from("."),
-        std::path::Path::to_path_buf,
-    );
+    let state_dir = settings.store.dir();
     let overlay_mtu = skein_overlay::overlay_mtu(
-        match config.overlay_mtu() {
+        match settings.overlay.mtu {
             skein_config::Mtu::Fixed(n) => Some(n),
             skein_config::Mtu::Auto => None,
         },
@@ -144,18 +161,19 @@ fn spawn_parts(
     );
     let overlay = overlay_part::Settings {
         node: node.to_string(),
-        interface: config.overlay.interface.clone(),
-        mode: config.overlay.mode.clone(),
-        listen_port: config.overlay.listen_port,
+        interface: settings.overlay.interface.clone(),
+        mode: settings.overlay.mode,
+        listen_port: settings.overlay.listen_port,
         mtu: overlay_mtu,
-        keepalive: config.overlay_keepalive(),
+        keepalive: settings.overlay.keepalive_seconds(),
         state_dir: state_dir.clone(),
+        resync,
     };
     // Requests from the control socket; the queue outlives the overlay part's restarts.
     let (rotate_tx, rotate_rx) = tokio::sync::mpsc::channel(4);
     let rotate_rx = std::sync::Arc::new(tokio::sync::Mutex::new(rotate_rx));
     let (overlay_snapshots, overlay_board) = (snapshots.clone(), board.clone());
-    parts.spawn("overlay", move |handle, cancel| {
+    parts.spawn("overlay", move |part| {
         let (settings, snapshots, identity, board, rotations) = (
             overlay.clone(),
             overlay_snapshots.clone(),
@@ -165,55 +183,43 @@ fn spawn_parts(
         );
         async move {
             let mut rotations = rotations.lock().await;
-            overlay_part::run(
-                settings,
-                snapshots,
-                identity,
-                &mut rotations,
-                handle,
-                board,
-                cancel,
-            )
-            .await
+            overlay_part::run(settings, snapshots, identity, &mut rotations, part, board).await
         }
     });
-    parts.spawn("control", move |handle, cancel| {
-        control::serve(state_dir.clone(), rotate_tx.clone(), handle, cancel)
+    parts.spawn("control", move |part| {
+        control::serve(state_dir.clone(), rotate_tx.clone(), faults.clone(), part)
     });
 
-    let settings = cni_part::Settings {
+    let cni = cni_part::Settings {
         node: node.to_string(),
-        socket: config.cni.socket.clone(),
-        conf_dir: config.cni.conf_dir.clone(),
-        bin_dir: config.cni.bin_dir.clone(),
-        bridge: config.cni.bridge.clone(),
-        mtu: config.cni_mtu(),
-        portmap: config.cni.portmap,
+        socket: settings.cni.socket.clone(),
+        conf_dir: settings.cni.conf_dir.clone(),
+        bin_dir: settings.cni.bin_dir.clone(),
+        bridge: settings.cni.bridge.clone(),
+        mtu: settings.cni.mtu,
+        portmap: settings.cni.portmap,
         overlay_mtu,
-        cluster_cidrs: vec![config.pod_cidr()],
+        cluster_cidrs: vec![settings.cluster.pod_cidr],
+        gc_interval: settings.ipam.gc_interval,
+        resync,
     };
-    let gc_interval = config.ipam_gc_interval();
     let (cni_store, cni_board) = (store.clone(), board.clone());
-    parts.spawn("cni", move |handle, cancel| {
+    parts.spawn("cni", move |part| {
         cni_part::run(
-            settings.clone(),
+            cni.clone(),
             cni_store.clone(),
             snapshots.clone(),
-            gc_interval,
-            handle,
+            part,
             cni_board.clone(),
-            cancel,
         )
     });
 
     let store = store.clone();
-    parts.spawn("store", move |handle, cancel| {
-        store_part(store.clone(), handle, cancel)
-    });
+    parts.spawn("store", move |part| store_part(store.clone(), part));
 
     let board = board.clone();
     let page = page.to_string();
-    parts.spawn("dashboard", move |handle, cancel| {
+    parts.spawn("dashboard", move |part| {
         // The listener was bound before readiness; each (re)start serves on a clone of it.
         let listener = listener.try_clone();
         let board = board.clone();
@@ -221,41 +227,37 @@ fn spawn_parts(
         async move {
             let listener = listener
                 .and_then(tokio::net::TcpListener::from_std)
-                .map_err(|e| format!("cannot reuse the listening socket: {e}"))?;
-            handle.ok(format!("serving {page}"));
-            skein_dashboard::serve(listener, board, cancel.cancelled_owned())
+                .map_err(PartError::io("reusing the status page's listening socket"))?;
+            part.handle.ok(format!("serving {page}"));
+            skein_dashboard::serve(listener, board, part.cancel.cancelled_owned())
                 .await
-                .map_err(|e| format!("serving {page}: {e}"))
+                .map_err(PartError::io(format!("serving {page}")))
         }
     });
 }
 
 /// Keeps an eye on the database: a quick consistency check now and then, and WAL checkpoints.
-async fn store_part(
-    store: Store,
-    handle: skein_status::PartHandle,
-    cancel: CancellationToken,
-) -> PartResult {
+async fn store_part(store: Store, part: Part) -> PartResult {
     let mut check = tokio::time::interval(STORE_CHECK_EVERY);
     let mut checkpoint = tokio::time::interval(STORE_CHECKPOINT_EVERY);
     checkpoint.tick().await; // the first tick is immediate; no need to checkpoint at start
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
+            _ = part.cancel.cancelled() => return Ok(()),
             _ = check.tick() => {
-                store.check().await.map_err(|e| e.to_string())?;
-                let s = store.summary().await.map_err(|e| e.to_string())?;
+                store.check().await?;
+                let s = store.summary().await?;
                 let unclean = match s.unclean_stops {
                     0 => String::new(),
                     1 => " · 1 earlier run did not stop cleanly".to_string(),
                     n => format!(" · {n} earlier runs did not stop cleanly"),
                 };
-                handle.ok(format!(
+                part.handle.ok(format!(
                     "{} · schema v{} · start #{}{unclean}",
                     store.path().display(), s.schema_version, s.starts
                 ));
             }
-            _ = checkpoint.tick() => store.checkpoint().await.map_err(|e| e.to_string())?,
+            _ = checkpoint.tick() => store.checkpoint().await?,
         }
     }
 }

@@ -18,15 +18,16 @@ use skein_overlay::{
     plan_peers, plan_routes,
 };
 use skein_podnet::PodNet;
-use skein_status::{OverlaySummary, PartHandle, PeerSummary, SkippedPeer, StatusBoard};
+use skein_status::{OverlaySummary, PeerSummary, SkippedPeer, StatusBoard};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::sync::CancellationToken;
 
-use crate::PartResult;
+use crate::{Part, PartError, PartResult};
+use skein_config::OverlayMode;
+use skein_names::IfName;
 
-/// How often the device is compared with the view even when nothing changed: picks up a device
-/// restarted behind our back and refreshes the handshake figures on the page.
-const RESYNC_EVERY: Duration = Duration::from_secs(5);
+/// How often the device is read for the page's handshake and byte figures; each read is also a
+/// comparison with what it should hold, so `daemon.resync_interval` is only a bound on top.
+const REFRESH_EVERY: Duration = Duration::from_secs(5);
 
 /// A peer whose last handshake is older than this has no session left (WireGuard's
 /// REJECT_AFTER_TIME).
@@ -35,12 +36,14 @@ const SESSION_LIFETIME: Duration = Duration::from_secs(180);
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub node: String,
-    pub interface: String,
-    pub mode: String,
+    pub interface: IfName,
+    pub mode: OverlayMode,
     pub listen_port: u16,
     pub mtu: u32,
     pub keepalive: Option<u16>,
     pub state_dir: PathBuf,
+    /// `daemon.resync_interval`.
+    pub resync: Duration,
 }
 
 /// What the other nodes need to know about this one; the cluster part publishes it.
@@ -58,23 +61,24 @@ pub async fn run(
     snapshots: watch::Receiver<Arc<Snapshot>>,
     identity: watch::Sender<Option<Identity>>,
     rotations: &mut mpsc::Receiver<RotateRequest>,
-    handle: PartHandle,
+    part: Part,
     board: StatusBoard,
-    cancel: CancellationToken,
 ) -> PartResult {
-    let mut key = NodeKey::load_or_create(&settings.state_dir).map_err(|e| e.to_string())?;
-    let net = PodNet::connect().map_err(|e| e.to_string())?;
+    let (handle, cancel) = (&part.handle, &part.cancel);
+    let mut key = NodeKey::load_or_create(&settings.state_dir)
+        .map_err(|e| PartError::Failed(e.to_string()))?;
+    let net = PodNet::connect()?;
     let (backend, reason) = skein_overlay::choose_backend(
-        &settings.mode,
+        settings.mode,
         skein_wireguard::kernel_has_wireguard(),
-        &settings.interface,
+        settings.interface.as_str(),
     );
     if backend == Backend::Kernel {
-        net.create_wireguard_link(&settings.interface)
+        net.create_wireguard_link(settings.interface.as_str())
             .await
-            .map_err(|e| format!("{reason}, but: {e}"))?;
+            .map_err(|e| PartError::Failed(format!("{reason}, but: {e}")))?;
     }
-    let overlay = Overlay::new(&settings.interface, backend).map_err(|e| e.to_string())?;
+    let overlay = Overlay::new(settings.interface.as_str(), backend)?;
     tracing::info!(interface = %settings.interface, backend = backend.as_str(), "overlay: {reason}; public key {}", key.public().to_base64());
     identity.send_replace(Some(Identity {
         public_key: key.public().to_base64(),
@@ -92,7 +96,7 @@ pub async fn run(
         published: BTreeMap::new(),
         reason: &reason,
     };
-    let mut resync = tokio::time::interval(RESYNC_EVERY);
+    let mut resync = tokio::time::interval(REFRESH_EVERY.min(settings.resync));
     loop {
         let snapshot = snapshots.borrow().clone();
         match turn.run(&key, &snapshot).await {
@@ -120,7 +124,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            changed = snapshots.changed() => if changed.is_err() { return Err("the cluster view stopped".into()) },
+            changed = snapshots.changed() => if changed.is_err() { return Err(PartError::ViewClosed) },
             _ = resync.tick() => {}
             Some(reply) = rotations.recv() => {
                 let answer = rotate(&settings, &overlay, &mut key).await;
@@ -180,7 +184,7 @@ impl Turn<'_> {
         let s = self.settings;
         let index = self
             .net
-            .set_up_with_mtu(&s.interface, s.mtu)
+            .set_up_with_mtu(s.interface.as_str(), s.mtu)
             .await
             .map_err(|e| e.to_string())?;
         let o = self.overlay.clone();
@@ -279,7 +283,7 @@ impl Turn<'_> {
     ) -> OverlaySummary {
         let s = self.settings;
         OverlaySummary {
-            interface: s.interface.clone(),
+            interface: s.interface.to_string(),
             backend: self.overlay.backend.as_str().into(),
             backend_reason: self.reason.to_string(),
             public_key: key.public().to_base64(),
@@ -314,7 +318,7 @@ impl Turn<'_> {
     }
 }
 
-async fn apply_mss_clamp(interface: &str) -> Result<(), String> {
+async fn apply_mss_clamp(interface: &IfName) -> Result<(), String> {
     use skein_nft::Backend as _;
     let tx = skein_nft::overlay_mss_clamp(interface);
     tokio::task::spawn_blocking(move || skein_nft::NftProgram.apply(&tx))

@@ -1,6 +1,7 @@
 //! Supervisor behaviour with real tasks on a paused clock.
 
 use super::supervisor::*;
+use super::{Part, PartError};
 use skein_status::{Identity, State, StatusBoard};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -52,11 +53,12 @@ async fn a_failing_part_is_restarted_and_does_not_stop_the_others() {
     let mut sup = Supervisor::new(board.clone(), Backoff::default());
     let attempts = Arc::new(AtomicU32::new(0));
     let a = attempts.clone();
-    sup.spawn("flaky", move |handle, _cancel| {
+    sup.spawn("flaky", move |part: Part| {
         let n = a.fetch_add(1, Ordering::SeqCst);
+        let handle = part.handle.clone();
         async move {
             if n < 2 {
-                Err(format!("attempt {n} failed"))
+                Err(PartError::Failed(format!("attempt {n} failed")))
             } else {
                 handle.ok("third time lucky");
                 std::future::pending::<()>().await;
@@ -64,9 +66,9 @@ async fn a_failing_part_is_restarted_and_does_not_stop_the_others() {
             }
         }
     });
-    sup.spawn("steady", |handle, cancel| async move {
-        handle.ok("fine");
-        cancel.cancelled().await;
+    sup.spawn("steady", |part: Part| async move {
+        part.handle.ok("fine");
+        part.cancel.cancelled().await;
         Ok(())
     });
 
@@ -93,11 +95,11 @@ async fn a_panicking_part_is_reported_and_restarted() {
     let mut sup = Supervisor::new(board.clone(), Backoff::default());
     let attempts = Arc::new(AtomicU32::new(0));
     let a = attempts.clone();
-    sup.spawn("panicky", move |_handle, cancel| {
+    sup.spawn("panicky", move |part: Part| {
         let n = a.fetch_add(1, Ordering::SeqCst);
         async move {
             assert!(n > 0, "boom on the first run");
-            cancel.cancelled().await;
+            part.cancel.cancelled().await;
             Ok(())
         }
     });
@@ -116,18 +118,135 @@ async fn a_panicking_part_is_reported_and_restarted() {
     sup.shutdown(Duration::from_secs(1)).await;
 }
 
+/// Tells, by being dropped, that the future holding it is gone (finished or aborted).
+struct DropFlag(Arc<AtomicU32>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 #[tokio::test(start_paused = true)]
-async fn shutdown_aborts_parts_that_ignore_cancellation() {
+async fn shutdown_aborts_parts_and_helpers_that_ignore_cancellation() {
     let board = board();
     let mut sup = Supervisor::new(board.clone(), Backoff::default());
-    sup.spawn("stubborn", |_h, _c| async {
-        std::future::pending::<()>().await;
-        Ok(())
+    let dropped = Arc::new(AtomicU32::new(0));
+    let d = dropped.clone();
+    sup.spawn("stubborn", move |part: Part| {
+        let (main_flag, helper_flag) = (DropFlag(d.clone()), DropFlag(d.clone()));
+        async move {
+            part.spawn("stubborn helper", async move {
+                let _flag = helper_flag;
+                std::future::pending::<()>().await;
+                Ok::<(), String>(())
+            });
+            let _flag = main_flag;
+            std::future::pending::<()>().await;
+            Ok(())
+        }
     });
     tokio::time::sleep(Duration::from_millis(10)).await;
-    let before = tokio::time::Instant::now();
+    assert_eq!(dropped.load(Ordering::SeqCst), 0, "both still running");
     sup.shutdown(Duration::from_secs(2)).await;
-    assert!(before.elapsed() <= Duration::from_secs(3));
+    // Both futures were dropped (aborted) before shutdown returned: nothing of the part runs on
+    // while the daemon closes its store.
+    assert_eq!(dropped.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_part_takes_its_helpers_down_before_it_restarts() {
+    let board = board();
+    let mut sup = Supervisor::new(board.clone(), Backoff::default());
+    let runs = Arc::new(AtomicU32::new(0));
+    let helpers_alive = Arc::new(AtomicU32::new(0));
+    let helpers_dropped = Arc::new(AtomicU32::new(0));
+    let (r, alive, dropped) = (runs.clone(), helpers_alive.clone(), helpers_dropped.clone());
+    sup.spawn("server", move |part: Part| {
+        let run = r.fetch_add(1, Ordering::SeqCst);
+        let (alive, flag) = (alive.clone(), DropFlag(dropped.clone()));
+        async move {
+            // What the CNI part does: a server task beside the part's own loop.
+            part.spawn("socket server", async move {
+                let _flag = flag;
+                alive.fetch_add(1, Ordering::SeqCst);
+                std::future::pending::<()>().await;
+                Ok::<(), String>(())
+            });
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert!(run > 0, "the first run panics with its server running");
+            part.cancel.cancelled().await;
+            Ok(())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(state_of(&board, "server").state, State::Failed);
+    assert_eq!(helpers_alive.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        helpers_dropped.load(Ordering::SeqCst),
+        1,
+        "the panicked run's server is gone before the restart"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    assert_eq!(helpers_alive.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        helpers_dropped.load(Ordering::SeqCst),
+        1,
+        "the new server runs"
+    );
+    sup.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(helpers_dropped.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_helper_ends_the_run_and_the_part_restarts() {
+    let board = board();
+    let mut sup = Supervisor::new(board.clone(), Backoff::default());
+    let runs = Arc::new(AtomicU32::new(0));
+    let r = runs.clone();
+    sup.spawn("p", move |part: Part| {
+        let run = r.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if run == 0 {
+                part.spawn("listener", async { Err::<(), _>("address in use") });
+            }
+            part.cancel.cancelled().await;
+            Ok(())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let p = state_of(&board, "p");
+    assert_eq!(p.state, State::Failed);
+    assert_eq!(
+        p.last_error.as_deref(),
+        Some("its task `listener` ended: address in use")
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    sup.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_injected_fault_panics_the_named_part_only() {
+    let board = board();
+    let mut sup = Supervisor::new(board.clone(), Backoff::default());
+    for name in ["a", "b"] {
+        sup.spawn(name, |part: Part| async move {
+            part.handle.ok("up");
+            part.cancel.cancelled().await;
+            Ok(())
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(sup.inject_panic("a"));
+    assert!(!sup.inject_panic("nope"));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let a = state_of(&board, "a");
+    assert_eq!(a.state, State::Failed);
+    assert!(a.last_error.unwrap_or_default().contains("fault injected"));
+    assert_eq!(state_of(&board, "b").state, State::Ok);
+    sup.shutdown(Duration::from_secs(1)).await;
 }
 
 mod pure {

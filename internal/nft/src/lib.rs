@@ -19,6 +19,7 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use ipnet::IpNet;
+use skein_names::{IfName, NftComment};
 
 #[cfg(test)]
 mod tests;
@@ -64,7 +65,7 @@ pub enum Op {
     AddRule {
         chain: String,
         rule: String,
-        comment: Option<String>,
+        comment: Option<NftComment>,
     },
 }
 
@@ -109,16 +110,18 @@ impl Transaction {
                     rule,
                     comment: Some(c),
                 } => {
-                    writeln!(
-                        out,
-                        "add rule {t} {chain} {rule} comment \"{}\"",
-                        c.replace('"', "'")
-                    )
+                    // NftComment holds no quote or backslash, so it cannot end the string.
+                    writeln!(out, "add rule {t} {chain} {rule} comment \"{c}\"")
                 }
             };
         }
         out
     }
+}
+
+/// A fixed comment of skein's own; API names go through [`NftComment::lossy`] instead.
+fn comment(text: &'static str) -> NftComment {
+    NftComment::new(text).unwrap_or_else(|_| NftComment::lossy(text))
 }
 
 /// Applies transactions to the kernel.
@@ -171,7 +174,7 @@ fn rebuild_chain(name: &str, hook: Hook) -> Transaction {
 
 /// TCP SYNs forwarded into or out of the overlay interface `ifname` get their MSS clamped to
 /// the route's MTU, so a smaller MTU somewhere on the path cannot black-hole large segments.
-pub fn overlay_mss_clamp(ifname: &str) -> Transaction {
+pub fn overlay_mss_clamp(ifname: &IfName) -> Transaction {
     let mut tx = rebuild_chain(
         CHAIN_OVERLAY_MSS,
         Hook {
@@ -187,7 +190,7 @@ pub fn overlay_mss_clamp(ifname: &str) -> Transaction {
             rule: format!(
                 "{dir} \"{ifname}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu"
             ),
-            comment: Some("MSS clamp on the overlay".into()),
+            comment: Some(comment("MSS clamp on the overlay")),
         });
     }
     tx
@@ -215,7 +218,7 @@ pub fn masquerade(pod_cidrs: &[IpNet], cluster_cidrs: &[IpNet]) -> Transaction {
             tx.push(Op::AddRule {
                 chain: CHAIN_POSTROUTING.into(),
                 rule: format!("{ip} saddr {pod} {ip} daddr != {cluster} masquerade"),
-                comment: Some("pod traffic leaving the cluster".into()),
+                comment: Some(comment("pod traffic leaving the cluster")),
             });
         }
     }

@@ -43,14 +43,14 @@ fn no_pod_cidr_means_an_empty_chain() {
 
 #[test]
 fn each_chain_is_rebuilt_without_touching_the_others() {
-    for tx in [masquerade(&[], &[]), overlay_mss_clamp("skein-wg")] {
+    for tx in [masquerade(&[], &[]), overlay_mss_clamp(&wg())] {
         assert!(!tx.ops.contains(&Op::FlushTable), "{}", tx.script());
     }
 }
 
 #[test]
 fn mss_is_clamped_both_ways_through_the_overlay() {
-    let script = overlay_mss_clamp("skein-wg").script();
+    let script = overlay_mss_clamp(&wg()).script();
     assert!(script.contains("add chain inet skein overlay_mss { type filter hook forward priority mangle; policy accept; }"), "{script}");
     for dir in ["oifname", "iifname"] {
         assert!(
@@ -68,10 +68,14 @@ fn comments_cannot_break_out_of_their_quotes() {
     tx.push(Op::AddRule {
         chain: "c".into(),
         rule: "accept".into(),
-        comment: Some("a \"quoted\" word".into()),
+        comment: Some(skein_names::NftComment::lossy("a \"quoted\" word")),
     });
     assert_eq!(
         tx.script(),
-        "add rule inet skein c accept comment \"a 'quoted' word\"\n"
+        "add rule inet skein c accept comment \"a _quoted_ word\"\n"
     );
+}
+
+fn wg() -> skein_names::IfName {
+    skein_names::IfName::new("skein-wg").expect("valid")
 }

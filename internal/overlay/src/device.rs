@@ -2,6 +2,7 @@
 //! backends. Blocking calls (the control socket, the WireGuard netlink family); the daemon runs
 //! them off its async threads.
 
+use skein_config::OverlayMode;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -60,13 +61,17 @@ impl Backend {
     }
 }
 
-/// Picks the backend for `mode` ("auto", "kernel", "userspace") and says why, for the page.
-/// `kernel_available`: the running kernel has the WireGuard module.
-pub fn choose_backend(mode: &str, kernel_available: bool, interface: &str) -> (Backend, String) {
+/// Picks the backend for `overlay.mode` and says why, for the page. `kernel_available`: the
+/// running kernel has the WireGuard module.
+pub fn choose_backend(
+    mode: OverlayMode,
+    kernel_available: bool,
+    interface: &str,
+) -> (Backend, String) {
     let socket = uapi::socket_path(interface);
     match mode {
-        "kernel" => (Backend::Kernel, "overlay.mode = kernel".into()),
-        "userspace" => (Backend::Userspace, "overlay.mode = userspace".into()),
+        OverlayMode::Kernel => (Backend::Kernel, "overlay.mode = kernel".into()),
+        OverlayMode::Userspace => (Backend::Userspace, "overlay.mode = userspace".into()),
         _ if socket.exists() => (
             Backend::Userspace,
             format!(

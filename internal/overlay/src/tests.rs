@@ -336,12 +336,18 @@ fn a_key_on_tmpfs_is_refused() {
 
 #[test]
 fn backend_choice_says_why() {
-    assert_eq!(choose_backend("kernel", false, "x").0, Backend::Kernel);
-    assert_eq!(choose_backend("userspace", true, "x").0, Backend::Userspace);
-    let (b, why) = choose_backend("auto", true, "skein-test-none");
+    assert_eq!(
+        choose_backend(skein_config::OverlayMode::Kernel, false, "x").0,
+        Backend::Kernel
+    );
+    assert_eq!(
+        choose_backend(skein_config::OverlayMode::Userspace, true, "x").0,
+        Backend::Userspace
+    );
+    let (b, why) = choose_backend(skein_config::OverlayMode::Auto, true, "skein-test-none");
     assert_eq!(b, Backend::Kernel);
     assert!(why.contains("kernel has WireGuard"), "{why}");
-    let (b, why) = choose_backend("auto", false, "skein-test-none");
+    let (b, why) = choose_backend(skein_config::OverlayMode::Auto, false, "skein-test-none");
     assert_eq!(b, Backend::Userspace);
     assert!(why.contains("no WireGuard module"), "{why}");
 }
