@@ -13,11 +13,13 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use skein_cluster::Snapshot;
+use skein_nft::{ChainSync, OwnedChain};
+use skein_overlay::PeerChange;
 use skein_overlay::{
     Backend, DeviceChange, DeviceState, NodeKey, Overlay, PeerSpec, Skipped, desired_peers,
     plan_peers, plan_routes,
 };
-use skein_podnet::PodNet;
+use skein_podnet::{KernelEvent, PodNet};
 use skein_status::{OverlaySummary, PeerSummary, SkippedPeer, StatusBoard};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -84,9 +86,17 @@ pub async fn run(
         public_key: key.public().to_base64(),
         listen_port: settings.listen_port,
     }));
-    if let Err(e) = apply_mss_clamp(&settings.interface).await {
-        handle.degraded(format!("MSS clamp: {e}"));
-    }
+    let (events_driver, mut events) = skein_podnet::kernel_events()?;
+    part.spawn("kernel notifications", async move {
+        events_driver.await;
+        Err::<(), _>("the netlink socket closed")
+    });
+    let mut ruleset = skein_nft::RulesetChanges::subscribe()?;
+    let mut mss = Some(OwnedChain::new(
+        skein_nft::CHAIN_OVERLAY_MSS,
+        skein_nft::overlay_mss_clamp(&settings.interface),
+    ));
+    let mut mss_due = true;
 
     let mut snapshots = snapshots;
     let mut turn = Turn {
@@ -95,12 +105,45 @@ pub async fn run(
         net: &net,
         published: BTreeMap::new(),
         reason: &reason,
+        index: None,
+        routes_waiting: false,
     };
     let mut resync = tokio::time::interval(REFRESH_EVERY.min(settings.resync));
+    // The view the device last matched: a change needed against the same view is drift.
+    let mut matched_version: Option<u64> = None;
+    let mut mss_error: Option<String> = None;
+    let mut turn_due = true;
     loop {
+        if mss_due {
+            mss_due = false;
+            mss_error = match reconcile_mss(&mut mss).await {
+                Ok(Some(what)) => {
+                    tracing::warn!("overlay: repaired drift: {what}");
+                    handle.repaired(what);
+                    None
+                }
+                Ok(None) => None,
+                Err(e) => Some(format!("MSS clamp: {e}")),
+            };
+        }
         let snapshot = snapshots.borrow().clone();
-        match turn.run(&key, &snapshot).await {
-            Ok(summary) => {
+        // Notifications about other links and the ruleset do not need a look at the device.
+        let outcome = if turn_due {
+            Some(turn.run(&key, &snapshot).await)
+        } else {
+            None
+        };
+        match outcome {
+            None => {}
+            Some(Ok((summary, changed))) => {
+                if !changed.is_empty() && matched_version == Some(snapshot.version) {
+                    let what = changed.join("; ");
+                    tracing::warn!("overlay: repaired drift: {what}");
+                    handle.repaired(what);
+                }
+                if snapshot.version > 0 {
+                    matched_version = Some(snapshot.version);
+                }
                 let up = summary.peers.iter().filter(|p| p.up).count();
                 let detail = format!(
                     "{} ({}) · {} of {} peers up · MTU {}",
@@ -111,21 +154,37 @@ pub async fn run(
                     settings.mtu
                 );
                 board.set_overlay(summary);
-                if snapshot.version == 0 {
+                if let Some(e) = &mss_error {
+                    handle.degraded(e.clone());
+                } else if snapshot.version == 0 {
                     handle.detail("waiting for the cluster view");
                 } else {
                     handle.ok(detail);
                 }
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::warn!("overlay: {e}");
                 handle.degraded(e);
             }
         }
+        turn_due = true;
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             changed = snapshots.changed() => if changed.is_err() { return Err(PartError::ViewClosed) },
-            _ = resync.tick() => {}
+            _ = resync.tick() => mss_due = true,
+            event = events.next() => match event {
+                Some(e) if turn.concerns_the_overlay(&e) => {
+                    // Let a burst settle, then look again.
+                    tokio::time::sleep(SETTLE).await;
+                }
+                Some(_) => turn_due = false,
+                None => return Err(PartError::Failed("the kernel's notifications stopped".into())),
+            },
+            changed = ruleset.next() => {
+                changed?;
+                mss_due = true;
+                turn_due = false;
+            }
             Some(reply) = rotations.recv() => {
                 let answer = rotate(&settings, &overlay, &mut key).await;
                 if answer.is_ok() {
@@ -170,6 +229,28 @@ async fn rotate(
     ))
 }
 
+/// How long the kernel may go quiet before a burst of its notifications is acted on.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// Compares the MSS clamp chain with what was applied and repairs it; `Some` says what it did.
+async fn reconcile_mss(chain: &mut Option<OwnedChain>) -> Result<Option<String>, String> {
+    let Some(mut owned) = chain.take() else {
+        return Ok(None);
+    };
+    let (owned, result) = tokio::task::spawn_blocking(move || {
+        let r = owned.reconcile(&skein_nft::NftProgram);
+        (owned, r)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let name = owned.name().to_string();
+    *chain = Some(owned);
+    match result.map_err(|e| e.to_string())? {
+        ChainSync::Repaired => Ok(Some(format!("nftables chain {name} restored"))),
+        _ => Ok(None),
+    }
+}
+
 struct Turn<'a> {
     settings: &'a Settings,
     overlay: &'a Overlay,
@@ -177,16 +258,40 @@ struct Turn<'a> {
     /// The endpoint each peer had in the API when last written to the device.
     published: BTreeMap<[u8; 32], SocketAddr>,
     reason: &'a str,
+    /// The overlay link's index when last seen.
+    index: Option<u32>,
+    /// Routes wait for the pod bridge's gateway address (their source) to exist.
+    routes_waiting: bool,
 }
 
 impl Turn<'_> {
-    async fn run(&mut self, key: &NodeKey, snapshot: &Snapshot) -> Result<OverlaySummary, String> {
+    /// Whether a kernel notification may mean the overlay drifted: its link changed or went,
+    /// or a route through it went.
+    fn concerns_the_overlay(&self, event: &KernelEvent) -> bool {
+        match event {
+            KernelEvent::Link { name: Some(n), .. } => n == self.settings.interface.as_str(),
+            KernelEvent::Route { oif, removed: true } => oif.is_some() && *oif == self.index,
+            KernelEvent::Address { removed: false, .. } => self.routes_waiting,
+            KernelEvent::Lost => true,
+            _ => false,
+        }
+    }
+
+    /// One comparison of the device and its routes with the view; returns the page's summary
+    /// and, for the log and the page, what had to change.
+    async fn run(
+        &mut self,
+        key: &NodeKey,
+        snapshot: &Snapshot,
+    ) -> Result<(OverlaySummary, Vec<String>), String> {
         let s = self.settings;
+        let mut changed = Vec::new();
         let index = self
             .net
             .set_up_with_mtu(s.interface.as_str(), s.mtu)
             .await
             .map_err(|e| e.to_string())?;
+        self.index = index;
         let o = self.overlay.clone();
         let device = blocking(move || o.read()).await?;
         let (desired, skipped) = desired_peers(snapshot, &s.node, key.public());
@@ -214,8 +319,18 @@ impl Turn<'_> {
             keepalive: s.keepalive,
         };
         if !change.is_empty() {
+            if change.private_key.is_some() && device.public_key.is_none() {
+                changed.push(format!(
+                    "WireGuard device {} re-configured (it had no key: restarted)",
+                    s.interface
+                ));
+            }
+            if change.listen_port.is_some() && device.public_key.is_some() {
+                changed.push(format!("listen port {} restored", s.listen_port));
+            }
             for c in &change.peers {
                 tracing::info!("overlay: {c:?}");
+                changed.push(describe_peer_change(c, &desired));
             }
             let (o, ch) = (self.overlay.clone(), change.clone());
             blocking(move || o.apply(&ch)).await?;
@@ -228,7 +343,7 @@ impl Turn<'_> {
         if let Some(index) = index
             && snapshot.version > 0
         {
-            self.routes(index, snapshot, &desired).await?;
+            changed.extend(self.routes(index, snapshot, &desired).await?);
         }
         let device = if change.peers.is_empty() {
             device
@@ -236,21 +351,28 @@ impl Turn<'_> {
             let o = self.overlay.clone();
             blocking(move || o.read()).await?
         };
-        Ok(self.summary(key, &device, &desired, &skipped))
+        Ok((self.summary(key, &device, &desired, &skipped), changed))
     }
 
     async fn routes(
-        &self,
+        &mut self,
         index: u32,
         snapshot: &Snapshot,
         desired: &[PeerSpec],
-    ) -> Result<(), String> {
+    ) -> Result<Vec<String>, String> {
+        let mut changed = Vec::new();
         // The node's own packets to remote pods leave with its gateway address, which the peers'
         // allowed IPs (this node's pod CIDRs) accept.
         let src: Option<IpAddr> = snapshot
             .node(&self.settings.node)
             .and_then(|n| n.pod_cidrs.first())
             .and_then(|c| c.hosts().next());
+        // The CNI part puts the gateway on the bridge; until it has, a route with it as source
+        // would be refused. Not an error: the address's arrival brings the next look.
+        self.routes_waiting = src.is_some_and(|ip| !is_local_address(ip));
+        if self.routes_waiting {
+            return Ok(Vec::new());
+        }
         let current = self
             .net
             .routes_via(index)
@@ -263,6 +385,10 @@ impl Turn<'_> {
                 .add_route(index, dest, src)
                 .await
                 .map_err(|e| e.to_string())?;
+            changed.push(format!(
+                "route {dest} via {} added",
+                self.settings.interface
+            ));
         }
         for dest in remove {
             tracing::info!("overlay: route {dest} removed");
@@ -270,8 +396,9 @@ impl Turn<'_> {
                 .delete_route(index, dest)
                 .await
                 .map_err(|e| e.to_string())?;
+            changed.push(format!("route {dest} removed"));
         }
-        Ok(())
+        Ok(changed)
     }
 
     fn summary(
@@ -318,13 +445,30 @@ impl Turn<'_> {
     }
 }
 
-async fn apply_mss_clamp(interface: &IfName) -> Result<(), String> {
-    use skein_nft::Backend as _;
-    let tx = skein_nft::overlay_mss_clamp(interface);
-    tokio::task::spawn_blocking(move || skein_nft::NftProgram.apply(&tx))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+fn is_local_address(ip: IpAddr) -> bool {
+    nix::ifaddrs::getifaddrs().is_ok_and(|mut addrs| {
+        addrs.any(|a| {
+            a.address.is_some_and(|s| {
+                s.as_sockaddr_in().map(|v4| IpAddr::V4(v4.ip())) == Some(ip)
+                    || s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())) == Some(ip)
+            })
+        })
+    })
+}
+
+/// "peer node-2 added", "peer node-3 updated", "peer … removed", for the log and the page.
+fn describe_peer_change(change: &PeerChange, desired: &[PeerSpec]) -> String {
+    let key = change.public_key();
+    let peer = desired
+        .iter()
+        .find(|d| &d.public_key == key)
+        .map_or_else(|| key.to_base64(), |d| format!("of node {}", d.node));
+    let what = match change {
+        PeerChange::Add { .. } => "added",
+        PeerChange::Update { .. } => "updated",
+        PeerChange::Remove { .. } => "removed",
+    };
+    format!("peer {peer} {what}")
 }
 
 async fn blocking<T: Send + 'static>(

@@ -21,8 +21,13 @@ use std::process::{Command, Stdio};
 use ipnet::IpNet;
 use skein_names::{IfName, NftComment};
 
+mod monitor;
+mod owned;
 #[cfg(test)]
 mod tests;
+
+pub use monitor::RulesetChanges;
+pub use owned::{ChainSync, OwnedChain};
 
 /// The one table skein owns.
 pub const TABLE: &str = "skein";
@@ -36,6 +41,10 @@ pub enum NftError {
     Spawn(std::io::Error),
     #[error("nft rejected the transaction: {stderr}")]
     Rejected { stderr: String },
+    #[error("nft could not list chain {chain}: {stderr}")]
+    List { chain: String, stderr: String },
+    #[error("cannot follow nftables changes (netlink): {0}")]
+    Monitor(std::io::Error),
 }
 
 /// A base chain's hook.
@@ -124,9 +133,12 @@ fn comment(text: &'static str) -> NftComment {
     NftComment::new(text).unwrap_or_else(|_| NftComment::lossy(text))
 }
 
-/// Applies transactions to the kernel.
+/// Applies transactions to the kernel, and reads back what one chain of the table holds.
 pub trait Backend {
     fn apply(&self, tx: &Transaction) -> Result<(), NftError>;
+    /// The kernel's listing of chain `name` of skein's table; `None` when the table or the
+    /// chain does not exist.
+    fn list_chain(&self, name: &str) -> Result<Option<String>, NftError>;
 }
 
 /// The `nft` program: fine for a few static rules (it re-reads the table on every run, which
@@ -154,6 +166,27 @@ impl Backend for NftProgram {
         } else {
             Err(NftError::Rejected {
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            })
+        }
+    }
+
+    fn list_chain(&self, name: &str) -> Result<Option<String>, NftError> {
+        let out = Command::new("nft")
+            .args(["list", "chain", FAMILY, TABLE, name])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(NftError::Spawn)?;
+        if out.status.success() {
+            return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        // nft says ENOENT for a missing table or chain.
+        if stderr.contains("No such file or directory") {
+            Ok(None)
+        } else {
+            Err(NftError::List {
+                chain: name.to_string(),
+                stderr,
             })
         }
     }

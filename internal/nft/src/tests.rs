@@ -79,3 +79,75 @@ fn comments_cannot_break_out_of_their_quotes() {
 fn wg() -> skein_names::IfName {
     skein_names::IfName::new("skein-wg").expect("valid")
 }
+
+/// A table in memory: chains by name, filled by the scripts it is given.
+#[derive(Default)]
+struct FakeKernel {
+    chains: std::cell::RefCell<std::collections::BTreeMap<String, String>>,
+    applies: std::cell::Cell<usize>,
+}
+
+impl Backend for FakeKernel {
+    fn apply(&self, tx: &Transaction) -> Result<(), NftError> {
+        self.applies.set(self.applies.get() + 1);
+        let mut chains = self.chains.borrow_mut();
+        for op in &tx.ops {
+            match op {
+                Op::AddChain { name, .. } => {
+                    chains.entry(name.clone()).or_default();
+                }
+                Op::FlushChain { name } => {
+                    chains.insert(name.clone(), String::new());
+                }
+                Op::AddRule { chain, rule, .. } => {
+                    chains.entry(chain.clone()).or_default().push_str(rule);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn list_chain(&self, name: &str) -> Result<Option<String>, NftError> {
+        Ok(self.chains.borrow().get(name).cloned())
+    }
+}
+
+#[test]
+fn an_owned_chain_is_applied_once_and_repaired_only_when_it_drifts() {
+    let kernel = FakeKernel::default();
+    let tx = masquerade(
+        &["10.42.1.0/24".parse().unwrap()],
+        &["10.42.0.0/16".parse().unwrap()],
+    );
+    let mut chain = OwnedChain::new(CHAIN_POSTROUTING, tx.clone());
+    assert_eq!(chain.reconcile(&kernel).unwrap(), ChainSync::Applied);
+    assert_eq!(chain.reconcile(&kernel).unwrap(), ChainSync::Unchanged);
+    assert_eq!(
+        kernel.applies.get(),
+        1,
+        "nothing re-applied while nothing changed"
+    );
+    // `nft flush ruleset`: the chain is gone.
+    kernel.chains.borrow_mut().clear();
+    assert_eq!(chain.reconcile(&kernel).unwrap(), ChainSync::Repaired);
+    assert!(
+        kernel
+            .list_chain(CHAIN_POSTROUTING)
+            .unwrap()
+            .unwrap()
+            .contains("masquerade")
+    );
+    // A rule edited behind skein's back.
+    kernel
+        .chains
+        .borrow_mut()
+        .insert(CHAIN_POSTROUTING.into(), "accept".into());
+    assert_eq!(chain.reconcile(&kernel).unwrap(), ChainSync::Repaired);
+    assert_eq!(chain.reconcile(&kernel).unwrap(), ChainSync::Unchanged);
+    // New content is an apply, not a repair.
+    chain.set_desired(masquerade(&[], &[]));
+    assert_eq!(chain.reconcile(&kernel).unwrap(), ChainSync::Applied);
+    chain.set_desired(masquerade(&[], &[]));
+    assert_eq!(chain.reconcile(&kernel).unwrap(), ChainSync::Unchanged);
+}

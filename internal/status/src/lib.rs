@@ -39,6 +39,11 @@ pub struct PartStatus {
     pub last_error: Option<String>,
     pub last_error_at: Option<u64>,
     pub restarts: u32,
+    /// The most recent drift the part found in the kernel and put right ("bridge skein0 made,
+    /// 3 pod links re-attached"), when, and how many repairs since start.
+    pub last_repair: Option<String>,
+    pub last_repair_at: Option<u64>,
+    pub repairs: u32,
 }
 
 /// Facts about this daemon that do not change while it runs.
@@ -234,6 +239,9 @@ impl StatusBoard {
                     last_error: None,
                     last_error_at: None,
                     restarts: 0,
+                    last_repair: None,
+                    last_repair_at: None,
+                    repairs: 0,
                 },
             );
         });
@@ -342,6 +350,16 @@ impl PartHandle {
     pub fn detail(&self, detail: impl Into<String>) {
         let detail = detail.into();
         self.update(|p| p.detail = detail);
+    }
+
+    /// Records that the part found the kernel changed behind its back and put it right.
+    pub fn repaired(&self, what: impl Into<String>) {
+        let what = what.into();
+        self.update(|p| {
+            p.repairs += 1;
+            p.last_repair = Some(what);
+            p.last_repair_at = Some(unix_now());
+        });
     }
 
     /// Marks a restart by the supervisor: state `Starting`, the last error kept.

@@ -1,12 +1,9 @@
-//! The daemon's `cni` part: serves the CNI plugin's requests on `cni.socket`. ADD leases
-//! addresses from this node's pod CIDRs (one transaction in the store) and wires the pod
-//! (`skein-podnet`); DEL undoes both; GC runs exclusive of ADD and DEL and frees only leases
-//! whose container is gone. It also installs the plugin and its conflist, makes the sysctls pods
-//! need, and keeps the masquerade rules in skein's nftables table.
+//! The daemon's side of the CNI socket: ADD leases addresses from this node's pod CIDRs (one
+//! transaction in the store) and wires the pod (`skein-podnet`); DEL undoes both; CHECK and
+//! STATUS look; GC is in `gc.rs`.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -15,59 +12,22 @@ use skein_cni::{
     AddRequest, AddResult, CheckRequest, CniError, DelRequest, GcRequest, Handler, Interface,
     IpConfig, Route,
 };
-use skein_nft::Backend;
 use skein_podnet::{PodAttachment, PodNet, PodNetError};
 use skein_status::{IpamSummary, PodLease, StatusBoard};
 use skein_store::{LeaseRequest, PodRef, Store};
 use tokio::sync::{RwLock, watch};
 
-use crate::{Part, PartError, PartResult};
-use skein_names::IfName;
+use super::{Settings, code};
 
-/// The daemon's CNI error codes (the spec leaves 100 and up to plugins; `skein-cni` keeps the
-/// ones below 110 for the protocol itself).
-pub mod code {
-    pub const INTERFACE_EXISTS: u32 = 110;
-    pub const ADDRESS_EXHAUSTED: u32 = 111;
-    pub const DATAPLANE: u32 = 112;
-    pub const STORE: u32 = 113;
+/// The gateway addresses with their CIDR's prefix, as the bridge holds them.
+pub(super) fn bridge_addresses(gateways: &[(IpNet, IpAddr)]) -> Vec<IpNet> {
+    gateways
+        .iter()
+        .map(|(c, g)| skein_podnet::bridge_address(*c, *g))
+        .collect()
 }
 
-/// What pods need of the node: forwarding, and no strict reverse-path filter dropping traffic
-/// that arrives on the bridge for an address routed elsewhere (loose mode, 2, as flannel does).
-const SYSCTLS: [(&str, &str); 3] = [
-    ("net.ipv4.ip_forward", "1"),
-    ("net.ipv4.conf.all.rp_filter", "2"),
-    ("net.ipv4.conf.default.rp_filter", "2"),
-];
-
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub node: String,
-    pub socket: PathBuf,
-    pub conf_dir: PathBuf,
-    pub bin_dir: PathBuf,
-    pub bridge: IfName,
-    pub mtu: skein_config::Mtu,
-    pub portmap: bool,
-    /// The overlay link's MTU; pods never get a larger one.
-    pub overlay_mtu: u32,
-    pub cluster_cidrs: Vec<IpNet>,
-    pub gc_interval: std::time::Duration,
-    /// `daemon.resync_interval`.
-    pub resync: std::time::Duration,
-}
-
-/// The MTU pods get: the overlay's (so a pod's packet always fits the tunnel), or a smaller one
-/// configured in `cni.mtu`.
-pub fn pod_mtu(setting: skein_config::Mtu, overlay_mtu: u32) -> u32 {
-    match setting {
-        skein_config::Mtu::Fixed(n) => n.min(overlay_mtu),
-        skein_config::Mtu::Auto => overlay_mtu,
-    }
-}
-
-fn dataplane(e: PodNetError) -> CniError {
+pub(super) fn dataplane(e: PodNetError) -> CniError {
     match e {
         PodNetError::Exists { ifname } => CniError::Custom {
             code: code::INTERFACE_EXISTS,
@@ -87,7 +47,7 @@ fn dataplane(e: PodNetError) -> CniError {
     }
 }
 
-fn store_error(e: skein_store::StoreError) -> CniError {
+pub(super) fn store_error(e: skein_store::StoreError) -> CniError {
     match e {
         skein_store::StoreError::Ipam(ipam) => CniError::Custom {
             code: code::ADDRESS_EXHAUSTED,
@@ -104,19 +64,19 @@ fn store_error(e: skein_store::StoreError) -> CniError {
 
 /// Serves the plugin.
 pub struct PodNetwork {
-    settings: Settings,
-    store: Store,
-    net: PodNet,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
-    mtu: u32,
+    pub(super) settings: Settings,
+    pub(super) store: Store,
+    pub(super) net: PodNet,
+    pub(super) snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub(super) mtu: u32,
     /// ADD and DEL hold it shared, GC exclusively: GC never sees half an ADD.
-    gc_lock: RwLock<()>,
+    pub(super) gc_lock: RwLock<()>,
     /// The CIDRs the bridge was last made for, so ADDs skip the netlink round trips after the
     /// first; held while the bridge is being made, so concurrent ADDs wait for it.
-    ensured: tokio::sync::Mutex<Option<Vec<IpNet>>>,
+    pub(super) ensured: tokio::sync::Mutex<Option<Vec<IpNet>>>,
     /// Wakes the task that refreshes the page's IPAM view: off the request path, coalesced.
-    reported: tokio::sync::Notify,
-    board: StatusBoard,
+    pub(super) reported: tokio::sync::Notify,
+    pub(super) board: StatusBoard,
 }
 
 impl std::fmt::Debug for PodNetwork {
@@ -129,7 +89,7 @@ impl std::fmt::Debug for PodNetwork {
 
 impl PodNetwork {
     /// This node's pod CIDRs, from the cluster view.
-    fn pod_cidrs(&self) -> Result<Vec<IpNet>, CniError> {
+    pub(super) fn pod_cidrs(&self) -> Result<Vec<IpNet>, CniError> {
         let snapshot = self.snapshots.borrow().clone();
         match snapshot.node(&self.settings.node) {
             Some(node) if !node.pod_cidrs.is_empty() => Ok(node.pod_cidrs.clone()),
@@ -147,24 +107,34 @@ impl PodNetwork {
         }
     }
 
+    /// Each CIDR with its gateway (the first usable address), which the bridge holds.
+    pub(super) fn gateways(cidrs: &[IpNet]) -> Result<Vec<(IpNet, IpAddr)>, CniError> {
+        cidrs
+            .iter()
+            .map(|cidr| {
+                skein_ipam::gateway(*cidr)
+                    .map(|gw| (*cidr, gw))
+                    .map_err(|e| CniError::Custom {
+                        code: code::ADDRESS_EXHAUSTED,
+                        msg: e.to_string(),
+                        details: String::new(),
+                    })
+            })
+            .collect()
+    }
+
+    /// The bridge for `cidrs`, made once: later ADDs skip the netlink round trips, and the
+    /// reconcile loop (which watches the kernel) clears the cache when the bridge drifts.
     async fn ensure_node_network(&self, cidrs: &[IpNet]) -> Result<Vec<(IpNet, IpAddr)>, CniError> {
-        let mut gateways = Vec::new();
-        for cidr in cidrs {
-            let gw = skein_ipam::gateway(*cidr).map_err(|e| CniError::Custom {
-                code: code::ADDRESS_EXHAUSTED,
-                msg: e.to_string(),
-                details: String::new(),
-            })?;
-            gateways.push((*cidr, gw));
-        }
+        let gateways = Self::gateways(cidrs)?;
         let mut ensured = self.ensured.lock().await;
         if ensured.as_deref() != Some(cidrs) {
-            let addresses: Vec<IpNet> = gateways
-                .iter()
-                .map(|(c, g)| skein_podnet::bridge_address(*c, *g))
-                .collect();
             self.net
-                .ensure_bridge(self.settings.bridge.as_str(), &addresses, self.mtu)
+                .ensure_bridge(
+                    self.settings.bridge.as_str(),
+                    &bridge_addresses(&gateways),
+                    self.mtu,
+                )
                 .await
                 .map_err(dataplane)?;
             *ensured = Some(cidrs.to_vec());
@@ -173,7 +143,7 @@ impl PodNetwork {
     }
 
     /// Publishes leases and use per CIDR on the status board.
-    pub async fn report(&self) {
+    pub(super) async fn report(&self) {
         let (Ok(leases), Ok(usage)) = (self.store.leases().await, self.store.usage().await) else {
             return;
         };
@@ -201,52 +171,6 @@ impl PodNetwork {
             })
             .collect();
         self.board.set_ipam(summary);
-    }
-
-    /// Frees leases of attachments that are gone: not `valid` (when the runtime listed them),
-    /// and (always) with no host interface left on the node.
-    async fn collect(&self, valid: Option<&BTreeSet<(String, String)>>) -> Result<usize, CniError> {
-        let _exclusive = self.gc_lock.write().await;
-        let leases = self.store.leases().await.map_err(store_error)?;
-        let host_ends: BTreeSet<String> = self
-            .net
-            .host_ends()
-            .await
-            .map_err(dataplane)?
-            .into_iter()
-            .collect();
-        let snapshot = self.snapshots.borrow().clone();
-        let mut keep = BTreeSet::new();
-        for lease in &leases {
-            let attachment = (lease.container_id.clone(), lease.ifname.clone());
-            let host_end = skein_podnet::host_ifname(&lease.container_id, &lease.ifname);
-            let listed = valid.is_none_or(|v| v.contains(&attachment));
-            let pod_known = snapshot.version == 0
-                || snapshot.pods.values().any(|p| {
-                    p.uid == lease.pod.uid
-                        && p.node_name.as_deref() == Some(self.settings.node.as_str())
-                });
-            // Without the runtime's list, a lease goes only when both its pod and its interface
-            // are gone; with the list, whatever the runtime no longer knows goes.
-            let alive = match valid {
-                Some(_) => listed,
-                None => pod_known || host_ends.contains(&host_end),
-            };
-            if alive {
-                keep.insert(attachment);
-            } else if host_ends.contains(&host_end) {
-                let _ = self.net.detach(None, &lease.ifname, &host_end).await;
-            }
-        }
-        let freed = self
-            .store
-            .release_except(&keep)
-            .await
-            .map_err(store_error)?;
-        for lease in &freed {
-            tracing::info!(address = %lease.address, pod = %format!("{}/{}", lease.pod.namespace, lease.pod.name), "lease reclaimed");
-        }
-        Ok(freed.len())
     }
 }
 
@@ -423,134 +347,4 @@ impl Handler for PodNetwork {
         self.report().await;
         Ok(())
     }
-}
-
-/// The part: install, prepare the node, garbage-collect, then serve until cancelled.
-pub async fn run(
-    settings: Settings,
-    store: Store,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
-    part: Part,
-    board: StatusBoard,
-) -> PartResult {
-    let (handle, cancel) = (&part.handle, &part.cancel);
-    let gc_interval = settings.gc_interval;
-    let written = crate::cni_install::install(
-        &settings.conf_dir,
-        &settings.bin_dir,
-        &settings.socket,
-        settings.portmap,
-    )
-    .map_err(PartError::io(format!(
-        "installing the CNI plugin into {} and {}",
-        settings.bin_dir.display(),
-        settings.conf_dir.display()
-    )))?;
-    for path in written {
-        tracing::info!(path = %path.display(), "installed");
-    }
-    let mut warnings = Vec::new();
-    let net = PodNet::connect()?;
-    let mtu = pod_mtu(settings.mtu, settings.overlay_mtu);
-    let listener = skein_cni::bind(&settings.socket).map_err(|e| {
-        PartError::Failed(format!(
-            "cni.socket = \"{}\": {e}",
-            settings.socket.display()
-        ))
-    })?;
-    let network = Arc::new(PodNetwork {
-        settings: settings.clone(),
-        store,
-        net,
-        snapshots: snapshots.clone(),
-        mtu,
-        gc_lock: RwLock::new(()),
-        ensured: tokio::sync::Mutex::new(None),
-        reported: tokio::sync::Notify::new(),
-        board,
-    });
-    let serving = skein_cni::serve(listener, network.clone(), cancel.child_token());
-    part.spawn("CNI socket server", async move {
-        serving.await;
-        Ok::<(), String>(())
-    });
-    {
-        let network = network.clone();
-        part.spawn("IPAM reporter", async move {
-            loop {
-                network.reported.notified().await;
-                network.report().await;
-                // At most a few refreshes a second, however many pods come and go.
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), String>(())
-        });
-    }
-
-    let mut snapshots = snapshots;
-    let mut gc = tokio::time::interval(gc_interval);
-    let mut applied_cidrs: Option<Vec<IpNet>> = None;
-    let mut collected_once = false;
-    let result = loop {
-        let cidrs = network.pod_cidrs().ok();
-        // Masquerade follows this node's CIDRs; the table is rebuilt only when they change.
-        if let Some(cidrs) = &cidrs
-            && applied_cidrs.as_ref() != Some(cidrs)
-        {
-            let tx = skein_nft::masquerade(cidrs, &settings.cluster_cidrs);
-            match tokio::task::spawn_blocking(move || skein_nft::NftProgram.apply(&tx)).await {
-                Ok(Ok(())) => applied_cidrs = Some(cidrs.clone()),
-                Ok(Err(e)) => warnings.push(format!("masquerade rules: {e}")),
-                Err(e) => warnings.push(format!("masquerade rules: {e}")),
-            }
-            if let Err(e) = network.ensure_node_network(cidrs).await {
-                warnings.push(e.to_string());
-            }
-            // Only once the node has pods to serve: a daemon without a cluster changes nothing.
-            for (key, value) in SYSCTLS {
-                if let Err(e) = skein_podnet::set_sysctl(key, value) {
-                    warnings.push(e.to_string());
-                }
-            }
-        }
-        let snapshot_ready = snapshots.borrow().version > 0;
-        if snapshot_ready && !collected_once {
-            // The start-up pass: leases of pods deleted while the daemon was down go now.
-            match network.collect(None).await {
-                Ok(n) if n > 0 => tracing::info!("reclaimed {n} leases of vanished pods"),
-                Ok(_) => {}
-                Err(e) => warnings.push(format!("garbage collection: {e}")),
-            }
-            collected_once = true;
-        }
-        network.report().await;
-        match (&cidrs, warnings.last()) {
-            (_, Some(w)) => handle.degraded(w.clone()),
-            (Some(c), None) => handle.ok(format!(
-                "serving {} · pods on {} · MTU {mtu}",
-                settings.socket.display(),
-                c.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-            (None, None) => handle.detail(format!(
-                "serving {}; waiting for this node's pod CIDR",
-                settings.socket.display()
-            )),
-        }
-        warnings.clear();
-        tokio::select! {
-            _ = cancel.cancelled() => break Ok(()),
-            changed = snapshots.changed() => if changed.is_err() { break Err(PartError::ViewClosed) },
-            _ = gc.tick() => {
-                if snapshot_ready && let Err(e) = network.collect(None).await {
-                    warnings.push(format!("garbage collection: {e}"));
-                }
-            }
-        }
-    };
-    let _ = std::fs::remove_file(&settings.socket);
-    result
 }
