@@ -6,13 +6,34 @@
 //! parts (service proxy, policy) keep to the same table and the same transaction type, so a
 //! netlink backend with bounded batches can replace the program without touching them.
 //!
-//! | chain        | hook        | priority | what                                          |
-//! |--------------|-------------|----------|-----------------------------------------------|
-//! | `postrouting`| postrouting | srcnat   | masquerade pod traffic leaving the cluster CIDR |
-//! | `overlay_mss`| forward     | mangle   | clamp TCP MSS to the route MTU on the overlay   |
+//! ## The hook plan
+//!
+//! Every base chain skein will have, with the part that owns it. Parts never write another
+//! part's chain. Rows marked *planned* arrive with their part; their hooks and priorities are
+//! fixed now so that three parts can share one table without reordering later.
+//!
+//! | chain              | type   | hook        | priority      | owner    | what |
+//! |--------------------|--------|-------------|---------------|----------|------|
+//! | `dns_raw_pre`      | filter | prerouting  | -300 (raw)    | dns      | *planned*: NOTRACK to and from the DNS addresses |
+//! | `dns_raw_out`      | filter | output      | -300 (raw)    | dns      | *planned*: NOTRACK for the node's own DNS traffic |
+//! | `overlay_mss`      | filter | forward     | -150 (mangle) | overlay  | clamp TCP MSS to the route MTU through the overlay |
+//! | `proxy_firewall`   | filter | prerouting  | -110          | proxy    | *planned*: reject/drop dead service ports, each rule guarded by `ct state new` |
+//! | `proxy_nat_pre`    | nat    | prerouting  | -100 (dstnat) | proxy    | *planned*: Service DNAT through verdict maps |
+//! | `proxy_nat_out`    | nat    | output      | -100 (dstnat) | proxy    | *planned*: DNAT of the node's own Service traffic |
+//! | `proxy_filter_out` | filter | output      | -90           | proxy    | *planned*: post-DNAT checks of host-originated traffic |
+//! | `policy_forward`   | filter | forward     | 0 (filter)    | policy   | *planned*: NetworkPolicy for routed and bridged pod traffic |
+//! | `policy_input`     | filter | input       | 0 (filter)    | policy   | *planned*: NetworkPolicy for pod-to-host traffic |
+//! | `postrouting`      | nat    | postrouting | 100 (srcnat)  | cni      | the one masquerade chain: pod traffic leaving the cluster CIDR (the proxy adds its marks' rule here) |
+//!
+//! Bridged pod-to-pod traffic reaches the `forward` hooks only with `br_netfilter` and
+//! `net.bridge.bridge-nf-call-iptables`/`-ip6tables` = 1, which the CNI part ensures (and names
+//! on the page when the module is missing).
 //!
 //! Each chain is rebuilt by its own transaction (add, flush, fill), so the parts that own
-//! different chains never undo each other's rules.
+//! different chains never undo each other's rules. An [`OwnedChain`] keeps one chain as it
+//! should be: it compares the kernel's listing with the one it saw after its last apply and
+//! re-applies only when they differ; [`RulesetChanges`] (the nftables netlink group) tells the
+//! owner when to look.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
