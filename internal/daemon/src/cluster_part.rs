@@ -208,7 +208,7 @@ pub async fn run(
     let mut publish_error: Option<String> = None;
     let mut next_publish = tokio::time::Instant::now();
 
-    let result = loop {
+    loop {
         let snapshot: Arc<Snapshot> = snapshots.borrow().clone();
         let api: ApiHealth = health.borrow().clone();
         if api.synced {
@@ -238,19 +238,18 @@ pub async fn run(
         );
 
         tokio::select! {
-            _ = cancel.cancelled() => break Ok(()),
-            changed = snapshots.changed() => if changed.is_err() { break Err(PartError::ViewClosed) },
-            changed = health.changed() => if changed.is_err() { break Err(PartError::ViewClosed) },
+            _ = cancel.cancelled() => return Ok(()),
+            changed = snapshots.changed() => if changed.is_err() { return Err(PartError::ViewClosed) },
+            changed = health.changed() => if changed.is_err() { return Err(PartError::ViewClosed) },
             changed = overlay.changed() => {
-                if changed.is_err() { break Err(PartError::Failed("the overlay part is gone".into())) }
+                if changed.is_err() { return Err(PartError::Failed("the overlay part is gone".into())) }
                 desired = desired_annotations(underlay, overlay.borrow().as_ref());
                 // A new key is published at once, not after the retry delay.
                 next_publish = tokio::time::Instant::now();
             },
             _ = tokio::time::sleep_until(next_publish), if publish_error.is_some() || annotations_outdated(&snapshot, &node, &desired) => {}
         }
-    };
-    result
+    }
 }
 
 /// What the part last told the board, so the board hears only changes.
