@@ -316,16 +316,9 @@ impl PodNet {
         // A socket of its own: the kernel runs one request per netlink socket at a time, and a
         // link deletion holds it for an RCU grace period; concurrent pods must not queue.
         let fresh = Self::connect()?;
-        let this = &fresh;
-        let links: Vec<LinkMessage> = this
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("listing links"))?;
-        Ok(links
+        Ok(fresh
+            .links()
+            .await?
             .iter()
             .filter_map(link_name)
             .filter(|n| n.starts_with(HOST_IFNAME_PREFIX))

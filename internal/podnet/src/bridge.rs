@@ -127,16 +127,8 @@ impl PodNet {
     /// (a bridge made anew has no ports: the pods' veths outlived the old one). Returns their
     /// names.
     pub async fn ensure_ports(&self, index: u32) -> Result<Vec<String>, PodNetError> {
-        let links: Vec<LinkMessage> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("listing links"))?;
         let mut attached = Vec::new();
-        for link in &links {
+        for link in &self.links().await? {
             let Some(name) = link_name(link) else {
                 continue;
             };

@@ -92,6 +92,17 @@ impl PodNet {
         Ok(Self { handle })
     }
 
+    /// Every link of the namespace.
+    pub(crate) async fn links(&self) -> Result<Vec<LinkMessage>, PodNetError> {
+        self.handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("listing links"))
+    }
+
     pub async fn link(&self, name: &str) -> Result<Option<LinkMessage>, PodNetError> {
         link_by_name(&self.handle, name).await
     }
