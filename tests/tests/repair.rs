@@ -1,7 +1,7 @@
 //! Drift repair end to end: in a lab of two real nodes, state that skein owns is broken behind
 //! its back (`nft flush ruleset`, the pod bridge deleted, an overlay route deleted, a WireGuard
-//! peer removed) and each is put back within one resync interval, the pods talk again, and the
-//! node's page names the repair.
+//! peer removed, the userspace WireGuard device restarted) and each is put back within one resync
+//! interval, the pods talk again, and the node's page names the repair.
 
 use std::time::Duration;
 
@@ -147,4 +147,18 @@ fn flushed_rules_a_deleted_bridge_route_and_peer_are_repaired_and_named_on_the_p
     );
     assert!(!text.is_empty());
     all_talk(&lab, &pods, "after the WireGuard peer was removed");
+
+    // 5. node-1's userspace WireGuard device restarts (a new TUN, no key, no peers, no routes):
+    //    the daemon configures it again.
+    let before = repairs(&lab, "node-1", "overlay");
+    lab.must(&["stop", "node-1-wg"]);
+    lab.must(&["start", "node-1-wg"]);
+    let text = wait_for_repair(&lab, "node-1", "overlay", before, "re-configured");
+    assert!(text.contains("peer of node node-2 added"), "{text}");
+    all_talk(&lab, &pods, "after node-1's WireGuard device restarted");
+    let overlay = part_of(&lab, "node-1", "overlay");
+    lab.wait("node-1's overlay to be ok", RESYNC, || {
+        (part_of(&lab, "node-1", "overlay")["state"] == "ok").then_some(())
+    });
+    assert!(overlay["repairs"].as_u64() > Some(before));
 }
