@@ -161,4 +161,32 @@ fn flushed_rules_a_deleted_bridge_route_and_peer_are_repaired_and_named_on_the_p
         (part_of(&lab, "node-1", "overlay")["state"] == "ok").then_some(())
     });
     assert!(overlay["repairs"].as_u64() > Some(before));
+
+    // 6. Nothing broken, pods come and go: no repair is reported (pod churn is not drift).
+    let quiet = |lab: &Lab| {
+        (
+            repairs(lab, "node-1", "cni"),
+            repairs(lab, "node-1", "overlay"),
+        )
+    };
+    let settled = quiet(&lab);
+    lab.apply(&pod_yaml("c", "node-1"));
+    let c = lab.wait("pod c to run", Duration::from_secs(90), || {
+        lab.pod("default", "c")
+    });
+    lab.wait("a -> c", RESYNC, || {
+        lab.probe(&pods[0].1.0, "tcp", &format!("{}:8080", c.1))
+    });
+    lab.must(&["delete", "pod", "c"]);
+    lab.wait("pod c to go", Duration::from_secs(60), || {
+        lab.pod("default", "c").is_none().then_some(())
+    });
+    // Two of the overlay's device reads and a ruleset change of skein's own (none here) later:
+    let (_, _) = lab.exec(&ns, &["nft", "add", "table", "inet", "someone_else"]);
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(
+        quiet(&lab),
+        settled,
+        "no drift was made, so none is reported"
+    );
 }

@@ -273,7 +273,23 @@ fn build(config: &Config, c: &mut Checker) -> Option<Settings> {
     let conf_dir = path(c, "cni.conf_dir", &cni.conf_dir);
     let bin_dir = path(c, "cni.bin_dir", &cni.bin_dir);
     let store_path = path(c, "store.path", &config.store.path);
-    let bridge = c.take("cni.bridge", &cni.bridge, IfName::new(cni.bridge.as_str()));
+    let bridge = c.take(
+        "cni.bridge",
+        &cni.bridge,
+        IfName::new(cni.bridge.as_str())
+            .map_err(|e| e.to_string())
+            .and_then(|n| {
+                // Pods' host ends are `skv…`; the bridge must never look like one of them.
+                if n.as_str().starts_with("skv") {
+                    Err(
+                        "must not start with `skv` (the prefix of pods' host interfaces)"
+                            .to_string(),
+                    )
+                } else {
+                    Ok(n)
+                }
+            }),
+    );
     let cni_mtu = c.take("cni.mtu", &cni.mtu, parse_mtu(&cni.mtu));
 
     let gc = &config.ipam.gc_interval;

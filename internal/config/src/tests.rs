@@ -145,6 +145,10 @@ fn invalid_values_name_key_value_and_what_is_allowed() {
         ("[log]\nformat = \"xml\"", "log.format = \"xml\""),
         ("[log]\nlevel = \"loud\"", "log.level = \"loud\""),
         ("[node]\nname = \"Node_1\"", "node.name"),
+        (
+            "[cni]\nbridge = \"skv0\"",
+            "cni.bridge = \"skv0\": must not start with `skv`",
+        ),
     ];
     for (text, expected) in cases {
         let problems = problems_of(text);

@@ -141,7 +141,8 @@ pub async fn run(
                     tracing::warn!("overlay: repaired drift: {what}");
                     handle.repaired(what);
                 }
-                if snapshot.version > 0 {
+                // Routes that waited for the bridge are preparation, not drift.
+                if snapshot.version > 0 && !turn.routes_waiting {
                     matched_version = Some(snapshot.version);
                 }
                 let up = summary.peers.iter().filter(|p| p.up).count();
@@ -286,11 +287,25 @@ impl Turn<'_> {
     ) -> Result<(OverlaySummary, Vec<String>), String> {
         let s = self.settings;
         let mut changed = Vec::new();
-        let index = self
+        let mut index = self
             .net
             .set_up_with_mtu(s.interface.as_str(), s.mtu)
             .await
             .map_err(|e| e.to_string())?;
+        // A kernel device is ours to make (a userspace one makes its own TUN): deleted behind
+        // skein's back, it is made again.
+        if index.is_none() && self.overlay.backend == Backend::Kernel {
+            self.net
+                .create_wireguard_link(s.interface.as_str())
+                .await
+                .map_err(|e| e.to_string())?;
+            changed.push(format!("WireGuard link {} made again", s.interface));
+            index = self
+                .net
+                .set_up_with_mtu(s.interface.as_str(), s.mtu)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         self.index = index;
         let o = self.overlay.clone();
         let device = blocking(move || o.read()).await?;
@@ -366,7 +381,7 @@ impl Turn<'_> {
         let src: Option<IpAddr> = snapshot
             .node(&self.settings.node)
             .and_then(|n| n.pod_cidrs.first())
-            .and_then(|c| c.hosts().next());
+            .and_then(|c| skein_ipam::gateway(*c).ok());
         // The CNI part puts the gateway on the bridge; until it has, a route with it as source
         // would be refused. Not an error: the address's arrival brings the next look.
         self.routes_waiting = src.is_some_and(|ip| !is_local_address(ip));

@@ -52,6 +52,10 @@ impl PartError {
     }
 }
 
+/// How long the helpers of a run that ended (failed or panicked) get to stop after they are
+/// asked to, before they are aborted; shutdown has its own grace period.
+const RESTART_GRACE: Duration = Duration::from_secs(2);
+
 /// What a part's run returns.
 pub type PartResult = Result<(), PartError>;
 type PartFuture = Pin<Box<dyn Future<Output = PartResult> + Send>>;
@@ -172,7 +176,8 @@ impl Supervisor {
     pub fn inject_panic(&self, name: &str) -> bool {
         match self.faults.get(name) {
             Some(fault) => {
-                fault.notify_one();
+                // Only a run that is running now: no permit is stored for a part in backoff.
+                fault.notify_waiters();
                 true
             }
             None => false,
@@ -260,7 +265,11 @@ async fn run_once(handle: &PartHandle, run: &PartFn, life: &Life) -> Option<Stri
     // asked to (the run's token), then aborted after the grace period.
     cancel.cancel();
     spawns.close();
-    let grace = *life.grace.lock().unwrap_or_else(|e| e.into_inner());
+    let grace = if life.cancel.is_cancelled() {
+        *life.grace.lock().unwrap_or_else(|e| e.into_inner())
+    } else {
+        RESTART_GRACE
+    };
     let all_done = async {
         while main.join_next().await.is_some() {}
         while helpers.join_next().await.is_some() {}

@@ -179,7 +179,15 @@ async fn a_panicking_part_takes_its_helpers_down_before_it_restarts() {
             Ok(())
         }
     });
+    // The stubborn server ignores its cancellation: it gets the restart grace (2 s), then it
+    // is aborted, and only then does the part count as failed and wait out its backoff.
     tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        helpers_dropped.load(Ordering::SeqCst),
+        0,
+        "still in its grace period"
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(state_of(&board, "server").state, State::Failed);
     assert_eq!(helpers_alive.load(Ordering::SeqCst), 1);
     assert_eq!(
@@ -197,6 +205,37 @@ async fn a_panicking_part_takes_its_helpers_down_before_it_restarts() {
     );
     sup.shutdown(Duration::from_secs(1)).await;
     assert_eq!(helpers_dropped.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_helper_that_heeds_cancellation_finishes_its_cleanup_when_its_part_fails() {
+    let board = board();
+    let mut sup = Supervisor::new(board.clone(), Backoff::default());
+    let cleaned = Arc::new(AtomicU32::new(0));
+    let c = cleaned.clone();
+    sup.spawn("p", move |part: Part| {
+        let c = c.clone();
+        async move {
+            let token = part.cancel.clone();
+            part.spawn("server", async move {
+                token.cancelled().await;
+                // Cleanup that takes a moment, as removing a socket file does.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok::<(), String>(())
+            });
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Err(PartError::Failed("gave up".into()))
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        cleaned.load(Ordering::SeqCst),
+        1,
+        "asked first, not aborted"
+    );
+    assert_eq!(state_of(&board, "p").state, State::Failed);
+    sup.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(start_paused = true)]

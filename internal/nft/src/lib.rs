@@ -23,7 +23,7 @@
 //! | `proxy_filter_out` | filter | output      | -90           | proxy    | *planned*: post-DNAT checks of host-originated traffic |
 //! | `policy_forward`   | filter | forward     | 0 (filter)    | policy   | *planned*: NetworkPolicy for routed and bridged pod traffic |
 //! | `policy_input`     | filter | input       | 0 (filter)    | policy   | *planned*: NetworkPolicy for pod-to-host traffic |
-//! | `postrouting`      | nat    | postrouting | 100 (srcnat)  | cni      | the one masquerade chain: pod traffic leaving the cluster CIDR (the proxy adds its marks' rule here) |
+//! | `postrouting`      | nat    | postrouting | 100 (srcnat)  | cni      | the one masquerade chain: pod traffic leaving the cluster CIDR; the proxy's masquerade mark becomes an input of this chain's builder, never a second writer |
 //!
 //! Bridged pod-to-pod traffic reaches the `forward` hooks only with `br_netfilter` and
 //! `net.bridge.bridge-nf-call-iptables`/`-ip6tables` = 1, which the CNI part ensures (and names
@@ -194,6 +194,8 @@ impl Backend for NftProgram {
     fn list_chain(&self, name: &str) -> Result<Option<String>, NftError> {
         let out = Command::new("nft")
             .args(["list", "chain", FAMILY, TABLE, name])
+            // The missing-chain test below reads nft's message, which a locale would translate.
+            .env("LC_ALL", "C")
             .stdin(Stdio::null())
             .output()
             .map_err(NftError::Spawn)?;

@@ -151,3 +151,72 @@ fn an_owned_chain_is_applied_once_and_repaired_only_when_it_drifts() {
     chain.set_desired(masquerade(&[], &[]));
     assert_eq!(chain.reconcile(&kernel).unwrap(), ChainSync::Unchanged);
 }
+
+/// One netlink message: header, then `payload`.
+fn nlmsg(kind: u16, payload: &[u8]) -> Vec<u8> {
+    let len = 16 + payload.len();
+    let mut m = Vec::new();
+    m.extend_from_slice(&(len as u32).to_ne_bytes());
+    m.extend_from_slice(&kind.to_ne_bytes());
+    m.extend_from_slice(&[0; 10]);
+    m.extend_from_slice(payload);
+    while m.len() % 4 != 0 {
+        m.push(0);
+    }
+    m
+}
+
+/// An nftables object message of `family` whose table attribute is `table`.
+fn nft_object(msg: u16, family: u8, table: &str) -> Vec<u8> {
+    let mut p = vec![family, 0, 0, 0];
+    let name = format!("{table}\0");
+    p.extend_from_slice(&((4 + name.len()) as u16).to_ne_bytes());
+    p.extend_from_slice(&1u16.to_ne_bytes());
+    p.extend_from_slice(name.as_bytes());
+    while p.len() % 4 != 0 {
+        p.push(0);
+    }
+    nlmsg((10 << 8) | msg, &p)
+}
+
+#[test]
+fn only_commits_that_touch_skeins_table_count() {
+    const NEWCHAIN: u16 = 3;
+    const DELTABLE: u16 = 2;
+    let newgen = nlmsg((10 << 8) | 15, &[0, 0, 0, 0]);
+    let scan = |datagrams: &[Vec<u8>]| {
+        let mut touched = false;
+        datagrams
+            .iter()
+            .map(|d| crate::monitor::scan(d, &mut touched))
+            .collect::<Vec<_>>()
+    };
+    // Another program's table, and a table named skein in another family: no change for skein.
+    assert_eq!(
+        scan(&[[
+            nft_object(NEWCHAIN, 1, "filter"),
+            nft_object(NEWCHAIN, 2, "skein"),
+            newgen.clone()
+        ]
+        .concat()]),
+        [false]
+    );
+    // `nft flush ruleset`: skein's table deleted, then the commit's NEWGEN in the next datagram.
+    assert_eq!(
+        scan(&[nft_object(DELTABLE, 1, "skein"), newgen.clone()]),
+        [false, true]
+    );
+    // One commit counts once, however many of skein's objects it touched.
+    assert_eq!(
+        scan(&[[
+            nft_object(NEWCHAIN, 1, "skein"),
+            nft_object(NEWCHAIN, 1, "skein"),
+            newgen.clone(),
+            newgen.clone()
+        ]
+        .concat()]),
+        [true]
+    );
+    // Garbage does not panic.
+    assert_eq!(scan(&[vec![0xff; 7], vec![0; 40]]), [false, false]);
+}

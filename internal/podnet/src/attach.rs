@@ -98,9 +98,12 @@ impl PodNet {
             .mtu(pod.mtu)
             .setns_by_fd(pod.netns.as_fd().as_raw_fd())
             .build();
+        // On the bridge from birth (IFLA_MASTER in the same request): the kernel's notification
+        // of a new host end then never shows it off the bridge, which is what drift looks like.
         let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(pod.host_ifname.clone())
             .mtu(pod.mtu)
+            .controller(bridge.header.index)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .build();
         match this.handle.link().add(veth).execute().await {

@@ -20,6 +20,7 @@ pub enum KernelEvent {
         index: u32,
         name: Option<String>,
         controller: Option<u32>,
+        up: bool,
         removed: bool,
     },
     Address {
@@ -74,6 +75,10 @@ fn distill(message: RouteNetlinkMessage) -> Option<KernelEvent> {
             LinkAttribute::Controller(i) => Some(*i),
             _ => None,
         }),
+        up: m
+            .header
+            .flags
+            .contains(rtnetlink::packet_route::link::LinkFlags::Up),
         removed,
     };
     let route = |m: &rtnetlink::packet_route::route::RouteMessage, removed| KernelEvent::Route {

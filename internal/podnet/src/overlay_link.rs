@@ -51,7 +51,7 @@ impl PodNet {
         Ok(Some(index))
     }
 
-    /// Destinations of the main table's routes out of link `index`.
+    /// Destinations of the main table's routes out of link `index` that are not the kernel's own.
     pub async fn routes_via(&self, index: u32) -> Result<Vec<IpNet>, PodNetError> {
         use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
         let mut found = Vec::new();
@@ -74,7 +74,11 @@ impl PodNet {
                     .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
                 let main = route.header.table
                     == rtnetlink::packet_route::route::RouteHeader::RT_TABLE_MAIN;
-                if !out || !main {
+                // The kernel's own routes (an IPv6 link's fe80::/64, connected prefixes) are not
+                // skein's: removing one only makes the kernel put it back.
+                let kernel =
+                    route.header.protocol == rtnetlink::packet_route::route::RouteProtocol::Kernel;
+                if !out || !main || kernel {
                     continue;
                 }
                 let dest = route.attributes.iter().find_map(|a| match a {

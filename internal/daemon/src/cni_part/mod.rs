@@ -66,14 +66,21 @@ pub fn pod_mtu(setting: skein_config::Mtu, overlay_mtu: u32) -> u32 {
 
 /// How long the kernel may go quiet before a burst of its notifications is acted on.
 const SETTLE: Duration = Duration::from_millis(100);
+/// How soon a pass that left a problem is tried again.
+const RETRY: Duration = Duration::from_secs(5);
 
-/// Whether `event` may mean the node's pod network drifted: the bridge changed or went, one of
-/// its addresses went, or a pod's host end is not on it.
+/// Whether `event` may mean the node's pod network drifted: the bridge went, went down or was
+/// made anew (another index), one of its addresses went, or a pod's host end is off it. Pod
+/// churn (host ends born on the bridge, ports coming and going) is not drift.
 fn concerns_the_bridge(event: &KernelEvent, bridge: &IfName, bridge_index: Option<u32>) -> bool {
     match event {
         KernelEvent::Link {
-            name: Some(name), ..
-        } if name == bridge.as_str() => true,
+            name: Some(name),
+            index,
+            up,
+            removed,
+            ..
+        } if name == bridge.as_str() => *removed || !*up || Some(*index) != bridge_index,
         KernelEvent::Link {
             name: Some(name),
             controller,
@@ -167,21 +174,24 @@ pub async fn run(
     let mut gc = tokio::time::interval(settings.gc_interval);
     let mut resync = tokio::time::interval(settings.resync);
     let mut masquerade = None;
-    let mut synced_cidrs: Option<Vec<IpNet>> = None;
+    // The CIDRs of the last pass, clean or not: a pass for new CIDRs is preparation, a later
+    // difference is drift.
+    let mut attempted_cidrs: Option<Vec<IpNet>> = None;
     let mut bridge_index = None;
     let mut warnings: Vec<String> = Vec::new();
     let mut due: Option<Instant> = Some(Instant::now());
     let mut collected_once = false;
     let result = loop {
         let cidrs = network.pod_cidrs().ok();
-        if cidrs.is_some() && synced_cidrs != cidrs {
+        if cidrs.is_some() && attempted_cidrs != cidrs {
             due = Some(Instant::now());
         }
         if let Some(c) = &cidrs
             && due.is_some_and(|t| t <= Instant::now())
         {
             due = None;
-            let first = synced_cidrs.as_ref() != Some(c);
+            let first = attempted_cidrs.as_ref() != Some(c);
+            attempted_cidrs = Some(c.clone());
             let sync = network.reconcile_node(c, &mut masquerade).await;
             bridge_index = sync.bridge_index.or(bridge_index);
             if !sync.repairs.is_empty() {
@@ -194,11 +204,9 @@ pub async fn run(
                 }
             }
             warnings = sync.warnings;
-            if warnings.is_empty() {
-                synced_cidrs = Some(c.clone());
-            } else {
+            if !warnings.is_empty() {
                 // Tried again soon: a failed apply is retried, not left for the timer.
-                due = Some(Instant::now() + Duration::from_secs(5));
+                due = Some(Instant::now() + RETRY);
             }
         }
         let snapshot_ready = snapshots.borrow().version > 0;
@@ -244,7 +252,8 @@ pub async fn run(
                 Err(e) => break Err(e.into()),
             },
             _ = resync.tick() => due = Some(Instant::now()),
-            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {}
+            // Only with CIDRs to reconcile for: before them a due pass waits for the view.
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() && cidrs.is_some() => {}
             _ = gc.tick() => {
                 if snapshot_ready && let Err(e) = network.collect(None).await {
                     warnings.push(format!("garbage collection: {e}"));

@@ -42,9 +42,10 @@ impl PodNetwork {
         masquerade: &mut Option<OwnedChain>,
     ) -> NodeSync {
         let mut out = NodeSync::default();
-        // Exclusive of ADD and DEL: a pod half-way through its attach is not a stray port.
-        let _exclusive = self.gc_lock.write().await;
         let bridge = self.settings.bridge.as_str();
+        // Exclusive of ADD and DEL, for the bridge and its ports only: a pod half-way through
+        // its attach is not a stray port. Sysctls and rules need no lock, so ADDs wait little.
+        let exclusive = self.gc_lock.write().await;
         match Self::gateways(cidrs) {
             Err(e) => out.warnings.push(e.to_string()),
             Ok(gateways) => {
@@ -67,6 +68,7 @@ impl PodNetwork {
                 }
             }
         }
+        drop(exclusive);
         let bridge_nf: &[(&str, &str)] = if skein_podnet::has_br_netfilter() {
             &BRIDGE_NF
         } else {
@@ -78,7 +80,12 @@ impl PodNetwork {
             );
             &[]
         };
-        for (key, value) in SYSCTLS.iter().chain(bridge_nf) {
+        let v6: &[(&str, &str)] = if cidrs.iter().any(|c| c.addr().is_ipv6()) {
+            &[("net.ipv6.conf.all.forwarding", "1")]
+        } else {
+            &[]
+        };
+        for (key, value) in SYSCTLS.iter().chain(bridge_nf).chain(v6) {
             match skein_podnet::set_sysctl(key, value) {
                 Ok(true) => out.repairs.push(format!("{key} set to {value}")),
                 Ok(false) => {}

@@ -78,11 +78,23 @@ fn bridge_notifications_are_told_from_pod_churn() {
         index: 9,
         name: Some(name.into()),
         controller,
+        up: true,
+        removed,
+    };
+    let bridge_event = |index, up, removed| KernelEvent::Link {
+        index,
+        name: Some("skein0".into()),
+        controller: None,
+        up,
         removed,
     };
     let cases = [
-        (link("skein0", None, true), true),
-        (link("skein0", None, false), true),
+        (bridge_event(4, true, true), true),
+        // Made anew: another index.
+        (bridge_event(5, true, false), true),
+        (bridge_event(4, false, false), true),
+        // A port came or went: the bridge's own NEWLINK, same index, up.
+        (bridge_event(4, true, false), false),
         // A new pod's host end, born on the bridge: no drift.
         (link(&host_end("a"), Some(4), false), false),
         // A host end off the bridge (the bridge was re-made): drift.
