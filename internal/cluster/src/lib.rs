@@ -10,6 +10,7 @@ use std::error::Error as StdError;
 use std::path::PathBuf;
 
 mod annotations;
+mod client;
 mod connect;
 mod health;
 mod objects;
@@ -24,7 +25,8 @@ pub use annotations::{
     ANNOTATION_PREFIX, ANNOTATION_UNDERLAY_ADDRESS, ANNOTATION_WIREGUARD_ENDPOINT,
     ANNOTATION_WIREGUARD_PUBLIC_KEY, annotation_patch, publish_node_annotations,
 };
-pub use connect::{K3S_KUBECONFIG, client, client_config};
+pub use client::client;
+pub use connect::{K3S_KUBELET_KUBECONFIG, client_config};
 pub use health::{ApiHealth, Kind};
 pub use objects::{
     AddressType, Endpoint, EndpointPort, EndpointSlice, Namespace, NetworkPolicy, Node, Pod,
