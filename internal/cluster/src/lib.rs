@@ -65,9 +65,13 @@ pub enum ClusterError {
          made of letters, digits, '-', '_' and '.'"
     )]
     AnnotationKey { key: String },
+    /// Writing is not the packaged role's to grant: a node writes its own Node as itself (the
+    /// Node authorizer, narrowed by NodeRestriction), so the cure is the right credentials.
     #[error(
-        "cannot {verb} {resource} {name}: {message} (skein needs `{verb}` on `{resource}`; grant \
-         it in the ClusterRole `skein`)"
+        "cannot {verb} {resource} {name}: {message} (skein needs `{verb}` on `{resource}` for its \
+         own Node only, which a node's own identity has: user `system:node:{name}` in group \
+         `system:nodes`, such as the kubelet's kubeconfig; set cluster.kubeconfig to it, and \
+         node.name to the node's name)"
     )]
     Forbidden {
         verb: &'static str,
