@@ -13,6 +13,18 @@ use skein_e2e::{part, require, which};
 /// One request to the lab's API server (through its forwarded port) with the client
 /// certificate `identity` of the lab's PKI ("node-1", "admin"): (HTTP status, body).
 fn request(lab: &Lab, identity: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    request_with(lab, identity, &[], method, path, body)
+}
+
+/// [`request`] with extra headers (an administrator's `Impersonate-User`, say).
+fn request_with(
+    lab: &Lab,
+    identity: &str,
+    headers: &[&str],
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
     let pki = Path::new(&lab.dir()).join("pki");
     let api = lab.status["api"].as_str().expect("the lab's API address");
     let file = |ext: &str| pki.join(format!("{identity}.{ext}"));
@@ -26,6 +38,7 @@ fn request(lab: &Lab, identity: &str, method: &str, path: &str, body: &str) -> (
         .arg(file("key"))
         .args(["-X", method])
         .args(["-H", "Content-Type: application/merge-patch+json"])
+        .args(headers.iter().flat_map(|h| ["-H", h]))
         .args(["--data", body])
         .args(["-w", "\n%{http_code}"])
         .arg(format!("{api}{path}"))
@@ -123,6 +136,136 @@ fn a_node_changes_its_own_skein_annotations_and_is_refused_another_nodes() {
         annotation(&lab, "node-1", "skein.dev/identity-check").as_deref(),
         Some("node-1")
     );
+}
+
+/// Rights to patch every Node, for a user and for skein's ServiceAccount, as some other tool
+/// might have them.
+const NODE_PATCHERS: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: identity-test-node-patcher
+rules:
+  - apiGroups: [""]
+    resources: ["nodes", "nodes/status"]
+    verbs: ["patch"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: identity-test-node-patcher
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: identity-test-node-patcher
+subjects:
+  - kind: User
+    apiGroup: rbac.authorization.k8s.io
+    name: mallory
+  - kind: ServiceAccount
+    name: skein
+    namespace: kube-system
+"#;
+
+#[test]
+fn rights_to_patch_nodes_do_not_reach_another_nodes_skein_annotations() {
+    let Some(_one) = lab::exclusive() else {
+        return;
+    };
+    if !tools_present() {
+        return;
+    }
+    let lab = Lab::up(2, &[]);
+    let endpoint = lab.wait(
+        "node-2's skein to publish its WireGuard endpoint",
+        Duration::from_secs(60),
+        || annotation(&lab, "node-2", ENDPOINT),
+    );
+    lab.apply(NODE_PATCHERS);
+    let as_user = |user: &str, extra: &[&str]| -> Vec<String> {
+        [format!("Impersonate-User: {user}")]
+            .into_iter()
+            .chain(extra.iter().map(|e| e.to_string()))
+            .collect()
+    };
+    let mallory = as_user("mallory", &[]);
+    let mallory: Vec<&str> = mallory.iter().map(String::as_str).collect();
+    // The grant is in force once mallory may patch an annotation that is not skein's.
+    lab.wait(
+        "mallory's right to patch nodes",
+        Duration::from_secs(30),
+        || {
+            let other = annotation_patch("example.com/owner", Some("mallory"));
+            let (code, _) = request_with(
+                &lab,
+                "admin",
+                &mallory,
+                "PATCH",
+                "/api/v1/nodes/node-2",
+                &other,
+            );
+            (code == 200).then_some(())
+        },
+    );
+
+    let hijack = annotation_patch(ENDPOINT, Some("198.18.0.99:51820"));
+    for path in ["/api/v1/nodes/node-2", "/api/v1/nodes/node-2/status"] {
+        let (code, body) = request_with(&lab, "admin", &mallory, "PATCH", path, &hijack);
+        assert_eq!(code, 403, "PATCH {path} as mallory: {body}");
+        assert!(
+            body.contains("skein-node-annotations")
+                && body.contains("only node node-2 itself")
+                && body.contains("not mallory"),
+            "refused by the packaged admission policy, which says who may: {body}"
+        );
+    }
+
+    // skein's ServiceAccount, in a pod bound to node-1, may publish node-1's and not node-2's.
+    let skein_on_node_1 = as_user(
+        "system:serviceaccount:kube-system:skein",
+        &["Impersonate-Extra-authentication.kubernetes.io%2fnode-name: node-1"],
+    );
+    let skein_on_node_1: Vec<&str> = skein_on_node_1.iter().map(String::as_str).collect();
+    let own = annotation_patch("skein.dev/identity-check", Some("from a pod"));
+    let (code, body) = request_with(
+        &lab,
+        "admin",
+        &skein_on_node_1,
+        "PATCH",
+        "/api/v1/nodes/node-1",
+        &own,
+    );
+    assert_eq!(
+        code, 200,
+        "skein's account on node-1, node-1's Node: {body}"
+    );
+    let (code, body) = request_with(
+        &lab,
+        "admin",
+        &skein_on_node_1,
+        "PATCH",
+        "/api/v1/nodes/node-2",
+        &hijack,
+    );
+    assert_eq!(
+        code, 403,
+        "skein's account on node-1, node-2's Node: {body}"
+    );
+
+    assert_eq!(
+        annotation(&lab, "node-2", ENDPOINT).as_deref(),
+        Some(endpoint.as_str()),
+        "node-2's endpoint is untouched"
+    );
+    // Administrators may still correct a node's annotations.
+    let (code, body) = request(
+        &lab,
+        "admin",
+        "PATCH",
+        "/api/v1/nodes/node-2",
+        &annotation_patch("skein.dev/identity-check", Some("set by an administrator")),
+    );
+    assert_eq!(code, 200, "{body}");
 }
 
 /// A new key and certificate for `user` in `groups`, signed by the lab's CA, written over
