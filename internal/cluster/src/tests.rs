@@ -1084,15 +1084,15 @@ fn api_group(kind: Kind) -> &'static str {
     }
 }
 
+/// Verbs by (apiGroup, resource), as an RBAC role grants them.
+type Grants = BTreeMap<(String, String), BTreeSet<String>>;
+
 /// Every (apiGroup, resource) the ClusterRole `skein` in packaging/rbac.yaml grants, with its
 /// verbs, read as Kubernetes reads the file; and the subjects bound to it.
-fn packaged_rbac() -> (
-    BTreeMap<(String, String), BTreeSet<String>>,
-    Vec<serde_yaml::Value>,
-) {
+fn packaged_rbac() -> (Grants, Vec<serde_yaml::Value>) {
     use serde::Deserialize;
     let text = include_str!("../../../packaging/rbac.yaml");
-    let mut grants: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    let mut grants = Grants::new();
     let mut subjects = Vec::new();
     for document in serde_yaml::Deserializer::from_str(text) {
         let object = serde_yaml::Value::deserialize(document).expect("rbac.yaml is YAML");
@@ -1132,7 +1132,7 @@ fn the_packaged_role_grants_exactly_the_reads_skein_makes_and_no_write() {
     let (grants, _) = packaged_rbac();
     let verbs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
     // What the watches use (list, watch), and the one get: this node's own object at start.
-    let want: BTreeMap<(String, String), BTreeSet<String>> = Kind::ALL
+    let want: Grants = Kind::ALL
         .into_iter()
         .map(|kind| {
             let needed = if kind == Kind::Node {
