@@ -1,6 +1,7 @@
-//! skein's view of the Kubernetes API: where the client configuration comes from, a watched,
-//! versioned [`Snapshot`] of the objects the dataplane is built from, the API's [`ApiHealth`],
-//! and the node annotations skein publishes about itself.
+//! skein's view of the Kubernetes API: where the client configuration comes from (by default
+//! the node's own identity) and a client that follows the rotation of its certificate, a
+//! watched, versioned [`Snapshot`] of the objects the dataplane is built from, the API's
+//! [`ApiHealth`], and the node annotations skein publishes about itself.
 //!
 //! Only this crate talks to the Kubernetes API. What it hands out is skein's own distilled types
 //! (built by pure functions from k8s-openapi objects), so the parts that consume a snapshot never
