@@ -260,17 +260,17 @@ fn a_role_without_a_needed_verb_is_named_on_the_status_page() {
         "/../packaging/rbac.yaml"
     ))
     .expect("packaging/rbac.yaml");
-    let without_patch = packaged.replace(
-        r#"verbs: ["get", "list", "watch", "patch"]"#,
-        r#"verbs: ["get", "list", "watch"]"#,
+    let without_list = packaged.replace(
+        "resources: [\"networkpolicies\"]\n    verbs: [\"list\", \"watch\"]",
+        "resources: [\"networkpolicies\"]\n    verbs: [\"watch\"]",
     );
     assert_ne!(
-        packaged, without_patch,
-        "the packaged role grants patch on nodes"
+        packaged, without_list,
+        "the packaged role grants list on networkpolicies"
     );
     let dir = tempfile::tempdir().expect("tmp");
     let rbac = dir.path().join("rbac.yaml");
-    std::fs::write(&rbac, without_patch).expect("write");
+    std::fs::write(&rbac, without_list).expect("write");
     let lab = Lab::up(1, &["--rbac", rbac.to_str().expect("utf-8")]);
     let status = lab.wait(
         "the missing verb on the status page",
@@ -283,7 +283,7 @@ fn a_role_without_a_needed_verb_is_named_on_the_status_page() {
     );
     let error = status["last_error"].as_str().unwrap_or_default();
     assert!(
-        error.contains("patch") && error.contains("nodes"),
+        error.contains("list") && error.contains("networkpolicies"),
         "names verb and resource: {status}"
     );
 }

@@ -104,7 +104,11 @@ pub fn apiserver_argv(bin: &Path, dir: &Path, pki: &Pki) -> Vec<String> {
             p(pki.service_account_key())
         ),
         format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+        // As k3s runs it: a node's credentials may write only its own Node (and its Lease, and
+        // its pods' status); the Node authorizer allows nodes writes to Nodes, NodeRestriction
+        // narrows that to the caller's own.
         "--authorization-mode=Node,RBAC".into(),
+        "--enable-admission-plugins=NodeRestriction".into(),
         "--profiling=false".into(),
     ]
 }

@@ -2,6 +2,11 @@
 //! its Lease in `kube-node-lease` and its Ready condition — unless the node was stopped, so the
 //! real node lifecycle controller marks it NotReady as it would a dead machine. Like a kubelet,
 //! it does not re-create a Node that was deleted while it runs.
+//!
+//! It acts with the lab's admin credentials, not each node's: one process stands in for every
+//! node's kubelet, and a kubelet's own writes under the Node authorizer and NodeRestriction are
+//! a real kubelet's concern, not skein's. What the lab confines is what skein uses, each node's
+//! own identity (`system:node:<name>`); the API server runs NodeRestriction as k3s does.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -352,11 +352,13 @@ fn up(
         },
     ];
     for node in &node_names {
-        // The group is what packaging/rbac.yaml binds; the user names the node in audit logs.
+        // The node's own identity, as a kubelet's client certificate carries it: the Node
+        // authorizer and NodeRestriction confine it to its own Node; packaging/rbac.yaml grants
+        // the group its reads.
         clients.push(pki::Client {
             file: node.clone(),
-            user: format!("skein:node:{node}"),
-            groups: vec!["skein:nodes".into()],
+            user: format!("system:node:{node}"),
+            groups: vec!["system:nodes".into()],
         });
     }
     let server_ips = [

@@ -1,5 +1,5 @@
-//! Where the Kubernetes client configuration comes from (`cluster.kubeconfig`, the in-cluster
-//! service account, or k3s's kubeconfig) and building the client from it.
+//! Where the Kubernetes client configuration comes from: `cluster.kubeconfig`, the in-cluster
+//! service account, or the kubeconfig of the k3s node's kubelet.
 
 use std::path::{Path, PathBuf};
 
@@ -7,9 +7,12 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::ClusterError;
 
-/// The kubeconfig a k3s server writes; used when `cluster.kubeconfig` is empty outside a pod, so
-/// skein on a k3s server needs no setting at all.
-pub const K3S_KUBECONFIG: &str = "/etc/rancher/k3s/k3s.yaml";
+/// The kubeconfig of a k3s node's kubelet, written on servers and agents alike: the node's own
+/// identity (`system:node:<name>`, group `system:nodes`), which the Node authorizer and
+/// NodeRestriction confine to writing its own Node. Used when `cluster.kubeconfig` is empty
+/// outside a pod, so skein on any k3s node needs no setting; k3s's admin kubeconfig
+/// (`/etc/rancher/k3s/k3s.yaml`, servers only) is deliberately not used.
+pub const K3S_KUBELET_KUBECONFIG: &str = "/var/lib/rancher/k3s/agent/kubelet.kubeconfig";
 
 /// Which configuration to load, decided before anything is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +21,7 @@ pub(crate) enum ConfigSource {
     Setting(PathBuf),
     /// Running in a pod: the service account's token and CA.
     InCluster,
-    /// Not in a pod, on a k3s server.
+    /// Not in a pod, on a k3s node.
     K3s(PathBuf),
     /// Nothing to go on.
     Missing,
@@ -38,13 +41,14 @@ pub(crate) fn config_source(kubeconfig: &str, in_cluster: bool, k3s: &Path) -> C
 }
 
 /// The client configuration for `cluster.kubeconfig`: the file it names; when empty, the pod's
-/// service account if `KUBERNETES_SERVICE_HOST` is set, else [`K3S_KUBECONFIG`] if it exists.
+/// service account if `KUBERNETES_SERVICE_HOST` is set, else [`K3S_KUBELET_KUBECONFIG`] if it
+/// exists.
 pub async fn client_config(kubeconfig: &str) -> Result<kube::Config, ClusterError> {
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty());
     load(config_source(
         kubeconfig,
         in_cluster,
-        Path::new(K3S_KUBECONFIG),
+        Path::new(K3S_KUBELET_KUBECONFIG),
     ))
     .await
 }
@@ -55,7 +59,7 @@ pub(crate) async fn load(source: ConfigSource) -> Result<kube::Config, ClusterEr
         ConfigSource::K3s(path) => {
             from_file(
                 path,
-                "k3s's kubeconfig, used because cluster.kubeconfig is empty",
+                "the k3s kubelet's kubeconfig, used because cluster.kubeconfig is empty",
             )
             .await
         }
@@ -63,7 +67,7 @@ pub(crate) async fn load(source: ConfigSource) -> Result<kube::Config, ClusterEr
             kube::Config::incluster().map_err(|source| ClusterError::InCluster { source })
         }
         ConfigSource::Missing => Err(ClusterError::NoKubeconfig {
-            k3s: PathBuf::from(K3S_KUBECONFIG),
+            k3s: PathBuf::from(K3S_KUBELET_KUBECONFIG),
         }),
     }
 }
@@ -81,10 +85,4 @@ async fn from_file(path: PathBuf, origin: &'static str) -> Result<kube::Config, 
     kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .map_err(|e| fail(path, e))
-}
-
-/// A client for `config`. Connecting happens on the first request, so this fails only on a
-/// configuration the TLS stack cannot use.
-pub fn client(config: kube::Config) -> Result<kube::Client, ClusterError> {
-    kube::Client::try_from(config).map_err(|source| ClusterError::Client { source })
 }

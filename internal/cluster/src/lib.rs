@@ -1,6 +1,7 @@
-//! skein's view of the Kubernetes API: where the client configuration comes from, a watched,
-//! versioned [`Snapshot`] of the objects the dataplane is built from, the API's [`ApiHealth`],
-//! and the node annotations skein publishes about itself.
+//! skein's view of the Kubernetes API: where the client configuration comes from (by default
+//! the node's own identity) and a client that follows the rotation of its certificate, a
+//! watched, versioned [`Snapshot`] of the objects the dataplane is built from, the API's
+//! [`ApiHealth`], and the node annotations skein publishes about itself.
 //!
 //! Only this crate talks to the Kubernetes API. What it hands out is skein's own distilled types
 //! (built by pure functions from k8s-openapi objects), so the parts that consume a snapshot never
@@ -10,6 +11,7 @@ use std::error::Error as StdError;
 use std::path::PathBuf;
 
 mod annotations;
+mod client;
 mod connect;
 mod health;
 mod objects;
@@ -24,7 +26,8 @@ pub use annotations::{
     ANNOTATION_PREFIX, ANNOTATION_UNDERLAY_ADDRESS, ANNOTATION_WIREGUARD_ENDPOINT,
     ANNOTATION_WIREGUARD_PUBLIC_KEY, annotation_patch, publish_node_annotations,
 };
-pub use connect::{K3S_KUBECONFIG, client, client_config};
+pub use client::client;
+pub use connect::{K3S_KUBELET_KUBECONFIG, client_config};
 pub use health::{ApiHealth, Kind};
 pub use objects::{
     AddressType, Endpoint, EndpointPort, EndpointSlice, Namespace, NetworkPolicy, Node, Pod,
@@ -63,9 +66,13 @@ pub enum ClusterError {
          made of letters, digits, '-', '_' and '.'"
     )]
     AnnotationKey { key: String },
+    /// Writing is not the packaged role's to grant: a node writes its own Node as itself (the
+    /// Node authorizer, narrowed by NodeRestriction), so the cure is the right credentials.
     #[error(
-        "cannot {verb} {resource} {name}: {message} (skein needs `{verb}` on `{resource}`; grant \
-         it in the ClusterRole `skein`)"
+        "cannot {verb} {resource} {name}: {message} (skein needs `{verb}` on `{resource}` for its \
+         own Node only, which a node's own identity has: user `system:node:{name}` in group \
+         `system:nodes`, such as the kubelet's kubeconfig; set cluster.kubeconfig to it, and \
+         node.name to the node's name)"
     )]
     Forbidden {
         verb: &'static str,

@@ -1,7 +1,7 @@
 //! Unit tests: distillation from API objects written as JSON manifests, event folding, health,
 //! error wording and the debounce, all without an API server.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -1070,20 +1070,102 @@ async fn kubeconfig_errors_name_the_setting_and_the_path() {
         .expect_err("must fail")
         .to_string();
     assert!(err.contains("set cluster.kubeconfig"), "{err}");
-    assert!(err.contains(K3S_KUBECONFIG), "{err}");
+    assert!(err.contains(K3S_KUBELET_KUBECONFIG), "{err}");
 }
 
 // ---- packaging ----
 
-#[test]
-fn the_packaged_rbac_grants_what_the_watches_use() {
-    let rbac = include_str!("../../../packaging/rbac.yaml");
-    for kind in Kind::ALL {
-        assert!(
-            rbac.contains(kind.resource()),
-            "rbac.yaml lacks {}",
-            kind.resource()
-        );
+/// The API group of each watched kind, as RBAC rules name it.
+fn api_group(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Node | Kind::Namespace | Kind::Pod | Kind::Service => "",
+        Kind::EndpointSlice => "discovery.k8s.io",
+        Kind::NetworkPolicy => "networking.k8s.io",
     }
-    assert!(rbac.contains("patch"), "node annotations need patch");
+}
+
+/// Verbs by (apiGroup, resource), as an RBAC role grants them.
+type Grants = BTreeMap<(String, String), BTreeSet<String>>;
+
+/// Every (apiGroup, resource) the ClusterRole `skein` in packaging/rbac.yaml grants, with its
+/// verbs, read as Kubernetes reads the file; and the subjects bound to it.
+fn packaged_rbac() -> (Grants, Vec<serde_yaml::Value>) {
+    use serde::Deserialize;
+    let text = include_str!("../../../packaging/rbac.yaml");
+    let mut grants = Grants::new();
+    let mut subjects = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(text) {
+        let object = serde_yaml::Value::deserialize(document).expect("rbac.yaml is YAML");
+        let strings = |v: &serde_yaml::Value| -> Vec<String> {
+            v.as_sequence()
+                .map(|s| {
+                    s.iter()
+                        .map(|x| x.as_str().expect("a string").to_string())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        match object["kind"].as_str() {
+            Some("ClusterRole") if object["metadata"]["name"] == "skein" => {
+                for rule in object["rules"].as_sequence().expect("rules") {
+                    for group in strings(&rule["apiGroups"]) {
+                        for resource in strings(&rule["resources"]) {
+                            grants
+                                .entry((group.clone(), resource))
+                                .or_default()
+                                .extend(strings(&rule["verbs"]));
+                        }
+                    }
+                }
+            }
+            Some("ClusterRoleBinding") if object["roleRef"]["name"] == "skein" => {
+                subjects.extend(object["subjects"].as_sequence().expect("subjects").clone());
+            }
+            _ => {}
+        }
+    }
+    (grants, subjects)
+}
+
+#[test]
+fn the_packaged_role_grants_exactly_the_reads_skein_makes_and_no_write() {
+    let (grants, _) = packaged_rbac();
+    let verbs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    // What the watches use (list, watch), and the one get: this node's own object at start.
+    let want: Grants = Kind::ALL
+        .into_iter()
+        .map(|kind| {
+            let needed = if kind == Kind::Node {
+                verbs(&["get", "list", "watch"])
+            } else {
+                verbs(&["list", "watch"])
+            };
+            (
+                (api_group(kind).to_string(), kind.resource().to_string()),
+                needed,
+            )
+        })
+        .collect();
+    // Exactly: a missing verb breaks skein; an extra one (above all patch or update on nodes,
+    // which would let any node rewrite another's WireGuard key) is access it must not have.
+    assert_eq!(grants, want);
+}
+
+#[test]
+fn the_packaged_role_is_bound_to_the_nodes_own_identities_only() {
+    let (_, subjects) = packaged_rbac();
+    let subjects: Vec<(String, String)> = subjects
+        .iter()
+        .map(|s| {
+            (
+                s["kind"].as_str().unwrap_or_default().to_string(),
+                s["name"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        subjects,
+        [("Group".to_string(), "system:nodes".to_string())],
+        "each node's skein authenticates as that node, which NodeRestriction confines"
+    );
 }
