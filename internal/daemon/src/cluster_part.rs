@@ -187,8 +187,12 @@ pub async fn run(
     let server = api_server_address(&config).await;
     let client = skein_cluster::client(config)?;
     // The configured interface's address, else the one the node reaches the API server from.
+    // A loopback source means the API is reached through a local proxy (k3s agents talk to
+    // 127.0.0.1:6444): no other node could reach that address, so it is not an underlay.
     let underlay = match &underlay_interface {
-        None => server.and_then(source_address_towards),
+        None => server
+            .and_then(source_address_towards)
+            .filter(|ip| !ip.is_loopback()),
         Some(name) => address_of_interface(name.as_str()),
     };
     let underlay_interface = underlay_interface
@@ -295,7 +299,9 @@ impl Report {
             )
         } else if underlay.is_none() {
             let why = if underlay_interface.is_empty() {
-                "no route towards the API server".to_string()
+                "the API server is reached through loopback or not at all; set \
+                 node.underlay_interface"
+                    .to_string()
             } else {
                 format!("node.underlay_interface = \"{underlay_interface}\" has no address")
             };
