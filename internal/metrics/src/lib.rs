@@ -1,0 +1,114 @@
+//! The daemon's one metrics registry: each part registers its own metrics into it (names
+//! `skein_<part>_…`, with Prometheus' unit suffixes `_seconds`, `_bytes` and `_total`), and the
+//! page's listener serves it at `/metrics` in the Prometheus text format (version 0.0.4).
+//!
+//! A part registers again each time the supervisor restarts it; registering a name that is
+//! already there hands back the metric registered first, so the series carry on across restarts
+//! instead of appearing twice. It knows nothing of what the parts measure.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::registry::Registry;
+
+pub use prometheus_client::collector::Collector;
+pub use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+pub use prometheus_client::metrics::MetricType;
+pub use prometheus_client::metrics::counter::{ConstCounter, Counter};
+pub use prometheus_client::metrics::family::Family;
+pub use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+pub use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+pub use prometheus_client::registry::Metric;
+
+#[cfg(test)]
+mod tests;
+
+/// What `/metrics` answers with.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Every metric name starts with this.
+pub const PREFIX: &str = "skein_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot encode the metrics: {0}")]
+    Encode(std::fmt::Error),
+}
+
+/// Shared, cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    registry: Registry,
+    /// What is registered under each name, to hand out again (metrics are shared handles).
+    registered: BTreeMap<String, Arc<dyn Any + Send + Sync>>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The metric named `name` (without the `_total` a counter gets when encoded): the one
+    /// registered before under that name, else `make()`'s, registered now.
+    ///
+    /// A name registered before with another type is a bug in the part; the metric made then
+    /// is returned unregistered, so the part runs on and the first registration stays served.
+    pub fn metric<M>(&self, name: &str, help: &str, make: impl FnOnce() -> M) -> M
+    where
+        M: Metric + Clone,
+    {
+        debug_assert!(name.starts_with(PREFIX), "metric {name} lacks {PREFIX}");
+        let mut inner = self.lock();
+        if let Some(existing) = inner.registered.get(name) {
+            return match existing.downcast_ref::<M>() {
+                Some(m) => m.clone(),
+                None => make(),
+            };
+        }
+        let metric = make();
+        inner
+            .registry
+            .register(name, help.to_string(), metric.clone());
+        inner
+            .registered
+            .insert(name.to_string(), Arc::new(metric.clone()));
+        metric
+    }
+
+    /// Adds `collector`, asked for its metrics at each scrape, under `name` (once: a collector
+    /// registered again under the same name is dropped).
+    pub fn collector(&self, name: &str, collector: impl Collector) {
+        let mut inner = self.lock();
+        let key = format!("collector:{name}");
+        if inner.registered.contains_key(&key) {
+            return;
+        }
+        inner.registry.register_collector(Box::new(collector));
+        inner.registered.insert(key, Arc::new(()));
+    }
+
+    /// Everything registered, in the Prometheus text format.
+    pub fn encode(&self) -> Result<String, MetricsError> {
+        let inner = self.lock();
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &inner.registry)
+            .map_err(MetricsError::Encode)?;
+        Ok(out)
+    }
+
+    // A poisoned lock only means a registration panicked; the registry itself is still whole.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A request-latency histogram's buckets: 1 ms to about 16 s, doubling.
+pub fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.0, 15)
+}
