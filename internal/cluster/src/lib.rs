@@ -1,6 +1,6 @@
 //! skein's view of the Kubernetes API: where the client configuration comes from, a watched,
 //! versioned [`Snapshot`] of the objects the dataplane is built from, the API's [`ApiHealth`],
-//! and the node annotations skein publishes about itself.
+//! and the [`NodeAnnouncement`] skein publishes about each node in its annotations.
 //!
 //! Only this crate talks to the Kubernetes API. What it hands out is skein's own distilled types
 //! (built by pure functions from k8s-openapi objects), so the parts that consume a snapshot never
@@ -22,7 +22,8 @@ mod tests;
 
 pub use annotations::{
     ANNOTATION_PREFIX, ANNOTATION_UNDERLAY_ADDRESS, ANNOTATION_WIREGUARD_ENDPOINT,
-    ANNOTATION_WIREGUARD_PUBLIC_KEY, annotation_patch, publish_node_annotations,
+    ANNOTATION_WIREGUARD_PUBLIC_KEY, AnnotationProblem, NodeAnnouncement, WireGuardPublicKey,
+    annotation_patch, publish_node_annotations,
 };
 pub use connect::{K3S_KUBECONFIG, client, client_config};
 pub use health::{ApiHealth, Kind};
@@ -63,6 +64,8 @@ pub enum ClusterError {
          made of letters, digits, '-', '_' and '.'"
     )]
     AnnotationKey { key: String },
+    #[error("{}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Announcement { problems: Vec<AnnotationProblem> },
     #[error(
         "cannot {verb} {resource} {name}: {message} (skein needs `{verb}` on `{resource}`; grant \
          it in the ClusterRole `skein`)"
