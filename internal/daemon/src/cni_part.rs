@@ -17,12 +17,13 @@ use skein_cni::{
 };
 use skein_nft::Backend;
 use skein_podnet::{PodAttachment, PodNet, PodNetError};
-use skein_status::{IpamSummary, PartHandle, PodLease, StatusBoard};
+use skein_status::{PartHandle, StatusBoard};
 use skein_store::{LeaseRequest, PodRef, Store};
 use tokio::sync::{RwLock, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::PartResult;
+use crate::sections::{CidrUse, IpamBoard, IpamSection, PodLease};
 
 /// The daemon's CNI error codes (the spec leaves 100 and up to plugins; `skein-cni` keeps the
 /// ones below 110 for the protocol itself).
@@ -113,7 +114,7 @@ pub struct PodNetwork {
     ensured: tokio::sync::Mutex<Option<Vec<IpNet>>>,
     /// Wakes the task that refreshes the page's IPAM view: off the request path, coalesced.
     reported: tokio::sync::Notify,
-    board: StatusBoard,
+    ipam: IpamBoard,
 }
 
 impl std::fmt::Debug for PodNetwork {
@@ -175,13 +176,13 @@ impl PodNetwork {
             return;
         };
         let cidrs = self.pod_cidrs().unwrap_or_default();
-        let mut summary = IpamSummary {
+        let mut summary = IpamSection {
             cidrs: Vec::new(),
             pods: Vec::new(),
         };
         for cidr in &cidrs {
             let used = usage.iter().find(|(c, _)| c == cidr).map_or(0, |(_, n)| *n);
-            summary.cidrs.push(skein_status::CidrUse {
+            summary.cidrs.push(CidrUse {
                 cidr: cidr.to_string(),
                 used,
                 capacity: u64::try_from(skein_ipam::capacity(*cidr)).unwrap_or(u64::MAX),
@@ -197,7 +198,7 @@ impl PodNetwork {
                 container: l.container_id.chars().take(12).collect(),
             })
             .collect();
-        self.board.set_ipam(summary);
+        self.ipam.show(&summary);
     }
 
     /// Frees leases of attachments that are gone: not `valid` (when the runtime listed them),
@@ -430,6 +431,7 @@ pub async fn run(
     gc_interval: std::time::Duration,
     handle: PartHandle,
     board: StatusBoard,
+    metrics: skein_metrics::Metrics,
     cancel: CancellationToken,
 ) -> PartResult {
     let written = crate::cni_install::install(
@@ -462,11 +464,12 @@ pub async fn run(
         gc_lock: RwLock::new(()),
         ensured: tokio::sync::Mutex::new(None),
         reported: tokio::sync::Notify::new(),
-        board,
+        ipam: IpamBoard::register(&board, &metrics),
     });
     let serving = tokio::spawn(skein_cni::serve(
         listener,
         network.clone(),
+        skein_cni::RequestMetrics::register(&metrics),
         cancel.child_token(),
     ));
     let reporter = {

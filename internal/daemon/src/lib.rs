@@ -16,6 +16,7 @@ mod cni_install;
 mod cni_part;
 pub mod control;
 mod overlay_part;
+mod sections;
 pub mod supervisor;
 #[cfg(test)]
 mod tests;
@@ -76,8 +77,12 @@ pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
             .map_or(listen.clone(), |a| a.to_string())
     );
 
+    let metrics = skein_metrics::Metrics::new();
+    board.register_metrics(&metrics);
     let mut parts = Supervisor::new(board.clone(), Backoff::default());
-    spawn_parts(&mut parts, &config, &node, &board, &store, listener, &page);
+    spawn_parts(
+        &mut parts, &config, &node, &board, &metrics, &store, listener, &page,
+    );
 
     board.set_ready(true);
     notify_systemd(&[
@@ -99,11 +104,13 @@ pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn spawn_parts(
     parts: &mut Supervisor,
     config: &Config,
     node: &str,
     board: &StatusBoard,
+    metrics: &skein_metrics::Metrics,
     store: &Store,
     listener: std::net::TcpListener,
     page: &str,
@@ -154,13 +161,15 @@ fn spawn_parts(
     // Requests from the control socket; the queue outlives the overlay part's restarts.
     let (rotate_tx, rotate_rx) = tokio::sync::mpsc::channel(4);
     let rotate_rx = std::sync::Arc::new(tokio::sync::Mutex::new(rotate_rx));
-    let (overlay_snapshots, overlay_board) = (snapshots.clone(), board.clone());
+    let (overlay_snapshots, overlay_board, overlay_metrics) =
+        (snapshots.clone(), board.clone(), metrics.clone());
     parts.spawn("overlay", move |handle, cancel| {
-        let (settings, snapshots, identity, board, rotations) = (
+        let (settings, snapshots, identity, board, metrics, rotations) = (
             overlay.clone(),
             overlay_snapshots.clone(),
             identity_tx.clone(),
             overlay_board.clone(),
+            overlay_metrics.clone(),
             rotate_rx.clone(),
         );
         async move {
@@ -172,6 +181,7 @@ fn spawn_parts(
                 &mut rotations,
                 handle,
                 board,
+                metrics,
                 cancel,
             )
             .await
@@ -193,7 +203,7 @@ fn spawn_parts(
         cluster_cidrs: vec![config.pod_cidr()],
     };
     let gc_interval = config.ipam_gc_interval();
-    let (cni_store, cni_board) = (store.clone(), board.clone());
+    let (cni_store, cni_board, cni_metrics) = (store.clone(), board.clone(), metrics.clone());
     parts.spawn("cni", move |handle, cancel| {
         cni_part::run(
             settings.clone(),
@@ -202,6 +212,7 @@ fn spawn_parts(
             gc_interval,
             handle,
             cni_board.clone(),
+            cni_metrics.clone(),
             cancel,
         )
     });
@@ -211,19 +222,19 @@ fn spawn_parts(
         store_part(store.clone(), handle, cancel)
     });
 
-    let board = board.clone();
+    let (board, metrics) = (board.clone(), metrics.clone());
     let page = page.to_string();
     parts.spawn("dashboard", move |handle, cancel| {
         // The listener was bound before readiness; each (re)start serves on a clone of it.
         let listener = listener.try_clone();
-        let board = board.clone();
+        let (board, metrics) = (board.clone(), metrics.clone());
         let page = page.clone();
         async move {
             let listener = listener
                 .and_then(tokio::net::TcpListener::from_std)
                 .map_err(|e| format!("cannot reuse the listening socket: {e}"))?;
             handle.ok(format!("serving {page}"));
-            skein_dashboard::serve(listener, board, cancel.cancelled_owned())
+            skein_dashboard::serve(listener, board, metrics, cancel.cancelled_owned())
                 .await
                 .map_err(|e| format!("serving {page}: {e}"))
         }

@@ -18,19 +18,18 @@ use skein_overlay::{
     plan_peers, plan_routes,
 };
 use skein_podnet::PodNet;
-use skein_status::{OverlaySummary, PartHandle, PeerSummary, SkippedPeer, StatusBoard};
+use skein_status::{PartHandle, StatusBoard};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::PartResult;
+use crate::sections::{
+    OverlaySection, PeerState, PeerSummary, PeersBoard, SESSION_LIFETIME, SkippedPeer,
+};
 
 /// How often the device is compared with the view even when nothing changed: picks up a device
 /// restarted behind our back and refreshes the handshake figures on the page.
 const RESYNC_EVERY: Duration = Duration::from_secs(5);
-
-/// A peer whose last handshake is older than this has no session left (WireGuard's
-/// REJECT_AFTER_TIME).
-const SESSION_LIFETIME: Duration = Duration::from_secs(180);
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -60,8 +59,10 @@ pub async fn run(
     rotations: &mut mpsc::Receiver<RotateRequest>,
     handle: PartHandle,
     board: StatusBoard,
+    metrics: skein_metrics::Metrics,
     cancel: CancellationToken,
 ) -> PartResult {
+    let mut peers_board = PeersBoard::register(&board, &metrics);
     let mut key = NodeKey::load_or_create(&settings.state_dir).map_err(|e| e.to_string())?;
     let net = PodNet::connect().map_err(|e| e.to_string())?;
     let (backend, reason) = skein_overlay::choose_backend(
@@ -106,7 +107,7 @@ pub async fn run(
                     summary.peers.len(),
                     settings.mtu
                 );
-                board.set_overlay(summary);
+                peers_board.show(summary);
                 if snapshot.version == 0 {
                     handle.detail("waiting for the cluster view");
                 } else {
@@ -176,7 +177,7 @@ struct Turn<'a> {
 }
 
 impl Turn<'_> {
-    async fn run(&mut self, key: &NodeKey, snapshot: &Snapshot) -> Result<OverlaySummary, String> {
+    async fn run(&mut self, key: &NodeKey, snapshot: &Snapshot) -> Result<OverlaySection, String> {
         let s = self.settings;
         let index = self
             .net
@@ -276,9 +277,9 @@ impl Turn<'_> {
         device: &DeviceState,
         desired: &[PeerSpec],
         skipped: &[Skipped],
-    ) -> OverlaySummary {
+    ) -> OverlaySection {
         let s = self.settings;
-        OverlaySummary {
+        OverlaySection {
             interface: s.interface.clone(),
             backend: self.overlay.backend.as_str().into(),
             backend_reason: self.reason.to_string(),
@@ -301,6 +302,8 @@ impl Turn<'_> {
                     rx_bytes: p.rx_bytes,
                     tx_bytes: p.tx_bytes,
                     up: p.last_handshake_age.is_some_and(|a| a < SESSION_LIFETIME),
+                    // Told from the peer's history by `PeersBoard::show`.
+                    state: PeerState::Idle,
                 })
                 .collect(),
             skipped: skipped

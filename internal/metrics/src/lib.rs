@@ -81,16 +81,26 @@ impl Metrics {
         metric
     }
 
-    /// Adds `collector`, asked for its metrics at each scrape, under `name` (once: a collector
-    /// registered again under the same name is dropped).
-    pub fn collector(&self, name: &str, collector: impl Collector) {
+    /// The collector named `name`, asked for its metrics at each scrape: the one registered
+    /// before under that name, else `make()`'s, registered now. A collector that keeps what it
+    /// reports behind a shared handle (an `Arc`) hands the part that handle back after a
+    /// restart, as [`Metrics::metric`] does.
+    pub fn collector<C>(&self, name: &str, make: impl FnOnce() -> C) -> C
+    where
+        C: Collector + Clone,
+    {
         let mut inner = self.lock();
         let key = format!("collector:{name}");
-        if inner.registered.contains_key(&key) {
-            return;
+        if let Some(existing) = inner.registered.get(&key) {
+            return match existing.downcast_ref::<C>() {
+                Some(c) => c.clone(),
+                None => make(),
+            };
         }
-        inner.registry.register_collector(Box::new(collector));
-        inner.registered.insert(key, Arc::new(()));
+        let collector = make();
+        inner.registry.register_collector(Box::new(collector.clone()));
+        inner.registered.insert(key, Arc::new(collector.clone()));
+        collector
     }
 
     /// Everything registered, in the Prometheus text format.

@@ -36,12 +36,12 @@ fn a_name_reused_with_another_type_keeps_the_first_registration() {
     assert!(!text.contains("skein_test_thing_total"), "{text}");
 }
 
-#[derive(Debug)]
-struct Fixed;
+#[derive(Debug, Clone)]
+struct Fixed(u64);
 
 impl Collector for Fixed {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let counter = ConstCounter::new(7u64);
+        let counter = ConstCounter::new(self.0);
         let mut family =
             encoder.encode_descriptor("skein_test_fixed", "Fixed.", None, counter.metric_type())?;
         counter.encode(family.encode_family(&[("peer", "node-2")])?)
@@ -51,8 +51,9 @@ impl Collector for Fixed {
 #[test]
 fn a_collector_is_asked_at_each_scrape_and_registered_once() {
     let m = Metrics::new();
-    m.collector("fixed", Fixed);
-    m.collector("fixed", Fixed);
+    let first = m.collector("fixed", || Fixed(7));
+    let again = m.collector("fixed", || Fixed(8));
+    assert_eq!((first.0, again.0), (7, 7), "the first one is handed back");
     let text = m.encode().expect("encodes");
     assert_eq!(
         text.matches("skein_test_fixed_total{peer=\"node-2\"} 7\n")

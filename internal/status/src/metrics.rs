@@ -13,7 +13,7 @@ const STATES: [(State, &str); 5] = [
     (State::Disabled, "disabled"),
 ];
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct PartMetrics(StatusBoard);
 
 impl StatusBoard {
@@ -21,7 +21,7 @@ impl StatusBoard {
     /// degraded: running and doing its job), `skein_part_state{part,state}` (1 for the state it
     /// is in, 0 for the others), `skein_part_restarts_total{part}` and `skein_ready`.
     pub fn register_metrics(&self, metrics: &Metrics) {
-        metrics.collector("status-board", PartMetrics(self.clone()));
+        metrics.collector("status-board", || PartMetrics(self.clone()));
     }
 }
 
