@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use skein_metrics::{
-    ConstCounter, ConstGauge, DescriptorEncoder, EncodeMetric, Family, Gauge, MetricType, Metrics,
+    ConstCounter, ConstGauge, DescriptorEncoder, EncodeMetric, MetricType, Metrics,
 };
 use skein_status::{Section, SectionHandle, StatusBoard};
 
@@ -139,47 +139,56 @@ impl Section for IpamSection {
     }
 }
 
-type PerCidr = Family<[(&'static str, String); 1], Gauge>;
+/// What the IPAM metrics report, as of the CNI part's last report; always present, so the
+/// families show (without samples) before the node has a pod CIDR.
+#[derive(Debug, Clone, Default)]
+struct IpamMetrics(Arc<RwLock<Vec<CidrUse>>>);
+
+impl skein_metrics::Collector for IpamMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let cidrs = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let gauge = |n: u64| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+        let mut used = encoder.encode_descriptor(
+            "skein_ipam_addresses_used",
+            "Pod addresses leased on this node, per pod CIDR.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for c in &cidrs {
+            gauge(c.used).encode(used.encode_family(&[("cidr", c.cidr.as_str())])?)?;
+        }
+        let mut capacity = encoder.encode_descriptor(
+            "skein_ipam_addresses_capacity",
+            "Pod addresses the pod CIDR can hand out (not its network, gateway or broadcast).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for c in &cidrs {
+            gauge(c.capacity).encode(capacity.encode_family(&[("cidr", c.cidr.as_str())])?)?;
+        }
+        Ok(())
+    }
+}
 
 /// The CNI part's section and its IPAM metrics.
 #[derive(Debug, Clone)]
 pub struct IpamBoard {
     section: SectionHandle<IpamSection>,
-    used: PerCidr,
-    capacity: PerCidr,
+    metrics: IpamMetrics,
 }
 
 impl IpamBoard {
     pub fn register(board: &StatusBoard, metrics: &Metrics) -> Self {
         Self {
             section: board.section("ipam"),
-            used: metrics.metric(
-                "skein_ipam_addresses_used",
-                "Pod addresses leased on this node, per pod CIDR.",
-                PerCidr::default,
-            ),
-            capacity: metrics.metric(
-                "skein_ipam_addresses_capacity",
-                "Pod addresses a pod CIDR can hand out (without network, gateway, broadcast).",
-                PerCidr::default,
-            ),
+            metrics: metrics.collector("ipam", IpamMetrics::default),
         }
     }
 
     pub fn show(&self, ipam: &IpamSection) {
         self.section.set(ipam);
         // A CIDR the node no longer has drops out of the metrics as it does off the page.
-        self.used.clear();
-        self.capacity.clear();
-        for c in &ipam.cidrs {
-            let labels = [("cidr", c.cidr.clone())];
-            self.used
-                .get_or_create(&labels)
-                .set(i64::try_from(c.used).unwrap_or(i64::MAX));
-            self.capacity
-                .get_or_create(&labels)
-                .set(i64::try_from(c.capacity).unwrap_or(i64::MAX));
-        }
+        *self.metrics.0.write().unwrap_or_else(|e| e.into_inner()) = ipam.cidrs.clone();
     }
 }
 

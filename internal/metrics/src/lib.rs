@@ -57,6 +57,9 @@ impl Metrics {
     /// The metric named `name` (without the `_total` a counter gets when encoded): the one
     /// registered before under that name, else `make()`'s, registered now.
     ///
+    /// A family without samples is left out of the output (the registry skips it); a part
+    /// whose metric must show before its first sample reports it through a [`Collector`].
+    ///
     /// A name registered before with another type is a bug in the part; the metric made then
     /// is returned unregistered, so the part runs on and the first registration stays served.
     pub fn metric<M>(&self, name: &str, help: &str, make: impl FnOnce() -> M) -> M
@@ -72,9 +75,10 @@ impl Metrics {
             };
         }
         let metric = make();
+        // The registry ends the help with a full stop itself.
         inner
             .registry
-            .register(name, help.to_string(), metric.clone());
+            .register(name, help.trim_end_matches('.'), metric.clone());
         inner
             .registered
             .insert(name.to_string(), Arc::new(metric.clone()));
@@ -98,7 +102,9 @@ impl Metrics {
             };
         }
         let collector = make();
-        inner.registry.register_collector(Box::new(collector.clone()));
+        inner
+            .registry
+            .register_collector(Box::new(collector.clone()));
         inner.registered.insert(key, Arc::new(collector.clone()));
         collector
     }

@@ -16,6 +16,10 @@ fn registering_a_name_again_returns_the_first_metric() {
         text.contains("skein_test_requests_total{verb=\"add\"} 2\n"),
         "{text}"
     );
+    assert!(
+        text.contains("# HELP skein_test_requests_total Requests.\n"),
+        "one full stop: {text}"
+    );
     assert_eq!(
         text.matches("# TYPE skein_test_requests_total counter")
             .count(),

@@ -196,6 +196,11 @@ fn ipam_metrics_follow_the_cidrs_the_node_has() {
     });
     let metrics = Metrics::new();
     let ipam = IpamBoard::register(&board, &metrics);
+    let text = metrics.encode().expect("encodes");
+    assert!(
+        text.contains("# TYPE skein_ipam_addresses_used gauge\n"),
+        "the family shows before any CIDR: {text}"
+    );
     let cidr = |c: &str, used| CidrUse {
         cidr: c.into(),
         used,
