@@ -17,13 +17,13 @@ use skein_cni::{
 };
 use skein_nft::Backend;
 use skein_podnet::{PodAttachment, PodNet, PodNetError};
-use skein_status::{PartHandle, StatusBoard};
+use skein_status::PartHandle;
 use skein_store::{LeaseRequest, PodRef, Store};
 use tokio::sync::{RwLock, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::PartResult;
-use crate::sections::{CidrUse, IpamBoard, IpamSection, PodLease};
+use crate::sections::{CidrUse, IpamBoard, IpamSection, PodLease, Reporting};
 
 /// The daemon's CNI error codes (the spec leaves 100 and up to plugins; `skein-cni` keeps the
 /// ones below 110 for the protocol itself).
@@ -430,8 +430,7 @@ pub async fn run(
     snapshots: watch::Receiver<Arc<Snapshot>>,
     gc_interval: std::time::Duration,
     handle: PartHandle,
-    board: StatusBoard,
-    metrics: skein_metrics::Metrics,
+    report: Reporting,
     cancel: CancellationToken,
 ) -> PartResult {
     let written = crate::cni_install::install(
@@ -464,12 +463,12 @@ pub async fn run(
         gc_lock: RwLock::new(()),
         ensured: tokio::sync::Mutex::new(None),
         reported: tokio::sync::Notify::new(),
-        ipam: IpamBoard::register(&board, &metrics),
+        ipam: IpamBoard::register(&report),
     });
     let serving = tokio::spawn(skein_cni::serve(
         listener,
         network.clone(),
-        skein_cni::RequestMetrics::register(&metrics),
+        skein_cni::RequestMetrics::register(&report.metrics),
         cancel.child_token(),
     ));
     let reporter = {

@@ -161,15 +161,17 @@ fn spawn_parts(
     // Requests from the control socket; the queue outlives the overlay part's restarts.
     let (rotate_tx, rotate_rx) = tokio::sync::mpsc::channel(4);
     let rotate_rx = std::sync::Arc::new(tokio::sync::Mutex::new(rotate_rx));
-    let (overlay_snapshots, overlay_board, overlay_metrics) =
-        (snapshots.clone(), board.clone(), metrics.clone());
+    let reporting = sections::Reporting {
+        board: board.clone(),
+        metrics: metrics.clone(),
+    };
+    let (overlay_snapshots, overlay_report) = (snapshots.clone(), reporting.clone());
     parts.spawn("overlay", move |handle, cancel| {
-        let (settings, snapshots, identity, board, metrics, rotations) = (
+        let (settings, snapshots, identity, report, rotations) = (
             overlay.clone(),
             overlay_snapshots.clone(),
             identity_tx.clone(),
-            overlay_board.clone(),
-            overlay_metrics.clone(),
+            overlay_report.clone(),
             rotate_rx.clone(),
         );
         async move {
@@ -180,8 +182,7 @@ fn spawn_parts(
                 identity,
                 &mut rotations,
                 handle,
-                board,
-                metrics,
+                report,
                 cancel,
             )
             .await
@@ -203,7 +204,7 @@ fn spawn_parts(
         cluster_cidrs: vec![config.pod_cidr()],
     };
     let gc_interval = config.ipam_gc_interval();
-    let (cni_store, cni_board, cni_metrics) = (store.clone(), board.clone(), metrics.clone());
+    let (cni_store, cni_report) = (store.clone(), reporting);
     parts.spawn("cni", move |handle, cancel| {
         cni_part::run(
             settings.clone(),
@@ -211,8 +212,7 @@ fn spawn_parts(
             snapshots.clone(),
             gc_interval,
             handle,
-            cni_board.clone(),
-            cni_metrics.clone(),
+            cni_report.clone(),
             cancel,
         )
     });

@@ -18,13 +18,13 @@ use skein_overlay::{
     plan_peers, plan_routes,
 };
 use skein_podnet::PodNet;
-use skein_status::{PartHandle, StatusBoard};
+use skein_status::PartHandle;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::PartResult;
 use crate::sections::{
-    OverlaySection, PeerState, PeerSummary, PeersBoard, SESSION_LIFETIME, SkippedPeer,
+    OverlaySection, PeerState, PeerSummary, PeersBoard, Reporting, SESSION_LIFETIME, SkippedPeer,
 };
 
 /// How often the device is compared with the view even when nothing changed: picks up a device
@@ -58,11 +58,10 @@ pub async fn run(
     identity: watch::Sender<Option<Identity>>,
     rotations: &mut mpsc::Receiver<RotateRequest>,
     handle: PartHandle,
-    board: StatusBoard,
-    metrics: skein_metrics::Metrics,
+    report: Reporting,
     cancel: CancellationToken,
 ) -> PartResult {
-    let mut peers_board = PeersBoard::register(&board, &metrics);
+    let mut peers_board = PeersBoard::register(&report);
     let mut key = NodeKey::load_or_create(&settings.state_dir).map_err(|e| e.to_string())?;
     let net = PodNet::connect().map_err(|e| e.to_string())?;
     let (backend, reason) = skein_overlay::choose_backend(

@@ -21,6 +21,13 @@ use skein_status::{Section, SectionHandle, StatusBoard};
 #[cfg(test)]
 mod tests;
 
+/// Where a part reports: the status board and the metrics registry.
+#[derive(Debug, Clone)]
+pub struct Reporting {
+    pub board: StatusBoard,
+    pub metrics: Metrics,
+}
+
 // ---- cluster ----
 
 /// One Node as this daemon's cluster view has it.
@@ -178,10 +185,10 @@ pub struct IpamBoard {
 }
 
 impl IpamBoard {
-    pub fn register(board: &StatusBoard, metrics: &Metrics) -> Self {
+    pub fn register(to: &Reporting) -> Self {
         Self {
-            section: board.section("ipam"),
-            metrics: metrics.collector("ipam", IpamMetrics::default),
+            section: to.board.section("ipam"),
+            metrics: to.metrics.collector("ipam", IpamMetrics::default),
         }
     }
 
@@ -418,10 +425,10 @@ pub struct PeersBoard {
 }
 
 impl PeersBoard {
-    pub fn register(board: &StatusBoard, metrics: &Metrics) -> Self {
+    pub fn register(to: &Reporting) -> Self {
         Self {
-            section: board.section("peers"),
-            metrics: metrics.collector("overlay-peers", PeerMetrics::default),
+            section: to.board.section("peers"),
+            metrics: to.metrics.collector("overlay-peers", PeerMetrics::default),
             activity: PeerActivity::default(),
         }
     }

@@ -141,7 +141,11 @@ fn the_peers_section_counts_states_and_its_metrics_follow_each_turn() {
         state_path: "s".into(),
     });
     let metrics = Metrics::new();
-    let mut peers = PeersBoard::register(&board, &metrics);
+    let to = Reporting {
+        board: board.clone(),
+        metrics: metrics.clone(),
+    };
+    let mut peers = PeersBoard::register(&to);
     peers.show(overlay(vec![
         peer("node-2", Some(3), 500),
         peer("node-3", None, 0),
@@ -172,7 +176,7 @@ fn the_peers_section_counts_states_and_its_metrics_follow_each_turn() {
         "never: no sample"
     );
     // A restarted part registers again and reports into the same families.
-    let mut again = PeersBoard::register(&board, &metrics);
+    let mut again = PeersBoard::register(&to);
     again.show(overlay(vec![]));
     let text = metrics.encode().expect("encodes");
     assert!(
@@ -195,7 +199,10 @@ fn ipam_metrics_follow_the_cidrs_the_node_has() {
         state_path: "s".into(),
     });
     let metrics = Metrics::new();
-    let ipam = IpamBoard::register(&board, &metrics);
+    let ipam = IpamBoard::register(&Reporting {
+        board,
+        metrics: metrics.clone(),
+    });
     let text = metrics.encode().expect("encodes");
     assert!(
         text.contains("# TYPE skein_ipam_addresses_used gauge\n"),
