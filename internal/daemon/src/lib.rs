@@ -77,11 +77,14 @@ pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
             .map_or(listen.clone(), |a| a.to_string())
     );
 
-    let metrics = skein_metrics::Metrics::new();
-    board.register_metrics(&metrics);
+    let reporting = sections::Reporting {
+        board: board.clone(),
+        metrics: skein_metrics::Metrics::new(),
+    };
+    board.register_metrics(&reporting.metrics);
     let mut parts = Supervisor::new(board.clone(), Backoff::default());
     spawn_parts(
-        &mut parts, &config, &node, &board, &metrics, &store, listener, &page,
+        &mut parts, &config, &node, &reporting, &store, listener, &page,
     );
 
     board.set_ready(true);
@@ -104,17 +107,16 @@ pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn spawn_parts(
     parts: &mut Supervisor,
     config: &Config,
     node: &str,
-    board: &StatusBoard,
-    metrics: &skein_metrics::Metrics,
+    reporting: &sections::Reporting,
     store: &Store,
     listener: std::net::TcpListener,
     page: &str,
 ) {
+    let (board, metrics) = (&reporting.board, &reporting.metrics);
     // The cluster part feeds the latest snapshot here; it outlives the part's restarts, so the
     // parts reading it never lose their subscription.
     let (feed, snapshots) =
@@ -161,10 +163,6 @@ fn spawn_parts(
     // Requests from the control socket; the queue outlives the overlay part's restarts.
     let (rotate_tx, rotate_rx) = tokio::sync::mpsc::channel(4);
     let rotate_rx = std::sync::Arc::new(tokio::sync::Mutex::new(rotate_rx));
-    let reporting = sections::Reporting {
-        board: board.clone(),
-        metrics: metrics.clone(),
-    };
     let (overlay_snapshots, overlay_report) = (snapshots.clone(), reporting.clone());
     parts.spawn("overlay", move |handle, cancel| {
         let (settings, snapshots, identity, report, rotations) = (
@@ -204,7 +202,7 @@ fn spawn_parts(
         cluster_cidrs: vec![config.pod_cidr()],
     };
     let gc_interval = config.ipam_gc_interval();
-    let (cni_store, cni_report) = (store.clone(), reporting);
+    let (cni_store, cni_report) = (store.clone(), reporting.clone());
     parts.spawn("cni", move |handle, cancel| {
         cni_part::run(
             settings.clone(),
