@@ -22,6 +22,8 @@ missing=()
 for program in "${!wanted[@]}"; do
     command -v "$program" >/dev/null 2>&1 || missing+=("${wanted[$program]}")
 done
+# the metrics test parses /metrics with the Prometheus project's own parser, in Debian's Python
+/usr/bin/python3 -c 'import prometheus_client.parser' 2>/dev/null || missing+=(python3-prometheus-client)
 if ((${#missing[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2

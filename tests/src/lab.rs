@@ -91,12 +91,25 @@ impl Lab {
         SocketAddr::from(([127, 0, 0, 1], port as u16))
     }
 
-    /// The node's `/api/v1/status`, if its daemon answers.
+    /// The node's `/api/v1/status` with each section's details (`/api/v1/<section>`, lists up
+    /// to 1000 long) under the section's name, if its daemon answers.
     pub fn node_status(&self, node: &str) -> Option<serde_json::Value> {
-        let (code, body) = http_get(self.page(node), "/api/v1/status")?;
-        (code == 200)
-            .then(|| serde_json::from_str(&body).ok())
-            .flatten()
+        let get = |path: &str| {
+            let (code, body) = http_get(self.page(node), path)?;
+            (code == 200)
+                .then(|| serde_json::from_str::<serde_json::Value>(&body).ok())
+                .flatten()
+        };
+        let mut status = get("/api/v1/status")?;
+        let names: Vec<String> = status["sections"]
+            .as_object()
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default();
+        for name in names {
+            let details = get(&format!("/api/v1/{name}?limit=1000"))?;
+            status[name.as_str()] = details;
+        }
+        Some(status)
     }
 
     pub fn node_names(&self) -> Vec<String> {

@@ -303,3 +303,48 @@ pub fn rendered_dom(url: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Debian's Python, which has Debian's `python3-prometheus-client` (a Python on PATH may not).
+pub const DEBIAN_PYTHON: &str = "/usr/bin/python3";
+
+/// Whether [`prometheus_families`] can run here.
+pub fn has_prometheus_parser() -> bool {
+    Command::new(DEBIAN_PYTHON)
+        .args(["-c", "import prometheus_client.parser"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `text` parsed by the Prometheus project's own Python parser
+/// (`prometheus_client.parser.text_string_to_metric_families`): every family as
+/// `{"name", "type", "samples": [{"name", "labels", "value"}]}`. Panics when it does not parse.
+pub fn prometheus_families(text: &str) -> Vec<serde_json::Value> {
+    const PARSE: &str = "import json, sys\n\
+        from prometheus_client.parser import text_string_to_metric_families\n\
+        out = [{'name': f.name, 'type': f.type, 'documentation': f.documentation,\n\
+                'samples': [{'name': s.name, 'labels': s.labels, 'value': s.value} for s in f.samples]}\n\
+               for f in text_string_to_metric_families(sys.stdin.read())]\n\
+        json.dump(out, sys.stdout)\n";
+    let mut child = Command::new(DEBIAN_PYTHON)
+        .args(["-c", PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run Debian's python3");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write metrics");
+    let out = child.wait_with_output().expect("parser output");
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("parser's JSON")
+}

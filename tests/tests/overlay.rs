@@ -35,6 +35,48 @@ fn overlay(lab: &Lab, node: &str) -> serde_json::Value {
     }
 }
 
+/// `node`'s `/metrics`, read by the Prometheus parser, carry each of `peers` (all up, with
+/// traffic) by node name: bytes each way and the handshake's age.
+fn peer_metrics_show(lab: &Lab, node: &str, peers: &[serde_json::Value]) {
+    if !skein_e2e::require(
+        skein_e2e::has_prometheus_parser(),
+        "Debian's python3-prometheus-client is not installed",
+    ) {
+        return;
+    }
+    let (_, text) = skein_e2e::http_get(lab.page(node), "/metrics").expect("/metrics answers");
+    let families = skein_e2e::prometheus_families(&text);
+    let value = |name: &str, peer: Option<&str>| {
+        families
+            .iter()
+            .flat_map(|f| f["samples"].as_array().into_iter().flatten())
+            .find(|s| s["name"] == name && peer.is_none_or(|p| s["labels"]["node"] == p))
+            .and_then(|s| s["value"].as_f64())
+    };
+    // The page and the metrics come from different turns; every peer stays up meanwhile.
+    assert_eq!(
+        value("skein_overlay_peers_up", None),
+        Some(peers.len() as f64),
+        "{text}"
+    );
+    for p in peers {
+        let peer = p["node"].as_str().expect("peer node");
+        for name in [
+            "skein_overlay_peer_rx_bytes_total",
+            "skein_overlay_peer_tx_bytes_total",
+        ] {
+            assert!(
+                value(name, Some(peer)) > Some(0.0),
+                "{name} for {peer}: {text}"
+            );
+        }
+        assert!(
+            value("skein_overlay_peer_handshake_age_seconds", Some(peer)) < Some(180.0),
+            "handshake age for {peer}: {text}"
+        );
+    }
+}
+
 /// The peer of `node`'s device that belongs to node `peer`, if any.
 fn peer_of(lab: &Lab, node: &str, peer: &str) -> Option<serde_json::Value> {
     overlay(lab, node)["peers"]
@@ -196,7 +238,9 @@ fn pods_on_different_nodes_talk_through_the_tunnel_and_peers_follow_the_nodes() 
         );
         for p in &peers {
             assert!(p["latest_handshake_seconds"].as_u64().is_some(), "{p}");
+            assert_eq!(p["state"], "up", "{p}");
         }
+        peer_metrics_show(&lab, node, &peers);
         let status = lab.node_status(node).expect("status");
         assert!(
             !status.to_string().contains("private"),

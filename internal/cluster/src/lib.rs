@@ -1,7 +1,8 @@
 //! skein's view of the Kubernetes API: where the client configuration comes from (by default
 //! the node's own identity) and a client that follows the rotation of its certificate, a
 //! watched, versioned [`Snapshot`] of the objects the dataplane is built from, the API's
-//! [`ApiHealth`], and the node annotations skein publishes about itself.
+//! [`ApiHealth`], and the [`NodeAnnouncement`] skein publishes about each node in its
+//! annotations.
 //!
 //! Only this crate talks to the Kubernetes API. What it hands out is skein's own distilled types
 //! (built by pure functions from k8s-openapi objects), so the parts that consume a snapshot never
@@ -24,7 +25,8 @@ mod tests;
 
 pub use annotations::{
     ANNOTATION_PREFIX, ANNOTATION_UNDERLAY_ADDRESS, ANNOTATION_WIREGUARD_ENDPOINT,
-    ANNOTATION_WIREGUARD_PUBLIC_KEY, annotation_patch, publish_node_annotations,
+    ANNOTATION_WIREGUARD_PUBLIC_KEY, AnnotationProblem, NodeAnnouncement, WireGuardPublicKey,
+    annotation_patch, publish_node_annotations,
 };
 pub use client::client;
 pub use connect::{K3S_KUBELET_KUBECONFIG, client_config};
@@ -66,6 +68,8 @@ pub enum ClusterError {
          made of letters, digits, '-', '_' and '.'"
     )]
     AnnotationKey { key: String },
+    #[error("{}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Announcement { problems: Vec<AnnotationProblem> },
     /// Writing is not the packaged role's to grant: a node writes its own Node as itself (the
     /// Node authorizer, narrowed by NodeRestriction), so the cure is the right credentials.
     #[error(

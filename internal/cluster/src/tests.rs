@@ -1169,3 +1169,89 @@ fn the_packaged_role_is_bound_to_the_nodes_own_identities_only() {
         "each node's skein authenticates as that node, which NodeRestriction confines"
     );
 }
+
+// ---- the node announcement ----
+
+fn announced() -> NodeAnnouncement {
+    NodeAnnouncement {
+        underlay_address: Some("198.18.0.11".parse().expect("ip")),
+        wireguard_public_key: Some(WireGuardPublicKey([7; 32])),
+        wireguard_endpoint: Some("198.18.0.11:51820".parse().expect("endpoint")),
+    }
+}
+
+#[test]
+fn an_announcement_reads_back_from_its_annotations() {
+    let a = announced();
+    let annotations = a.to_annotations();
+    assert_eq!(
+        annotations[ANNOTATION_WIREGUARD_PUBLIC_KEY],
+        "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="
+    );
+    assert_eq!(
+        annotations[ANNOTATION_WIREGUARD_ENDPOINT],
+        "198.18.0.11:51820"
+    );
+    assert_eq!(annotations[ANNOTATION_UNDERLAY_ADDRESS], "198.18.0.11");
+    assert_eq!(
+        NodeAnnouncement::from_annotations(&annotations).expect("valid"),
+        a
+    );
+    let v6 = NodeAnnouncement {
+        wireguard_endpoint: Some("[fd00::11]:51820".parse().expect("endpoint")),
+        ..a
+    };
+    assert_eq!(
+        v6.to_annotations()[ANNOTATION_WIREGUARD_ENDPOINT],
+        "[fd00::11]:51820"
+    );
+    assert_eq!(
+        NodeAnnouncement::from_annotations(&v6.to_annotations()).expect("valid"),
+        v6
+    );
+}
+
+#[test]
+fn an_empty_announcement_writes_nothing_and_missing_annotations_are_absent_fields() {
+    assert!(NodeAnnouncement::default().to_annotations().is_empty());
+    let only_address = map(&[(ANNOTATION_UNDERLAY_ADDRESS, "fd00::11")]);
+    let a = NodeAnnouncement::from_annotations(&only_address).expect("valid");
+    assert_eq!(a.underlay_address, Some("fd00::11".parse().expect("ip")));
+    assert_eq!((a.wireguard_public_key, a.wireguard_endpoint), (None, None));
+    let other = map(&[("skein.dev/something-else", "x")]);
+    assert_eq!(
+        NodeAnnouncement::from_annotations(&other).expect("ignored"),
+        NodeAnnouncement::default()
+    );
+}
+
+#[test]
+fn a_bad_announcement_names_each_annotation_and_value() {
+    let bad = map(&[
+        (ANNOTATION_UNDERLAY_ADDRESS, "198.18.0.300"),
+        (ANNOTATION_WIREGUARD_PUBLIC_KEY, "bm90IGEga2V5"),
+        (ANNOTATION_WIREGUARD_ENDPOINT, "198.18.0.11"),
+    ]);
+    let err = NodeAnnouncement::from_annotations(&bad)
+        .expect_err("invalid")
+        .to_string();
+    for part in [
+        "skein.dev/underlay-address = \"198.18.0.300\" is not an IP address",
+        "skein.dev/wireguard-public-key = \"bm90IGEga2V5\" is not a WireGuard public key",
+        "skein.dev/wireguard-endpoint = \"198.18.0.11\" is not address:port",
+    ] {
+        assert!(err.contains(part), "{err} should say {part}");
+    }
+}
+
+#[test]
+fn public_keys_are_32_bytes_of_base64() {
+    let key = WireGuardPublicKey([1; 32]);
+    assert_eq!(WireGuardPublicKey::from_base64(&key.to_base64()), Some(key));
+    assert_eq!(
+        WireGuardPublicKey::from_base64(&format!(" {}\n", key.to_base64())),
+        Some(key)
+    );
+    assert_eq!(WireGuardPublicKey::from_base64("AAAA"), None, "3 bytes");
+    assert_eq!(WireGuardPublicKey::from_base64("not base64!"), None);
+}

@@ -24,7 +24,9 @@ mod wire;
 
 pub use env::{Command, Env, PodIdentity};
 pub use plugin::{plugin_main, run};
-pub use server::{AddRequest, CheckRequest, DelRequest, GcRequest, Handler, bind, serve};
+pub use server::{
+    AddRequest, CheckRequest, DelRequest, GcRequest, Handler, RequestMetrics, bind, serve,
+};
 pub use types::{
     AddResult, Attachment, CniVersion, Dns, ErrorObject, Interface, IpConfig, NetConf, Route,
     SUPPORTED_VERSIONS, VersionInfo,

@@ -1,5 +1,6 @@
 //! The daemon's side of the socket: [`bind`] it, [`serve`] it, and implement [`Handler`] to do
-//! the actual networking.
+//! the actual networking. Each request is counted by verb and result and its latency observed
+//! ([`RequestMetrics`]).
 
 use std::fs;
 use std::future::Future;
@@ -9,10 +10,11 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use serde_json::Value;
+use skein_metrics::{Counter, Family, Histogram, Metrics};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +32,50 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pause after a failed `accept` (out of descriptors, say) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+type VerbResult = [(&'static str, &'static str); 2];
+type Verb = [(&'static str, &'static str); 1];
+type Durations = Family<Verb, Histogram, fn() -> Histogram>;
+
+/// The socket's metrics: `skein_cni_requests_total{verb,result}` (result `ok` or `error`; verb
+/// `unknown` for a request that could not be read) and `skein_cni_request_duration_seconds{verb}`,
+/// from a whole request read to its answer decided.
+#[derive(Debug, Clone)]
+pub struct RequestMetrics {
+    requests: Family<VerbResult, Counter>,
+    durations: Durations,
+}
+
+impl RequestMetrics {
+    pub fn register(metrics: &Metrics) -> Self {
+        Self {
+            requests: metrics.metric(
+                "skein_cni_requests",
+                "CNI requests answered on the daemon's socket, by verb and result.",
+                Family::default,
+            ),
+            durations: metrics.metric(
+                "skein_cni_request_duration_seconds",
+                "Time from a CNI request read to its answer, by verb.",
+                || {
+                    Durations::new_with_constructor(|| {
+                        Histogram::new(skein_metrics::latency_buckets())
+                    })
+                },
+            ),
+        }
+    }
+
+    fn observe(&self, verb: &'static str, ok: bool, took: Duration) {
+        let result = if ok { "ok" } else { "error" };
+        self.requests
+            .get_or_create(&[("verb", verb), ("result", result)])
+            .inc();
+        self.durations
+            .get_or_create(&[("verb", verb)])
+            .observe(took.as_secs_f64());
+    }
+}
 
 /// `ADD`: attach the pod's interface.
 #[derive(Debug)]
@@ -153,9 +199,15 @@ pub fn bind(path: impl AsRef<Path>) -> io::Result<UnixListener> {
     UnixListener::from_std(listener)
 }
 
-/// Serves CNI requests on `listener` until `cancel` fires, each connection in its own task.
-/// On cancellation it stops accepting and returns once the requests in flight are answered.
-pub async fn serve<H: Handler>(listener: UnixListener, handler: Arc<H>, cancel: CancellationToken) {
+/// Serves CNI requests on `listener` until `cancel` fires, each connection in its own task,
+/// counting them in `metrics`. On cancellation it stops accepting and returns once the requests
+/// in flight are answered.
+pub async fn serve<H: Handler>(
+    listener: UnixListener,
+    handler: Arc<H>,
+    metrics: RequestMetrics,
+    cancel: CancellationToken,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -165,7 +217,7 @@ pub async fn serve<H: Handler>(listener: UnixListener, handler: Arc<H>, cancel: 
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    connections.spawn(connection(stream, Arc::clone(&handler)));
+                    connections.spawn(connection(stream, Arc::clone(&handler), metrics.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cni socket: accept failed");
@@ -185,8 +237,11 @@ fn log_join(joined: Result<(), tokio::task::JoinError>) {
     }
 }
 
-async fn connection<H: Handler>(mut stream: UnixStream, handler: Arc<H>) {
-    let response = match tokio::time::timeout(REQUEST_TIMEOUT, wire::read_request(&stream)).await {
+async fn connection<H: Handler>(mut stream: UnixStream, handler: Arc<H>, metrics: RequestMetrics) {
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, wire::read_request(&stream)).await;
+    let started = Instant::now();
+    let mut verb = "unknown";
+    let response = match read {
         Err(_) => {
             tracing::debug!("cni socket: no request within {REQUEST_TIMEOUT:?}; closing");
             return;
@@ -197,6 +252,7 @@ async fn connection<H: Handler>(mut stream: UnixStream, handler: Arc<H>) {
         }
         Ok(Err(e)) => error_response(CniVersion::LATEST.as_str(), &read_error(e)),
         Ok(Ok((line, fds))) => {
+            verb = requested_verb(&line);
             AssertUnwindSafe(answer(&*handler, &line, fds))
                 .catch_unwind()
                 .await
@@ -213,6 +269,7 @@ async fn connection<H: Handler>(mut stream: UnixStream, handler: Arc<H>) {
                 })
         }
     };
+    metrics.observe(verb, response.error.is_none(), started.elapsed());
     match tokio::time::timeout(ANSWER_TIMEOUT, wire::write_response(&mut stream, &response)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(error = %e, "cni socket: cannot send the answer"),
@@ -247,6 +304,21 @@ fn requested_version(line: &[u8]) -> String {
         .unwrap_or(CniVersion::LATEST)
         .as_str()
         .to_owned()
+}
+
+/// The request's command as a metric label (`unknown` when the line names none skein knows).
+pub(crate) fn requested_verb(line: &[u8]) -> &'static str {
+    serde_json::from_slice::<Value>(line)
+        .ok()
+        .and_then(|v| serde_json::from_value::<Command>(v.get("command")?.clone()).ok())
+        .map_or("unknown", |c| match c {
+            Command::Add => "add",
+            Command::Del => "del",
+            Command::Check => "check",
+            Command::Status => "status",
+            Command::Gc => "gc",
+            Command::Version => "version",
+        })
 }
 
 fn error_response(version: &str, error: &CniError) -> Response {

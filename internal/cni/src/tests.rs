@@ -814,3 +814,81 @@ async fn the_daemon_refuses_requests_it_cannot_trust() {
         Some(json!({"cniVersion": "1.0.0", "supportedVersions": ["1.0.0", "1.1.0"]}))
     );
 }
+
+/// A daemon that cannot serve pods yet: STATUS says so; nothing else is reached.
+struct NotYet;
+
+impl Handler for NotYet {
+    async fn add(&self, _: AddRequest) -> Result<AddResult, CniError> {
+        panic!("add reached")
+    }
+    async fn del(&self, _: DelRequest) -> Result<(), CniError> {
+        panic!("del reached")
+    }
+    async fn check(&self, _: CheckRequest) -> Result<(), CniError> {
+        panic!("check reached")
+    }
+    async fn status(&self) -> Result<(), CniError> {
+        Err(CniError::NotAvailable("no pod CIDR yet".into()))
+    }
+    async fn gc(&self, _: GcRequest) -> Result<(), CniError> {
+        panic!("gc reached")
+    }
+}
+
+#[tokio::test]
+async fn the_socket_counts_requests_by_verb_and_result_and_times_them() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("cni.sock");
+    let listener = bind(&path).expect("bind");
+    let metrics = skein_metrics::Metrics::new();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let serving = tokio::spawn(serve(
+        listener,
+        std::sync::Arc::new(NotYet),
+        RequestMetrics::register(&metrics),
+        cancel.clone(),
+    ));
+    let config = json!({"cniVersion": "1.1.0", "name": "skein", "type": "skein"});
+    for command in ["STATUS", "STATUS", "VERSION"] {
+        let line = json!({"v": 1, "command": command, "config": config}).to_string() + "\n";
+        let path = path.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut conn = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+            conn.write_all(line.as_bytes()).expect("write");
+            let mut answer = String::new();
+            conn.read_to_string(&mut answer).expect("read");
+            answer
+        })
+        .await
+        .expect("client");
+        assert!(!answer.is_empty(), "{command}: no answer");
+    }
+    cancel.cancel();
+    serving.await.expect("served");
+    let text = metrics.encode().expect("encodes");
+    for line in [
+        "skein_cni_requests_total{verb=\"status\",result=\"error\"} 2",
+        "skein_cni_requests_total{verb=\"version\",result=\"ok\"} 1",
+        "skein_cni_request_duration_seconds_count{verb=\"status\"} 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+    }
+    assert!(
+        text.contains("skein_cni_request_duration_seconds_bucket{verb=\"status\",le=\"+Inf\"} 2"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_request_names_its_verb_for_the_metrics() {
+    for (line, verb) in [
+        (r#"{"v":1,"command":"ADD"}"#, "add"),
+        (r#"{"v":1,"command":"GC"}"#, "gc"),
+        (r#"{"v":1,"command":"REBOOT"}"#, "unknown"),
+        ("not json", "unknown"),
+    ] {
+        assert_eq!(server::requested_verb(line.as_bytes()), verb, "{line}");
+    }
+}

@@ -168,7 +168,8 @@ impl Daemon {
         let socket = dir.path().join("run/skein/cni.sock");
         let listener = bind(&socket).expect("bind");
         let cancel = CancellationToken::new();
-        let served = tokio::spawn(serve(listener, handler, cancel.clone()));
+        let metrics = skein_cni::RequestMetrics::register(&skein_metrics::Metrics::new());
+        let served = tokio::spawn(serve(listener, handler, metrics, cancel.clone()));
         Self {
             _dir: dir,
             socket,

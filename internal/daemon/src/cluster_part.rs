@@ -8,14 +8,12 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use skein_cluster::{
-    ANNOTATION_UNDERLAY_ADDRESS, ANNOTATION_WIREGUARD_ENDPOINT, ANNOTATION_WIREGUARD_PUBLIC_KEY,
-    ApiHealth, Snapshot,
-};
-use skein_status::{ClusterSummary, NodeSummary, PartHandle, ServiceSummary, StatusBoard};
+use skein_cluster::{ApiHealth, NodeAnnouncement, Snapshot, WireGuardPublicKey};
+use skein_status::{PartHandle, StatusBoard};
 use tokio::sync::watch;
 
 use crate::overlay_part::Identity;
+use crate::sections::{ClusterSection, NodeSummary, ServiceSummary};
 use crate::{Part, PartError, PartResult};
 use skein_names::IfName;
 
@@ -29,21 +27,18 @@ pub fn desired_annotations(
     underlay: Option<IpAddr>,
     overlay: Option<&Identity>,
 ) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    if let Some(ip) = underlay {
-        out.insert(ANNOTATION_UNDERLAY_ADDRESS.to_string(), ip.to_string());
-        if let Some(id) = overlay {
-            out.insert(
-                ANNOTATION_WIREGUARD_PUBLIC_KEY.to_string(),
-                id.public_key.clone(),
-            );
-            out.insert(
-                ANNOTATION_WIREGUARD_ENDPOINT.to_string(),
-                SocketAddr::new(ip, id.listen_port).to_string(),
-            );
-        }
+    let wireguard = underlay.zip(overlay).and_then(|(ip, id)| {
+        Some((
+            WireGuardPublicKey::from_base64(&id.public_key)?,
+            SocketAddr::new(ip, id.listen_port),
+        ))
+    });
+    NodeAnnouncement {
+        underlay_address: underlay,
+        wireguard_public_key: wireguard.map(|(key, _)| key),
+        wireguard_endpoint: wireguard.map(|(_, endpoint)| endpoint),
     }
-    out
+    .to_annotations()
 }
 
 /// Whether the node object (as the snapshot has it) lacks or differs in any desired annotation.
@@ -59,8 +54,8 @@ pub fn annotations_outdated(
 }
 
 /// The status board's picture of a snapshot.
-pub fn summarize(snapshot: &Snapshot, health: &ApiHealth, me: &str) -> ClusterSummary {
-    ClusterSummary {
+pub fn summarize(snapshot: &Snapshot, health: &ApiHealth, me: &str) -> ClusterSection {
+    ClusterSection {
         api_reachable: health.reachable,
         api_since: health
             .since
@@ -75,7 +70,10 @@ pub fn summarize(snapshot: &Snapshot, health: &ApiHealth, me: &str) -> ClusterSu
                 name: n.name.clone(),
                 pod_cidrs: n.pod_cidrs.iter().map(ToString::to_string).collect(),
                 internal_ip: n.internal_ip.map(|ip| ip.to_string()),
-                underlay_address: n.skein.get(ANNOTATION_UNDERLAY_ADDRESS).cloned(),
+                underlay_address: NodeAnnouncement::from_annotations(&n.skein)
+                    .ok()
+                    .and_then(|a| a.underlay_address)
+                    .map(|ip| ip.to_string()),
                 ready: n.ready,
                 this_node: n.name == me,
             })
@@ -211,12 +209,13 @@ pub async fn run(
     let mut report = Report::default();
     let mut publish_error: Option<String> = None;
     let mut next_publish = tokio::time::Instant::now();
+    let section = crate::sections::cluster_section(&board);
 
     loop {
         let snapshot: Arc<Snapshot> = snapshots.borrow().clone();
         let api: ApiHealth = health.borrow().clone();
         if api.synced {
-            board.set_cluster(summarize(&snapshot, &api, &node));
+            section.set(&summarize(&snapshot, &api, &node));
             if feed.borrow().version != snapshot.version {
                 feed.send_replace(snapshot.clone());
             }

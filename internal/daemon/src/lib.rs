@@ -15,6 +15,7 @@ mod cni_install;
 mod cni_part;
 pub mod control;
 mod overlay_part;
+mod sections;
 pub mod supervisor;
 #[cfg(test)]
 mod tests;
@@ -70,6 +71,11 @@ pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
         })?;
     let page = format!("http://{}", listener.local_addr().map_or(listen, |a| a));
 
+    let reporting = sections::Reporting {
+        board: board.clone(),
+        metrics: skein_metrics::Metrics::new(),
+    };
+    board.register_metrics(&reporting.metrics);
     let mut parts = Supervisor::new(board.clone(), Backoff::default());
     let (faults_tx, mut faults) = tokio::sync::mpsc::channel(4);
     // The fault hook exists only for tests, and only when the daemon is started for them.
@@ -77,7 +83,7 @@ pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
         .is_some_and(|v| v == "1")
         .then_some(faults_tx);
     spawn_parts(
-        &mut parts, &settings, &node, &board, &store, listener, &page, faults_tx,
+        &mut parts, &settings, &node, &reporting, &store, listener, &page, faults_tx,
     );
 
     board.set_ready(true);
@@ -122,13 +128,14 @@ fn spawn_parts(
     parts: &mut Supervisor,
     settings: &Settings,
     node: &str,
-    board: &StatusBoard,
+    reporting: &sections::Reporting,
     store: &Store,
     listener: std::net::TcpListener,
     page: &str,
     faults: Option<tokio::sync::mpsc::Sender<control::Fault>>,
 ) {
     let resync = settings.daemon.resync_interval;
+    let (board, metrics) = (&reporting.board, &reporting.metrics);
     // The cluster part feeds the latest snapshot here; it outlives the part's restarts, so the
     // parts reading it never lose their subscription.
     let (feed, snapshots) =
@@ -172,18 +179,18 @@ fn spawn_parts(
     // Requests from the control socket; the queue outlives the overlay part's restarts.
     let (rotate_tx, rotate_rx) = tokio::sync::mpsc::channel(4);
     let rotate_rx = std::sync::Arc::new(tokio::sync::Mutex::new(rotate_rx));
-    let (overlay_snapshots, overlay_board) = (snapshots.clone(), board.clone());
+    let (overlay_snapshots, overlay_report) = (snapshots.clone(), reporting.clone());
     parts.spawn("overlay", move |part| {
-        let (settings, snapshots, identity, board, rotations) = (
+        let (settings, snapshots, identity, report, rotations) = (
             overlay.clone(),
             overlay_snapshots.clone(),
             identity_tx.clone(),
-            overlay_board.clone(),
+            overlay_report.clone(),
             rotate_rx.clone(),
         );
         async move {
             let mut rotations = rotations.lock().await;
-            overlay_part::run(settings, snapshots, identity, &mut rotations, part, board).await
+            overlay_part::run(settings, snapshots, identity, &mut rotations, part, report).await
         }
     });
     parts.spawn("control", move |part| {
@@ -203,33 +210,33 @@ fn spawn_parts(
         gc_interval: settings.ipam.gc_interval,
         resync,
     };
-    let (cni_store, cni_board) = (store.clone(), board.clone());
+    let (cni_store, cni_report) = (store.clone(), reporting.clone());
     parts.spawn("cni", move |part| {
         cni_part::run(
             cni.clone(),
             cni_store.clone(),
             snapshots.clone(),
             part,
-            cni_board.clone(),
+            cni_report.clone(),
         )
     });
 
     let store = store.clone();
     parts.spawn("store", move |part| store_part(store.clone(), part));
 
-    let board = board.clone();
+    let (board, metrics) = (board.clone(), metrics.clone());
     let page = page.to_string();
     parts.spawn("dashboard", move |part| {
         // The listener was bound before readiness; each (re)start serves on a clone of it.
         let listener = listener.try_clone();
-        let board = board.clone();
+        let (board, metrics) = (board.clone(), metrics.clone());
         let page = page.clone();
         async move {
             let listener = listener
                 .and_then(tokio::net::TcpListener::from_std)
                 .map_err(PartError::io("reusing the status page's listening socket"))?;
             part.handle.ok(format!("serving {page}"));
-            skein_dashboard::serve(listener, board, part.cancel.cancelled_owned())
+            skein_dashboard::serve(listener, board, metrics, part.cancel.cancelled_owned())
                 .await
                 .map_err(PartError::io(format!("serving {page}")))
         }

@@ -20,9 +20,11 @@ use skein_overlay::{
     plan_peers, plan_routes,
 };
 use skein_podnet::{KernelEvent, PodNet};
-use skein_status::{OverlaySummary, PeerSummary, SkippedPeer, StatusBoard};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::sections::{
+    OverlaySection, PeerState, PeerSummary, PeersBoard, Reporting, SESSION_LIFETIME, SkippedPeer,
+};
 use crate::{Part, PartError, PartResult};
 use skein_config::OverlayMode;
 use skein_names::IfName;
@@ -30,10 +32,6 @@ use skein_names::IfName;
 /// How often the device is read for the page's handshake and byte figures; each read is also a
 /// comparison with what it should hold, so `daemon.resync_interval` is only a bound on top.
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
-
-/// A peer whose last handshake is older than this has no session left (WireGuard's
-/// REJECT_AFTER_TIME).
-const SESSION_LIFETIME: Duration = Duration::from_secs(180);
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -64,9 +62,10 @@ pub async fn run(
     identity: watch::Sender<Option<Identity>>,
     rotations: &mut mpsc::Receiver<RotateRequest>,
     part: Part,
-    board: StatusBoard,
+    report: Reporting,
 ) -> PartResult {
     let (handle, cancel) = (&part.handle, &part.cancel);
+    let mut peers_board = PeersBoard::register(&report);
     let mut key = NodeKey::load_or_create(&settings.state_dir)
         .map_err(|e| PartError::Failed(e.to_string()))?;
     let net = PodNet::connect()?;
@@ -154,7 +153,7 @@ pub async fn run(
                     summary.peers.len(),
                     settings.mtu
                 );
-                board.set_overlay(summary);
+                peers_board.show(summary);
                 if let Some(e) = &mss_error {
                     handle.degraded(e.clone());
                 } else if snapshot.version == 0 {
@@ -284,7 +283,7 @@ impl Turn<'_> {
         &mut self,
         key: &NodeKey,
         snapshot: &Snapshot,
-    ) -> Result<(OverlaySummary, Vec<String>), String> {
+    ) -> Result<(OverlaySection, Vec<String>), String> {
         let s = self.settings;
         let mut changed = Vec::new();
         let mut index = self
@@ -422,9 +421,9 @@ impl Turn<'_> {
         device: &DeviceState,
         desired: &[PeerSpec],
         skipped: &[Skipped],
-    ) -> OverlaySummary {
+    ) -> OverlaySection {
         let s = self.settings;
-        OverlaySummary {
+        OverlaySection {
             interface: s.interface.to_string(),
             backend: self.overlay.backend.as_str().into(),
             backend_reason: self.reason.to_string(),
@@ -447,6 +446,8 @@ impl Turn<'_> {
                     rx_bytes: p.rx_bytes,
                     tx_bytes: p.tx_bytes,
                     up: p.last_handshake_age.is_some_and(|a| a < SESSION_LIFETIME),
+                    // Told from the peer's history by `PeersBoard::show`.
+                    state: PeerState::Idle,
                 })
                 .collect(),
             skipped: skipped

@@ -402,8 +402,9 @@ mod pure {
 
     #[test]
     fn the_wireguard_endpoint_is_the_underlay_address_with_the_overlay_port() {
+        let key = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
         let id = crate::overlay_part::Identity {
-            public_key: "k".into(),
+            public_key: key.into(),
             listen_port: 51820,
         };
         let v4 =
@@ -412,7 +413,7 @@ mod pure {
             v4[skein_cluster::ANNOTATION_WIREGUARD_ENDPOINT],
             "198.18.0.11:51820"
         );
-        assert_eq!(v4[skein_cluster::ANNOTATION_WIREGUARD_PUBLIC_KEY], "k");
+        assert_eq!(v4[skein_cluster::ANNOTATION_WIREGUARD_PUBLIC_KEY], key);
         let v6 =
             cluster_part::desired_annotations(Some("fd00::11".parse().expect("ip")), Some(&id));
         assert_eq!(

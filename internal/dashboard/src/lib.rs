@@ -1,16 +1,21 @@
 //! The status page and its API: `/` (the page from `web/`, embedded at build time),
-//! `/api/v1/status`, `/healthz`, `/readyz`.
+//! `/api/v1/status` (the overview: parts and each section's summary), `/api/v1/<section>` (a
+//! section's details, lists paged by `?offset=&limit=`), `/metrics` (Prometheus text format),
+//! `/healthz`, `/readyz`.
 //!
-//! The page reads the status board, never the dataplane, and shows nothing secret.
+//! The page reads the status board and the metrics registry, never the dataplane, and shows
+//! nothing secret. It knows no section by name: whatever the parts registered is served.
 
 use std::future::Future;
 
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use skein_status::StatusBoard;
+use serde::Deserialize;
+use skein_metrics::Metrics;
+use skein_status::{Page, StatusBoard};
 
 #[cfg(test)]
 mod tests;
@@ -38,16 +43,24 @@ const ASSETS: &[(&str, &str, &str)] = &[
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
                    img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'";
 
-pub fn router(board: StatusBoard) -> Router {
+/// What the handlers read.
+#[derive(Debug, Clone)]
+struct Shared {
+    board: StatusBoard,
+    metrics: Metrics,
+}
+
+pub fn router(board: StatusBoard, metrics: Metrics) -> Router {
     let mut router = Router::new()
         .route("/api/v1/status", get(status))
-        .route("/api/v1/peers", get(peers))
+        .route("/api/v1/{section}", get(section))
+        .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz));
     for (path, content_type, body) in ASSETS {
         router = router.route(path, get(move || async move { asset(content_type, body) }));
     }
-    router.with_state(board)
+    router.with_state(Shared { board, metrics })
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -68,17 +81,54 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-async fn status(State(board): State<StatusBoard>) -> Response {
-    let mut response = Json(board.report()).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+async fn status(State(shared): State<Shared>) -> Response {
+    no_store(Json(shared.board.report()).into_response())
 }
 
-/// The overlay alone: backend, public key and each peer; `null` before the overlay reports.
-async fn peers(State(board): State<StatusBoard>) -> Response {
-    let mut response = Json(board.report().overlay).into_response();
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    offset: Option<usize>,
+    limit: Option<usize>,
+}
+
+/// One section's details (`null` before its part first reports), 404 for a section no part
+/// registered.
+async fn section(
+    State(shared): State<Shared>,
+    Path(name): Path<String>,
+    Query(page): Query<PageQuery>,
+) -> Response {
+    match shared
+        .board
+        .section_details(&name, Page::new(page.offset, page.limit))
+    {
+        Some(details) => no_store(Json(details).into_response()),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!(
+                "no section {name:?}; this daemon has: {}\n",
+                shared.board.section_names().join(", ")
+            ),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics_text(State(shared): State<Shared>) -> Response {
+    match shared.metrics.encode() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(skein_metrics::CONTENT_TYPE),
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+fn no_store(mut response: Response) -> Response {
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -86,8 +136,8 @@ async fn peers(State(board): State<StatusBoard>) -> Response {
 }
 
 /// Ready once the daemon said so (store open, page listening); 503 with a reason before that.
-async fn readyz(State(board): State<StatusBoard>) -> (StatusCode, &'static str) {
-    if board.is_ready() {
+async fn readyz(State(shared): State<Shared>) -> (StatusCode, &'static str) {
+    if shared.board.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
@@ -99,9 +149,10 @@ async fn readyz(State(board): State<StatusBoard>) -> (StatusCode, &'static str) 
 pub async fn serve(
     listener: tokio::net::TcpListener,
     board: StatusBoard,
+    metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(board))
+    axum::serve(listener, router(board, metrics))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use ipnet::IpNet;
-use skein_cluster::{ANNOTATION_WIREGUARD_ENDPOINT, ANNOTATION_WIREGUARD_PUBLIC_KEY, Snapshot};
+use skein_cluster::{NodeAnnouncement, Snapshot};
 use wireguard_control::Key;
 
 use crate::device::PeerState;
@@ -41,27 +41,23 @@ pub fn desired_peers(snapshot: &Snapshot, me: &str, my_key: &Key) -> (Vec<PeerSp
             node: node.name.clone(),
             why,
         };
-        let (Some(key_text), Some(endpoint_text)) = (
-            node.skein.get(ANNOTATION_WIREGUARD_PUBLIC_KEY),
-            node.skein.get(ANNOTATION_WIREGUARD_ENDPOINT),
+        let announcement = match NodeAnnouncement::from_annotations(&node.skein) {
+            Ok(a) => a,
+            Err(e) => {
+                skipped.push(skip(e.to_string()));
+                continue;
+            }
+        };
+        let (Some(published_key), Some(endpoint)) = (
+            announcement.wireguard_public_key,
+            announcement.wireguard_endpoint,
         ) else {
             skipped.push(skip(
                 "has not published a WireGuard key and endpoint yet".into(),
             ));
             continue;
         };
-        let Ok(public_key) = Key::from_base64(key_text.trim()) else {
-            skipped.push(skip(format!(
-                "annotation {ANNOTATION_WIREGUARD_PUBLIC_KEY} = {key_text:?} is not a WireGuard public key"
-            )));
-            continue;
-        };
-        let Ok(endpoint) = endpoint_text.trim().parse::<SocketAddr>() else {
-            skipped.push(skip(format!(
-                "annotation {ANNOTATION_WIREGUARD_ENDPOINT} = {endpoint_text:?} is not address:port"
-            )));
-            continue;
-        };
+        let public_key = Key(published_key.0);
         if node.pod_cidrs.is_empty() {
             skipped.push(skip("has no pod CIDR yet".into()));
             continue;

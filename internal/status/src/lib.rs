@@ -1,6 +1,8 @@
-//! The status board: what each part of the daemon last said about its health, and the node's
-//! identity. The daemon's parts write to it through a [`PartHandle`]; the page and the JSON API
-//! read a [`Report`] of it. It knows nothing of what the parts do.
+//! The status board: what each part of the daemon last said about its health, the node's
+//! identity, and the sections the parts register. The daemon's parts write to it through a
+//! [`PartHandle`] and their [`SectionHandle`]s; the page and the JSON API read a [`Report`] of
+//! it and each section's details. It knows nothing of what the parts do: a part that has more
+//! to show registers a section of its own, by name, with a type it defines.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -8,8 +10,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+mod metrics;
+mod section;
+
 #[cfg(test)]
 mod tests;
+
+pub use section::{Page, Section, SectionHandle, SectionOverview, valid_section_name};
 
 /// A part's health, as the page shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -38,6 +45,9 @@ pub struct PartStatus {
     /// The most recent error, kept after recovery so a flapping part can be diagnosed.
     pub last_error: Option<String>,
     pub last_error_at: Option<u64>,
+    /// The last error is in the past: the part has been `ok` since after it happened. The page
+    /// shows a resolved error muted, a present one in red.
+    pub last_error_resolved: bool,
     pub restarts: u32,
     /// The most recent drift the part found in the kernel and put right ("bridge skein0 made,
     /// 3 pod links re-attached"), when, and how many repairs since start.
@@ -55,110 +65,8 @@ pub struct Identity {
     pub state_path: String,
 }
 
-/// One Node as this daemon's cluster view has it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NodeSummary {
-    pub name: String,
-    pub pod_cidrs: Vec<String>,
-    pub internal_ip: Option<String>,
-    /// The address the node's skein published (`skein.dev/underlay-address`).
-    pub underlay_address: Option<String>,
-    /// The Ready condition: `None` when unknown (the node lifecycle controller's verdict for a
-    /// node that stopped reporting).
-    pub ready: Option<bool>,
-    pub this_node: bool,
-}
-
-/// One Service as the cluster view has it, with its ready endpoints.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ServiceSummary {
-    pub namespace: String,
-    pub name: String,
-    pub cluster_ips: Vec<String>,
-    /// Ready endpoint addresses from the Service's EndpointSlices.
-    pub endpoints: Vec<String>,
-}
-
-/// The cluster view: whether the API answers, and what it last said.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ClusterSummary {
-    pub api_reachable: bool,
-    /// Unix seconds when `api_reachable` last changed.
-    pub api_since: u64,
-    /// Every watched kind has been listed at least once.
-    pub synced: bool,
-    pub snapshot_version: u64,
-    pub nodes: Vec<NodeSummary>,
-    pub services: Vec<ServiceSummary>,
-}
-
-/// Address use of one pod CIDR.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CidrUse {
-    pub cidr: String,
-    pub used: u64,
-    pub capacity: u64,
-}
-
-/// One leased pod address on this node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PodLease {
-    pub namespace: String,
-    pub name: String,
-    pub address: String,
-    pub interface: String,
-    /// The first 12 characters of the container ID, as runtimes show it.
-    pub container: String,
-}
-
-/// IPAM on this node: use per CIDR and the pods holding addresses.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct IpamSummary {
-    pub cidrs: Vec<CidrUse>,
-    pub pods: Vec<PodLease>,
-}
-
-/// One WireGuard peer (another node) as this node's device sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PeerSummary {
-    /// The Node it belongs to; empty for a peer the device has that no Node claims.
-    pub node: String,
-    pub public_key: String,
-    /// Where the tunnel sends to: learnt from the peer's packets, else the published one.
-    pub endpoint: Option<String>,
-    pub allowed_ips: Vec<String>,
-    /// Seconds since the last completed handshake; `None`: never.
-    pub latest_handshake_seconds: Option<u64>,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    /// A handshake within WireGuard's session lifetime (180 s): traffic can flow now.
-    pub up: bool,
-}
-
-/// A Node the overlay cannot peer with, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SkippedPeer {
-    pub node: String,
-    pub why: String,
-}
-
-/// The encrypted overlay on this node. Public keys only: the private key never leaves its file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct OverlaySummary {
-    pub interface: String,
-    /// "kernel" or "userspace".
-    pub backend: String,
-    /// Why that backend.
-    pub backend_reason: String,
-    pub public_key: String,
-    pub listen_port: u16,
-    pub mtu: u32,
-    pub peers: Vec<PeerSummary>,
-    pub skipped: Vec<SkippedPeer>,
-}
-
 /// Everything the JSON API and the page show, at one instant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
     #[serde(flatten)]
     pub identity: Identity,
@@ -169,12 +77,8 @@ pub struct Report {
     /// The worst state of any part: what a glance at the page should tell.
     pub overall: State,
     pub parts: Vec<PartStatus>,
-    /// `None` until the cluster part has a view.
-    pub cluster: Option<ClusterSummary>,
-    /// `None` until the CNI part reports.
-    pub ipam: Option<IpamSummary>,
-    /// `None` until the overlay part reports.
-    pub overlay: Option<OverlaySummary>,
+    /// Each registered section's summary, by name; its details are at its `href`.
+    pub sections: BTreeMap<String, SectionOverview>,
 }
 
 #[derive(Debug)]
@@ -183,9 +87,7 @@ struct Inner {
     started_at: u64,
     ready: bool,
     parts: BTreeMap<String, PartStatus>,
-    cluster: Option<ClusterSummary>,
-    ipam: Option<IpamSummary>,
-    overlay: Option<OverlaySummary>,
+    sections: BTreeMap<String, section::Slot>,
 }
 
 /// Shared, cheap to clone.
@@ -207,9 +109,7 @@ impl StatusBoard {
             started_at: unix_now(),
             ready: false,
             parts: BTreeMap::new(),
-            cluster: None,
-            ipam: None,
-            overlay: None,
+            sections: BTreeMap::new(),
         };
         Self {
             inner: Arc::new(RwLock::new(inner)),
@@ -238,6 +138,7 @@ impl StatusBoard {
                     detail: detail.to_string(),
                     last_error: None,
                     last_error_at: None,
+                    last_error_resolved: false,
                     restarts: 0,
                     last_repair: None,
                     last_repair_at: None,
@@ -255,18 +156,6 @@ impl StatusBoard {
         self.write(|inner| inner.ready = ready);
     }
 
-    pub fn set_cluster(&self, cluster: ClusterSummary) {
-        self.write(|inner| inner.cluster = Some(cluster));
-    }
-
-    pub fn set_ipam(&self, ipam: IpamSummary) {
-        self.write(|inner| inner.ipam = Some(ipam));
-    }
-
-    pub fn set_overlay(&self, overlay: OverlaySummary) {
-        self.write(|inner| inner.overlay = Some(overlay));
-    }
-
     pub fn is_ready(&self) -> bool {
         self.read(|inner| inner.ready)
     }
@@ -274,7 +163,14 @@ impl StatusBoard {
     pub fn report(&self) -> Report {
         self.read(|inner| {
             let now = unix_now();
-            let parts: Vec<PartStatus> = inner.parts.values().cloned().collect();
+            let parts: Vec<PartStatus> = inner
+                .parts
+                .values()
+                .map(|p| PartStatus {
+                    last_error_resolved: error_resolved(p),
+                    ..p.clone()
+                })
+                .collect();
             let overall = parts
                 .iter()
                 .map(|p| p.state)
@@ -292,23 +188,31 @@ impl StatusBoard {
                     overall
                 },
                 parts,
-                cluster: inner.cluster.clone(),
-                ipam: inner.ipam.clone(),
-                overlay: inner.overlay.clone(),
+                sections: inner
+                    .sections
+                    .iter()
+                    .map(|(name, slot)| (name.clone(), slot.overview(name)))
+                    .collect(),
             }
         })
     }
 
     // A poisoned lock only means a writer panicked mid-update of plain data; the board stays usable.
-    fn write(&self, f: impl FnOnce(&mut Inner)) {
+    pub(crate) fn write(&self, f: impl FnOnce(&mut Inner)) {
         let mut guard = self.inner.write().unwrap_or_else(|e| e.into_inner());
         f(&mut guard);
     }
 
-    fn read<T>(&self, f: impl FnOnce(&Inner) -> T) -> T {
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Inner) -> T) -> T {
         let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
         f(&guard)
     }
+}
+
+/// An error is resolved once the part is `ok` and has been since the error or later. A part that
+/// is starting again after a failure has not resolved it yet.
+fn error_resolved(p: &PartStatus) -> bool {
+    p.state == State::Ok && p.last_error_at.is_some_and(|at| at <= p.since)
 }
 
 /// How bad a state looks on the page; `overall` is the worst.
@@ -376,8 +280,12 @@ impl PartHandle {
     }
 
     pub fn status(&self) -> Option<PartStatus> {
-        self.board
-            .read(|inner| inner.parts.get(&self.name).cloned())
+        self.board.read(|inner| {
+            inner.parts.get(&self.name).map(|p| PartStatus {
+                last_error_resolved: error_resolved(p),
+                ..p.clone()
+            })
+        })
     }
 
     fn set(&self, state: State, detail: String, error: Option<String>) {

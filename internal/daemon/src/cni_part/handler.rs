@@ -13,11 +13,11 @@ use skein_cni::{
     IpConfig, Route,
 };
 use skein_podnet::{PodAttachment, PodNet, PodNetError};
-use skein_status::{IpamSummary, PodLease, StatusBoard};
 use skein_store::{LeaseRequest, PodRef, Store};
 use tokio::sync::{RwLock, watch};
 
 use super::{Settings, code};
+use crate::sections::{CidrUse, IpamBoard, IpamSection, PodLease};
 
 /// The gateway addresses with their CIDR's prefix, as the bridge holds them.
 pub(super) fn bridge_addresses(gateways: &[(IpNet, IpAddr)]) -> Vec<IpNet> {
@@ -76,7 +76,7 @@ pub struct PodNetwork {
     pub(super) ensured: tokio::sync::Mutex<Option<Vec<IpNet>>>,
     /// Wakes the task that refreshes the page's IPAM view: off the request path, coalesced.
     pub(super) reported: tokio::sync::Notify,
-    pub(super) board: StatusBoard,
+    pub(super) ipam: IpamBoard,
 }
 
 impl std::fmt::Debug for PodNetwork {
@@ -148,13 +148,13 @@ impl PodNetwork {
             return;
         };
         let cidrs = self.pod_cidrs().unwrap_or_default();
-        let mut summary = IpamSummary {
+        let mut summary = IpamSection {
             cidrs: Vec::new(),
             pods: Vec::new(),
         };
         for cidr in &cidrs {
             let used = usage.iter().find(|(c, _)| c == cidr).map_or(0, |(_, n)| *n);
-            summary.cidrs.push(skein_status::CidrUse {
+            summary.cidrs.push(CidrUse {
                 cidr: cidr.to_string(),
                 used,
                 capacity: u64::try_from(skein_ipam::capacity(*cidr)).unwrap_or(u64::MAX),
@@ -170,7 +170,7 @@ impl PodNetwork {
                 container: l.container_id.chars().take(12).collect(),
             })
             .collect();
-        self.board.set_ipam(summary);
+        self.ipam.show(&summary);
     }
 }
 

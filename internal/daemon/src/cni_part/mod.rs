@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::sections::{IpamBoard, Reporting};
 use ipnet::IpNet;
 use skein_cluster::Snapshot;
 use skein_names::IfName;
 use skein_podnet::{KernelEvent, PodNet};
-use skein_status::StatusBoard;
 use skein_store::Store;
 use tokio::sync::{RwLock, watch};
 use tokio::time::Instant;
@@ -106,7 +106,7 @@ pub async fn run(
     store: Store,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     part: Part,
-    board: StatusBoard,
+    report: Reporting,
 ) -> PartResult {
     let (handle, cancel) = (&part.handle, &part.cancel);
     let install = {
@@ -149,9 +149,14 @@ pub async fn run(
         gc_lock: RwLock::new(()),
         ensured: tokio::sync::Mutex::new(None),
         reported: tokio::sync::Notify::new(),
-        board,
+        ipam: IpamBoard::register(&report),
     });
-    let serving = skein_cni::serve(listener, network.clone(), cancel.child_token());
+    let serving = skein_cni::serve(
+        listener,
+        network.clone(),
+        skein_cni::RequestMetrics::register(&report.metrics),
+        cancel.child_token(),
+    );
     part.spawn("CNI socket server", async move {
         serving.await;
         Ok::<(), String>(())
