@@ -62,7 +62,11 @@ pub async fn run(
     board: StatusBoard,
     cancel: CancellationToken,
 ) -> PartResult {
-    let mut key = NodeKey::load_or_create(&settings.state_dir).map_err(|e| e.to_string())?;
+    let dir = settings.state_dir.clone();
+    let key = tokio::task::spawn_blocking(move || NodeKey::load_or_create(&dir))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     let net = PodNet::connect().map_err(|e| e.to_string())?;
     let (backend, reason) = skein_overlay::choose_backend(
         &settings.mode,
@@ -75,6 +79,7 @@ pub async fn run(
             .map_err(|e| format!("{reason}, but: {e}"))?;
     }
     let overlay = Overlay::new(&settings.interface, backend).map_err(|e| e.to_string())?;
+    let mut key = finish_pending_rotation(&settings.state_dir, &overlay, key).await?;
     tracing::info!(interface = %settings.interface, backend = backend.as_str(), "overlay: {reason}; public key {}", key.public().to_base64());
     identity.send_replace(Some(Identity {
         public_key: key.public().to_base64(),
@@ -136,22 +141,48 @@ pub async fn run(
     }
 }
 
-/// Makes a new key, saves it, hands it to the device, then lets it be published. The device
-/// switches first: the other nodes re-peer when they see the new key, and their fresh peer's
-/// first handshake then meets the new key already in place.
+/// Settles a rotation that a crash interrupted (a leftover `wireguard.key.new`), from the key
+/// the device holds; `skein_overlay::decide_pending` reasons through each crash point.
+async fn finish_pending_rotation(
+    state_dir: &std::path::Path,
+    overlay: &Overlay,
+    key: NodeKey,
+) -> Result<NodeKey, String> {
+    let (dir, o) = (state_dir.to_path_buf(), overlay.clone());
+    tokio::task::spawn_blocking(move || {
+        if !dir.join(skein_overlay::rotation::PENDING_FILE).exists() {
+            return Ok(key);
+        }
+        let device = o.read().ok().and_then(|d| d.public_key);
+        let (key, decision) = skein_overlay::finish_pending_rotation(&dir, key, device.as_ref())
+            .map_err(|e| e.to_string())?;
+        if let Some(decision) = decision {
+            tracing::warn!(
+                "overlay: a key rotation was interrupted; {decision:?}: public key {}",
+                key.public().to_base64()
+            );
+        }
+        Ok(key)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Makes a new key and hands it to the device before it replaces the key file, then lets it
+/// be published (see `skein_overlay::rotation`): a crash at any step leaves file and device
+/// agreeing, and a key the device refuses leaves the old one everywhere. The device switches
+/// first: the other nodes re-peer when they see the new key, and their fresh peer's first
+/// handshake then meets the new key already in place.
 async fn rotate(
     settings: &Settings,
     overlay: &Overlay,
     key: &mut NodeKey,
 ) -> Result<String, String> {
-    let new = NodeKey::generate();
-    new.save(&settings.state_dir).map_err(|e| e.to_string())?;
-    let (o, k) = (overlay.clone(), new.private().clone());
-    let change = DeviceChange {
-        private_key: Some(k),
-        ..Default::default()
-    };
-    blocking(move || o.apply(&change)).await?;
+    let (dir, o, current) = (settings.state_dir.clone(), overlay.clone(), key.clone());
+    let new = tokio::task::spawn_blocking(move || skein_overlay::rotate(&dir, &o, &current))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     let old = std::mem::replace(key, new);
     tracing::info!(
         "overlay: WireGuard key rotated; public key {} replaces {}",
