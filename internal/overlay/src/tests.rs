@@ -317,6 +317,16 @@ fn the_key_is_made_once_kept_private_and_never_printed() {
         e.contains("wireguard.key") && e.contains("not a WireGuard private key"),
         "{e}"
     );
+    // A file that is almost a key is not quoted either: it may be one with a typo.
+    let almost = format!("{}!", &first.private().to_base64()[..43]);
+    std::fs::write(&path, &almost).expect("write");
+    let e = NodeKey::load_or_create(dir.path()).expect_err("malformed");
+    for shown in [e.to_string(), format!("{e:?}")] {
+        assert!(
+            !shown.contains(&almost[..43]),
+            "the file's text is quoted: {shown}"
+        );
+    }
 }
 
 /// Whether a test that needs root may run: without root it skips visibly, or fails when
