@@ -156,12 +156,17 @@ async fn finish_pending_rotation(
         let device = o.read().ok().and_then(|d| d.public_key);
         let (key, decision) = skein_overlay::finish_pending_rotation(&dir, key, device.as_ref())
             .map_err(|e| e.to_string())?;
-        if let Some(decision) = decision {
-            tracing::warn!(
-                "overlay: a key rotation was interrupted; {decision:?}: public key {}",
-                key.public().to_base64()
-            );
-        }
+        let outcome = match decision {
+            Some(skein_overlay::PendingKey::Complete) => "the device held the new key: completed",
+            Some(skein_overlay::PendingKey::Discard) => {
+                "the device did not hold the new key: discarded"
+            }
+            None => return Ok(key),
+        };
+        tracing::warn!(
+            "overlay: an interrupted key rotation found; {outcome}; public key {}",
+            key.public().to_base64()
+        );
         Ok(key)
     })
     .await
