@@ -227,6 +227,41 @@ fn skein_config_default() -> String {
     .expect("default.toml")
 }
 
+/// The `[Service]` settings of a unit in the source tree's `systemd/`: (key, value) in order.
+fn service_settings(unit: &str) -> Vec<(String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../systemd")
+        .join(unit);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut section = String::new();
+    let mut settings = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line.to_string();
+        } else if section == "[Service]"
+            && !line.starts_with('#')
+            && let Some((k, v)) = line.split_once('=')
+        {
+            settings.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    settings
+}
+
+#[test]
+fn both_units_create_files_for_root_only() {
+    // The daemon's key file and sockets, and the device's control socket, carry or reach the
+    // WireGuard private key; a umask of 0077 keeps anything they create from others.
+    for unit in ["skein.service", "skein-wireguard.service"] {
+        let umasks: Vec<String> = service_settings(unit)
+            .into_iter()
+            .filter(|(k, _)| k == "UMask")
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(umasks, ["0077"], "{unit}: UMask= in [Service]");
+    }
+}
+
 /// Leaves the machine as it was even when an assertion fails half-way.
 struct Purge;
 

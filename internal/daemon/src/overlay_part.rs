@@ -66,7 +66,11 @@ pub async fn run(
 ) -> PartResult {
     let (handle, cancel) = (&part.handle, &part.cancel);
     let mut peers_board = PeersBoard::register(&report);
-    let mut key = NodeKey::load_or_create(&settings.state_dir)
+    // The key file is blocking IO: off the async threads.
+    let dir = settings.state_dir.clone();
+    let key = tokio::task::spawn_blocking(move || NodeKey::load_or_create(&dir))
+        .await
+        .map_err(|e| PartError::Failed(e.to_string()))?
         .map_err(|e| PartError::Failed(e.to_string()))?;
     let net = PodNet::connect()?;
     let (backend, reason) = skein_overlay::choose_backend(
@@ -80,6 +84,9 @@ pub async fn run(
             .map_err(|e| PartError::Failed(format!("{reason}, but: {e}")))?;
     }
     let overlay = Overlay::new(settings.interface.as_str(), backend)?;
+    let mut key = finish_pending_rotation(&settings.state_dir, &overlay, key)
+        .await
+        .map_err(PartError::Failed)?;
     tracing::info!(interface = %settings.interface, backend = backend.as_str(), "overlay: {reason}; public key {}", key.public().to_base64());
     identity.send_replace(Some(Identity {
         public_key: key.public().to_base64(),
@@ -199,22 +206,53 @@ pub async fn run(
     }
 }
 
-/// Makes a new key, saves it, hands it to the device, then lets it be published. The device
-/// switches first: the other nodes re-peer when they see the new key, and their fresh peer's
-/// first handshake then meets the new key already in place.
+/// Settles a rotation that a crash interrupted (a leftover `wireguard.key.new`), from the key
+/// the device holds; `skein_overlay::decide_pending` reasons through each crash point.
+async fn finish_pending_rotation(
+    state_dir: &std::path::Path,
+    overlay: &Overlay,
+    key: NodeKey,
+) -> Result<NodeKey, String> {
+    let (dir, o) = (state_dir.to_path_buf(), overlay.clone());
+    tokio::task::spawn_blocking(move || {
+        if !dir.join(skein_overlay::rotation::PENDING_FILE).exists() {
+            return Ok(key);
+        }
+        let device = o.read().ok().and_then(|d| d.public_key);
+        let (key, decision) = skein_overlay::finish_pending_rotation(&dir, key, device.as_ref())
+            .map_err(|e| e.to_string())?;
+        let outcome = match decision {
+            Some(skein_overlay::PendingKey::Complete) => "the device held the new key: completed",
+            Some(skein_overlay::PendingKey::Discard) => {
+                "the device did not hold the new key: discarded"
+            }
+            None => return Ok(key),
+        };
+        tracing::warn!(
+            "overlay: an interrupted key rotation found; {outcome}; public key {}",
+            key.public().to_base64()
+        );
+        Ok(key)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Makes a new key and hands it to the device before it replaces the key file, then lets it
+/// be published (see `skein_overlay::rotation`): a crash at any step leaves file and device
+/// agreeing, and a key the device refuses leaves the old one everywhere. The device switches
+/// first: the other nodes re-peer when they see the new key, and their fresh peer's first
+/// handshake then meets the new key already in place.
 async fn rotate(
     settings: &Settings,
     overlay: &Overlay,
     key: &mut NodeKey,
 ) -> Result<String, String> {
-    let new = NodeKey::generate();
-    new.save(&settings.state_dir).map_err(|e| e.to_string())?;
-    let (o, k) = (overlay.clone(), new.private().clone());
-    let change = DeviceChange {
-        private_key: Some(k),
-        ..Default::default()
-    };
-    blocking(move || o.apply(&change)).await?;
+    let (dir, o, current) = (settings.state_dir.clone(), overlay.clone(), key.clone());
+    let new = tokio::task::spawn_blocking(move || skein_overlay::rotate(&dir, &o, &current))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     let old = std::mem::replace(key, new);
     tracing::info!(
         "overlay: WireGuard key rotated; public key {} replaces {}",

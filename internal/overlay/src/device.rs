@@ -12,6 +12,7 @@ use wireguard_control::{
 };
 
 use crate::peers::PeerChange;
+use crate::secret::{self, PrivateKey};
 use crate::uapi;
 
 #[derive(Debug, thiserror::Error)]
@@ -125,9 +126,10 @@ impl PeerState {
 }
 
 /// One write to a device: the private key and listen port when they change, and peer changes.
+/// `Debug` is safe to log: the private key shows itself redacted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceChange {
-    pub private_key: Option<Key>,
+    pub private_key: Option<PrivateKey>,
     pub listen_port: Option<u16>,
     pub peers: Vec<PeerChange>,
     /// `overlay.persistent_keepalive`, for every peer written.
@@ -163,8 +165,12 @@ impl Overlay {
             Backend::Userspace => uapi::connect_owned(&self.interface)?.get(),
             Backend::Kernel => {
                 let name = self.ifname()?;
-                let device = wireguard_control::Device::get(&name, WgBackend::Kernel)
+                let mut device = wireguard_control::Device::get(&name, WgBackend::Kernel)
                     .map_err(|e| self.kernel(e))?;
+                // The kernel answers with the private key too; only its public half is kept.
+                if let Some(private) = device.private_key.take() {
+                    secret::wipe(private);
+                }
                 let now = std::time::SystemTime::now();
                 Ok(DeviceState {
                     public_key: device.public_key,
@@ -232,7 +238,7 @@ impl Overlay {
         // the old ones — nothing is taken away yet.
         let mut first = DeviceUpdate::new();
         if let Some(k) = private_key {
-            first = first.set_private_key(k.clone());
+            first = first.set_private_key(k.to_wireguard_control());
         }
         if let Some(p) = *listen_port {
             first = first.set_listen_port(p);

@@ -9,6 +9,9 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use wireguard_control::Key;
+use zeroize::Zeroizing;
+
+use crate::secret::PrivateKey;
 
 /// The key file's name in the state directory.
 pub const KEY_FILE: &str = "wireguard.key";
@@ -26,16 +29,21 @@ pub enum KeyError {
     )]
     Malformed { path: String },
     #[error(
+        "the device did not take the new WireGuard key ({cause}); the old key stays in \
+         {path} and in the device"
+    )]
+    Refused { path: String, cause: String },
+    #[error(
         "{path} is on a tmpfs, so the node's WireGuard key would change at every reboot; \
          put store.path on persistent storage"
     )]
     OnTmpfs { path: String },
 }
 
-/// The node's key pair. `Debug` shows the public half only.
+/// The node's key pair. `Debug` shows the public half only; the private half is wiped on drop.
 #[derive(Clone, PartialEq, Eq)]
 pub struct NodeKey {
-    private: Key,
+    private: PrivateKey,
     public: Key,
 }
 
@@ -49,11 +57,11 @@ impl fmt::Debug for NodeKey {
 
 impl NodeKey {
     pub fn generate() -> Self {
-        Self::from_private(Key::generate_private())
+        Self::from_private(PrivateKey::generate())
     }
 
-    pub fn from_private(private: Key) -> Self {
-        let public = private.get_public();
+    pub fn from_private(private: PrivateKey) -> Self {
+        let public = private.public();
         Self { private, public }
     }
 
@@ -62,7 +70,7 @@ impl NodeKey {
     }
 
     /// For the device only.
-    pub fn private(&self) -> &Key {
+    pub fn private(&self) -> &PrivateKey {
         &self.private
     }
 
@@ -75,14 +83,11 @@ impl NodeKey {
     pub fn load_or_create(state_dir: &Path) -> Result<Self, KeyError> {
         let path = Self::path_in(state_dir);
         refuse_tmpfs(state_dir)?;
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let key = Key::from_base64(text.trim()).map_err(|_| KeyError::Malformed {
-                    path: path.display().to_string(),
-                })?;
+        match read_key_file(&path) {
+            Ok(key) => {
                 // A copied or restored file may have lost its mode; the key is still good.
                 let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-                Ok(Self::from_private(key))
+                Ok(Self::from_private(key?))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = Self::generate();
@@ -102,28 +107,59 @@ impl NodeKey {
     pub fn save(&self, state_dir: &Path) -> Result<(), KeyError> {
         let path = Self::path_in(state_dir);
         let tmp = state_dir.join(format!("{KEY_FILE}.tmp"));
-        let io = |action: &'static str| {
-            let p = path.display().to_string();
-            move |source| KeyError::Io {
-                path: p,
-                action,
-                source,
-            }
-        };
-        let _ = std::fs::remove_file(&tmp);
+        self.write_synced(&tmp)?;
+        std::fs::rename(&tmp, &path)
+            .map_err(io_error(&path, "replacing the WireGuard key file"))?;
+        sync_dir(state_dir);
+        Ok(())
+    }
+
+    /// Writes the private key to `path` (a new file, 0600) and syncs it to disk.
+    pub(crate) fn write_synced(&self, path: &Path) -> Result<(), KeyError> {
+        let _ = std::fs::remove_file(path);
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&tmp)
-            .map_err(io("creating the WireGuard key file"))?;
-        writeln!(file, "{}", self.private.to_base64()).map_err(io("writing the WireGuard key"))?;
-        file.sync_all().map_err(io("syncing the WireGuard key"))?;
-        std::fs::rename(&tmp, &path).map_err(io("replacing the WireGuard key file"))?;
-        if let Ok(dir) = std::fs::File::open(state_dir) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
+            .open(path)
+            .map_err(io_error(path, "creating the WireGuard key file"))?;
+        let mut text = self.private.to_base64();
+        text.push('\n');
+        file.write_all(text.as_bytes())
+            .map_err(io_error(path, "writing the WireGuard key"))?;
+        file.sync_all()
+            .map_err(io_error(path, "syncing the WireGuard key"))
+    }
+}
+
+/// Reads a key file. The outer error is the file's; the inner one says it holds no key, and
+/// names the file only: the text is wiped, never quoted.
+pub(crate) fn read_key_file(path: &Path) -> std::io::Result<Result<PrivateKey, KeyError>> {
+    let text = Zeroizing::new(std::fs::read_to_string(path)?);
+    Ok(
+        PrivateKey::from_base64(text.trim()).ok_or_else(|| KeyError::Malformed {
+            path: path.display().to_string(),
+        }),
+    )
+}
+
+pub(crate) fn io_error(
+    path: &Path,
+    action: &'static str,
+) -> impl FnOnce(std::io::Error) -> KeyError {
+    let path = path.display().to_string();
+    move |source| KeyError::Io {
+        path,
+        action,
+        source,
+    }
+}
+
+/// Makes a rename or removal in `dir` durable. Best effort: a file system that cannot sync a
+/// directory still renamed atomically.
+pub(crate) fn sync_dir(dir: &Path) {
+    if let Ok(dir) = std::fs::File::open(dir) {
+        let _ = dir.sync_all();
     }
 }
 

@@ -3,6 +3,8 @@
 //! objects.
 //!
 //! - [`key`]: the node's key pair, kept in a 0600 file in the state directory.
+//! - [`secret`]: the private key's type, which never prints itself and is wiped on drop.
+//! - [`rotation`]: replacing the key so that a crash at any step leaves disk and device agreeing.
 //! - [`peers`]: the pure part: the desired peers and routes from a cluster snapshot, and the
 //!   ordered changes that take a device from what it has to what it should have.
 //! - [`device`]: the thin apply step, to kernel WireGuard (netlink, through wireguard-control) or
@@ -11,6 +13,8 @@
 pub mod device;
 pub mod key;
 pub mod peers;
+pub mod rotation;
+pub mod secret;
 pub mod uapi;
 
 #[cfg(test)]
@@ -21,6 +25,8 @@ pub use device::{
 };
 pub use key::{KeyError, NodeKey};
 pub use peers::{PeerChange, PeerSpec, Skipped, desired_peers, plan_peers, plan_routes};
+pub use rotation::{KeyDevice, PendingKey, decide_pending, finish_pending_rotation, rotate};
+pub use secret::PrivateKey;
 
 /// Bytes WireGuard adds to each packet over IPv6 (IPv6 40 + UDP 8 + WireGuard 32); over IPv4
 /// it is 60, so one figure serves both.

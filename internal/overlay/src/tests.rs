@@ -206,10 +206,11 @@ fn changed_allowed_ips_update_the_peer_without_its_endpoint() {
         }]
     );
     // The userspace request keeps the learnt endpoint across the remove-and-add.
-    let text = uapi::render_set(&DeviceChange {
+    let rendered = uapi::render_set(&DeviceChange {
         peers: plan,
         ..Default::default()
     });
+    let text = rendered.as_str();
     assert!(text.contains("remove=true\npublic_key="), "{text}");
     assert!(text.contains("endpoint=203.0.113.7:40000"), "{text}");
     assert!(text.contains("allowed_ip=10.42.9.0/24"), "{text}");
@@ -237,15 +238,15 @@ fn the_set_request_speaks_the_wireguard_control_protocol() {
         },
         PeerChange::Remove { public_key: key(3) },
     ];
-    let text = uapi::render_set(&DeviceChange {
-        private_key: Some(key(1)),
+    let rendered = uapi::render_set(&DeviceChange {
+        private_key: PrivateKey::from_hex(&format!("{:02x}", 1).repeat(32)),
         listen_port: Some(51820),
         peers: changes,
         keepalive: Some(25),
     });
     let hex = |n: u8| format!("{n:02x}").repeat(32);
     assert_eq!(
-        text,
+        rendered.as_str(),
         format!(
             "set=1\nprivate_key={}\nlisten_port=51820\npublic_key={}\nendpoint=198.18.0.12:51820\n\
              persistent_keepalive_interval=25\nallowed_ip=10.42.1.0/24\npublic_key={}\nremove=true\n\n",
@@ -316,22 +317,292 @@ fn the_key_is_made_once_kept_private_and_never_printed() {
         e.contains("wireguard.key") && e.contains("not a WireGuard private key"),
         "{e}"
     );
+    // A file that is almost a key is not quoted either: it may be one with a typo.
+    let almost = format!("{}!", &first.private().to_base64()[..43]);
+    std::fs::write(&path, &almost).expect("write");
+    let e = NodeKey::load_or_create(dir.path()).expect_err("malformed");
+    for shown in [e.to_string(), format!("{e:?}")] {
+        assert!(
+            !shown.contains(&almost[..43]),
+            "the file's text is quoted: {shown}"
+        );
+    }
+}
+
+/// Whether a test that needs root may run: without root it skips visibly, or fails when
+/// `SKEIN_TEST_ALL=1` asks for every test.
+fn require_root(what: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("SKEIN_TEST_ALL").is_some_and(|v| v == "1") {
+        panic!("SKEIN_TEST_ALL=1 but this test cannot run: {what} needs root");
+    }
+    eprintln!("SKIPPED: {what} needs root (set SKEIN_TEST_ALL=1 to make this a failure)");
+    false
 }
 
 #[test]
 fn a_key_on_tmpfs_is_refused() {
-    let on_tmpfs = ["/dev/shm", "/run"].into_iter().find(|d| {
-        nix::sys::statfs::statfs(*d)
-            .is_ok_and(|f| f.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
-    });
-    let Some(dir) = on_tmpfs else {
-        eprintln!("no tmpfs mounted here; nothing to check");
+    if !require_root("mounting a tmpfs for the key file") {
         return;
-    };
-    let e = NodeKey::load_or_create(std::path::Path::new(dir))
-        .expect_err("tmpfs")
-        .to_string();
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().to_path_buf();
+    // A mount namespace of this thread's own: the tmpfs is gone with the thread, whatever
+    // happens, and no other process ever sees it.
+    let refused = std::thread::spawn(move || {
+        use nix::mount::{MsFlags, mount};
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare mount ns");
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .expect("make mounts private");
+        mount(
+            Some("tmpfs"),
+            &target,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("size=1m,mode=0700"),
+        )
+        .expect("mount tmpfs");
+        let result = NodeKey::load_or_create(&target).map(|_| ());
+        let left = std::fs::read_dir(&target).map(|d| d.count()).unwrap_or(0);
+        let _ = nix::mount::umount(&target);
+        (result, left)
+    })
+    .join()
+    .expect("tmpfs thread");
+    let e = refused.0.expect_err("a key on tmpfs").to_string();
     assert!(e.contains("tmpfs") && e.contains("store.path"), "{e}");
+    assert_eq!(refused.1, 0, "no key was written to the tmpfs");
+}
+
+/// 32 bytes of `n`, as the control protocol writes a key.
+fn hex(n: u8) -> String {
+    format!("{n:02x}").repeat(32)
+}
+
+#[test]
+fn a_malformed_private_key_from_the_device_is_never_quoted() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    // Key text with one digit short and one that is no hex digit: both malformed.
+    let secret = "c0ffee".repeat(10);
+    for line in [
+        format!("private_key={secret}"),
+        format!("private_key={secret}zz1"),
+    ] {
+        let e = uapi::parse_get(&format!("{line}\nlisten_port=1\nerrno=0\n"), now)
+            .expect_err("a malformed key is an error");
+        for shown in [e.to_string(), format!("{e:?}")] {
+            assert!(!shown.contains(&secret), "the key text is quoted: {shown}");
+            assert!(
+                !shown.contains("c0ffee"),
+                "part of the key is quoted: {shown}"
+            );
+            assert!(
+                shown.contains("private_key"),
+                "the error names the field: {shown}"
+            );
+        }
+    }
+    // Public fields are still quoted whole, which is what makes the error useful.
+    let e = uapi::parse_get("listen_port=x\n", now)
+        .expect_err("bad port")
+        .to_string();
+    assert!(e.contains("listen_port=x"), "{e}");
+}
+
+#[test]
+fn debug_of_a_private_key_shows_no_key_material() {
+    let private = PrivateKey::from_hex(&hex(7)).expect("key");
+    let shown = format!("{private:?}");
+    assert!(!shown.contains(&hex(7)), "{shown}");
+    assert!(!shown.contains(private.to_base64().as_str()), "{shown}");
+    assert!(shown.contains("redacted"), "{shown}");
+    assert!(shown.contains(&private.public().to_base64()), "{shown}");
+    assert_eq!(private.to_hex().as_str(), hex(7));
+    assert_eq!(
+        PrivateKey::from_base64(private.to_base64().as_str()),
+        Some(private.clone())
+    );
+}
+
+#[test]
+fn debug_of_a_node_key_shows_no_key_material() {
+    let node_key = NodeKey::from_private(PrivateKey::from_hex(&hex(9)).expect("key"));
+    let shown = format!("{node_key:?} {node_key:#?}");
+    assert!(!shown.contains(&hex(9)), "{shown}");
+    assert!(
+        !shown.contains(node_key.private().to_base64().as_str()),
+        "{shown}"
+    );
+    assert!(shown.contains(&node_key.public().to_base64()), "{shown}");
+}
+
+#[test]
+fn debug_of_a_device_change_shows_no_key_material() {
+    let private = PrivateKey::from_hex(&hex(5)).expect("key");
+    let change = DeviceChange {
+        private_key: Some(private.clone()),
+        listen_port: Some(51820),
+        peers: vec![PeerChange::Remove { public_key: key(2) }],
+        keepalive: None,
+    };
+    let shown = format!("{change:?} {change:#?}");
+    assert!(!shown.contains(&hex(5)), "{shown}");
+    assert!(!shown.contains(private.to_base64().as_str()), "{shown}");
+    assert!(shown.contains("redacted"), "{shown}");
+    // The request itself carries the key, for the device only.
+    assert!(uapi::render_set(&change).contains(&format!("private_key={}", hex(5))));
+}
+
+/// A device for the rotation logic: holds a key, and may refuse new ones (outright, or after
+/// taking the key anyway, as a connection that broke mid-request may).
+#[derive(Debug, Default)]
+struct StandInDevice {
+    key: std::cell::RefCell<Option<PrivateKey>>,
+    refuse: bool,
+    take_then_fail: bool,
+}
+
+impl KeyDevice for StandInDevice {
+    fn public_key(&self) -> Result<Option<Key>, OverlayError> {
+        Ok(self.key.borrow().as_ref().map(PrivateKey::public))
+    }
+
+    fn set_private_key(&self, key: &PrivateKey) -> Result<(), OverlayError> {
+        if self.refuse {
+            return Err(OverlayError::Control("errno=22".into()));
+        }
+        *self.key.borrow_mut() = Some(key.clone());
+        if self.take_then_fail {
+            return Err(OverlayError::Control("the connection broke".into()));
+        }
+        Ok(())
+    }
+}
+
+fn device_holding(key: &NodeKey) -> StandInDevice {
+    StandInDevice {
+        key: std::cell::RefCell::new(Some(key.private().clone())),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_rotation_the_device_refuses_leaves_the_old_key_on_disk_and_in_the_device() {
+    for (refuse, take_then_fail) in [(true, false), (false, true)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = NodeKey::load_or_create(dir.path()).expect("key");
+        let before = std::fs::read(NodeKey::path_in(dir.path())).expect("key file");
+        let device = StandInDevice {
+            refuse,
+            take_then_fail,
+            ..device_holding(&old)
+        };
+        let e = rotation::rotate(dir.path(), &device, &old).expect_err("refused");
+        assert!(matches!(e, KeyError::Refused { .. }), "{e:?}");
+        assert!(e.to_string().contains("old key stays"), "{e}");
+        assert_eq!(
+            std::fs::read(NodeKey::path_in(dir.path())).expect("key file"),
+            before,
+            "the key file is byte-identical"
+        );
+        assert_eq!(
+            device.public_key().expect("device").as_ref(),
+            Some(old.public()),
+            "the device holds the old key"
+        );
+        assert!(!dir.path().join(rotation::PENDING_FILE).exists());
+    }
+}
+
+#[test]
+fn a_rotation_writes_the_device_then_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = NodeKey::load_or_create(dir.path()).expect("key");
+    let device = device_holding(&old);
+    let new = rotation::rotate(dir.path(), &device, &old).expect("rotated");
+    assert_ne!(new.public(), old.public());
+    assert_eq!(
+        device.public_key().expect("device").as_ref(),
+        Some(new.public())
+    );
+    assert_eq!(NodeKey::load_or_create(dir.path()).expect("reload"), new);
+    assert!(!dir.path().join(rotation::PENDING_FILE).exists());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(NodeKey::path_in(dir.path()))
+            .expect("file")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn a_leftover_new_key_is_kept_only_when_the_device_holds_it() {
+    let (a, b) = (key(1), key(2));
+    use rotation::PendingKey::{Complete, Discard};
+    for (pending, device, want) in [
+        (Some(&a), Some(&a), Complete),
+        (Some(&a), Some(&b), Discard),
+        (Some(&a), None, Discard),
+        (None, Some(&a), Discard),
+        (None, None, Discard),
+    ] {
+        assert_eq!(
+            decide_pending(pending, device),
+            want,
+            "{pending:?} {device:?}"
+        );
+    }
+}
+
+#[test]
+fn a_leftover_new_key_is_renamed_or_discarded_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = NodeKey::load_or_create(dir.path()).expect("key");
+    let pending = NodeKey::generate();
+    let pending_path = dir.path().join(rotation::PENDING_FILE);
+    let old_file = std::fs::read(NodeKey::path_in(dir.path())).expect("key file");
+
+    // Nothing left over: nothing changes.
+    let (key_now, decision) =
+        finish_pending_rotation(dir.path(), old.clone(), Some(old.public())).expect("none");
+    assert_eq!((key_now, decision), (old.clone(), None));
+
+    // The device holds the old key: the new one goes, the file stays.
+    pending.write_synced(&pending_path).expect("write");
+    let (key_now, decision) =
+        finish_pending_rotation(dir.path(), old.clone(), Some(old.public())).expect("discard");
+    assert_eq!((&key_now, decision), (&old, Some(PendingKey::Discard)));
+    assert!(!pending_path.exists());
+    assert_eq!(
+        std::fs::read(NodeKey::path_in(dir.path())).expect("file"),
+        old_file
+    );
+
+    // Half written: discarded.
+    std::fs::write(&pending_path, "c0ffee").expect("write");
+    let (key_now, decision) =
+        finish_pending_rotation(dir.path(), old.clone(), Some(old.public())).expect("discard");
+    assert_eq!((&key_now, decision), (&old, Some(PendingKey::Discard)));
+    assert!(!pending_path.exists());
+
+    // The device took the new key before the crash: the rename is completed.
+    pending.write_synced(&pending_path).expect("write");
+    let (key_now, decision) =
+        finish_pending_rotation(dir.path(), old.clone(), Some(pending.public())).expect("done");
+    assert_eq!((&key_now, decision), (&pending, Some(PendingKey::Complete)));
+    assert!(!pending_path.exists());
+    assert_eq!(
+        NodeKey::load_or_create(dir.path()).expect("reload"),
+        pending
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! command share one connection: connect, ask the kernel who listens (`SO_PEERCRED`), refuse
 //! anything but skein's own device in this network namespace, then talk.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -15,12 +15,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use wireguard_control::Key;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::device::{DeviceChange, DeviceState, OverlayError, PeerState};
 use crate::peers::PeerChange;
+use crate::secret::PrivateKey;
 
 /// How long a device may take to answer.
 const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Room reserved up front for a `get=1` answer, so that the buffer holding the device's
+/// private key is seldom moved (a move would leave an unwiped copy behind); a device with
+/// hundreds of peers still works, its answer just grows the buffer.
+const ANSWER_CAPACITY: usize = 64 * 1024;
+
+/// Keys of the control protocol whose values are secret: never quoted in an error.
+const SECRET_KEYS: [&str; 2] = ["private_key", "preshared_key"];
 
 /// The control socket of interface `name`.
 pub fn socket_path(name: &str) -> PathBuf {
@@ -96,27 +106,33 @@ fn check_owner(pid: u32) -> Result<(), String> {
 }
 
 impl Owned {
-    /// `get=1`: the device's key, port and peers.
+    /// `get=1`: the device's key, port and peers. The answer carries the device's private key,
+    /// so it is read into buffers that are wiped when dropped.
     pub fn get(mut self) -> Result<DeviceState, OverlayError> {
         self.stream
             .write_all(b"get=1\n\n")
             .map_err(|e| OverlayError::Control(format!("asking the device for its state: {e}")))?;
-        let mut text = String::new();
-        let mut reader = BufReader::new(&self.stream);
-        loop {
-            let mut line = String::new();
-            let n = reader
-                .read_line(&mut line)
+        let mut answer = Zeroizing::new(Vec::with_capacity(ANSWER_CAPACITY));
+        let mut chunk = Zeroizing::new([0u8; 4096]);
+        // The answer ends with an empty line (or the device closes the connection).
+        while !answer.ends_with(b"\n\n") {
+            let n = self
+                .stream
+                .read(&mut chunk[..])
                 .map_err(|e| OverlayError::Control(format!("reading the device's state: {e}")))?;
-            if n == 0 || line == "\n" {
+            if n == 0 {
                 break;
             }
-            text.push_str(&line);
+            answer.extend_from_slice(&chunk[..n]);
         }
-        parse_get(&text, SystemTime::now())
+        chunk.zeroize();
+        let text = std::str::from_utf8(&answer)
+            .map_err(|_| OverlayError::Control("the device's state is not text".to_string()))?;
+        parse_get(text, SystemTime::now())
     }
 
-    /// `set=1` with `body` (from [`render_set`]).
+    /// `set=1` with `body` (from [`render_set`]; it may carry the private key, so it is
+    /// never quoted).
     pub fn set(mut self, body: &str) -> Result<(), OverlayError> {
         self.stream
             .write_all(body.as_bytes())
@@ -144,12 +160,17 @@ fn unhex(s: &str) -> Option<Key> {
 
 /// The `set=1` request for a private key, a listen port and peer changes. Updates are a remove
 /// and an add in the same request (boringtun cannot modify a peer in place; one request is one
-/// critical section, so no packet sees the peer missing).
-pub fn render_set(change: &DeviceChange) -> String {
+/// critical section, so no packet sees the peer missing). Wiped when dropped: it may carry the
+/// private key.
+pub fn render_set(change: &DeviceChange) -> Zeroizing<String> {
     let keepalive = change.keepalive;
-    let mut out = String::from("set=1\n");
+    // Sized for the whole request so the private key's text is never moved by a regrowth.
+    let mut out = Zeroizing::new(String::with_capacity(128 + 256 * change.peers.len()));
+    out.push_str("set=1\n");
     if let Some(k) = &change.private_key {
-        out.push_str(&format!("private_key={}\n", hex(k)));
+        out.push_str("private_key=");
+        out.push_str(&k.to_hex());
+        out.push('\n');
     }
     if let Some(p) = change.listen_port {
         out.push_str(&format!("listen_port={p}\n"));
@@ -222,7 +243,13 @@ pub fn parse_get(text: &str, now: SystemTime) -> Result<DeviceState, OverlayErro
         let Some((k, v)) = line.split_once('=') else {
             continue;
         };
-        let bad = || OverlayError::Control(format!("the device answered {line:?}"));
+        let bad = || {
+            OverlayError::Control(if SECRET_KEYS.contains(&k) {
+                format!("the device answered a malformed {k} (its value is secret, not shown)")
+            } else {
+                format!("the device answered {line:?}")
+            })
+        };
         match k {
             "errno" if v != "0" => {
                 return Err(OverlayError::Control(format!(
@@ -230,7 +257,7 @@ pub fn parse_get(text: &str, now: SystemTime) -> Result<DeviceState, OverlayErro
                 )));
             }
             "private_key" => {
-                state.public_key = Some(unhex(v).ok_or_else(bad)?.get_public());
+                state.public_key = Some(PrivateKey::from_hex(v).ok_or_else(bad)?.public());
             }
             "own_public_key" => state.public_key = Some(unhex(v).ok_or_else(bad)?),
             "listen_port" => state.listen_port = v.parse().map_err(|_| bad())?,

@@ -91,13 +91,21 @@ pub fn run(name: &str, threads: usize) -> Result<(), DeviceError> {
             name: name.to_string(),
         });
     }
+    // The control socket configures the device, keys included: only root may use it. It takes
+    // its mode from the umask when boringtun binds it (0777 masked), so the umask is narrowed to
+    // 0177 for the bind; the directory is made first, where the bind's umask would leave it
+    // untraversable. The process creates no other file; the unit's UMask=0077 covers the rest.
+    let _ = std::fs::create_dir_all(SOCKET_DIR);
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
     let config = DeviceConfig {
         n_threads: threads.max(1),
         use_connected_socket: true,
         use_multi_queue: true,
         uapi_fd: -1,
     };
-    let mut device = DeviceHandle::new(name, config).map_err(|e| DeviceError::Start {
+    let device = DeviceHandle::new(name, config);
+    nix::sys::stat::umask(umask | nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let mut device = device.map_err(|e| DeviceError::Start {
         name: name.to_string(),
         cause: format!("{e:?}"),
     })?;
