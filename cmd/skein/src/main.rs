@@ -164,7 +164,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let threads = threads.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(2, |n| n.get().min(4))
             });
-            Ok(skein_wireguard::run(name.as_str(), threads)?)
+            Ok(skein_wireguard::run(&name, threads)?)
         }
         Command::Overlay {
             command: OverlayCommand::RotateKey { config },

@@ -7,6 +7,7 @@
 //! boringtun's device creates the TUN and the socket; it sets no MTU, address or route, which the
 //! daemon does through rtnetlink.
 
+use skein_names::IfName;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,13 +17,8 @@ use boringtun::device::{DeviceConfig, DeviceHandle};
 /// directory for the whole machine, whatever the network namespace: names must be unique.
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
 
-/// The longest interface name Linux takes (IFNAMSIZ - 1).
-pub const MAX_IFNAME: usize = 15;
-
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("--interface {name:?}: {why}")]
-    Name { name: String, why: &'static str },
     #[error(
         "another WireGuard device already serves {name} ({socket} answers); stop it first — \
          starting would remove its control socket"
@@ -48,37 +44,15 @@ pub fn socket_path(name: &str) -> PathBuf {
     PathBuf::from(SOCKET_DIR).join(format!("{name}.sock"))
 }
 
-/// Checks `name` the way the kernel and the socket directory need it.
-pub fn check_name(name: &str) -> Result<(), DeviceError> {
-    let why = if name.is_empty() {
-        Some("is empty")
-    } else if name.len() > MAX_IFNAME {
-        Some("is longer than 15 characters")
-    } else if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        Some("may hold only letters, digits, '-', '_' and '.'")
-    } else {
-        None
-    };
-    match why {
-        Some(why) => Err(DeviceError::Name {
-            name: name.to_string(),
-            why,
-        }),
-        None => Ok(()),
-    }
-}
-
 /// Runs the device `name` in the calling process's network namespace until SIGTERM or SIGINT,
 /// or until its control socket is removed. `threads` packet workers.
 ///
 /// Refuses when a live socket of that name exists (boringtun would delete it and orphan the
 /// other device) or when a link of that name is present (opening a multi-queue TUN of an
 /// existing name would join the other device's queues).
-pub fn run(name: &str, threads: usize) -> Result<(), DeviceError> {
-    check_name(name)?;
+pub fn run(name: &IfName, threads: usize) -> Result<(), DeviceError> {
+    // Checked by skein's one name validator: safe in the socket path and for the kernel.
+    let name = name.as_str();
     let socket = socket_path(name);
     if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
         return Err(DeviceError::SocketInUse {

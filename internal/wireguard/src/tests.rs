@@ -1,17 +1,6 @@
-//! Interface names as the kernel and the socket directory take them.
+//! Where the control socket lives.
 
 use super::*;
-
-#[test]
-fn names_longer_than_the_kernel_takes_are_refused() {
-    assert!(check_name("skein-wg").is_ok());
-    assert!(check_name("a23456789012345").is_ok());
-    let e = check_name("a234567890123456").unwrap_err().to_string();
-    assert!(e.contains("longer than 15"), "{e}");
-    let e = check_name("wg/0").unwrap_err().to_string();
-    assert!(e.contains("wg/0"), "{e}");
-    assert!(check_name("").is_err());
-}
 
 #[test]
 fn the_socket_lives_in_the_shared_directory() {
@@ -72,7 +61,7 @@ fn the_control_socket_is_for_root_only() {
     // The device's threads inherit the namespace of the thread that starts it.
     let device = std::thread::spawn(move || {
         nix::sched::setns(netns_file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        run(&device_name, 1)
+        run(&IfName::new(device_name.as_str()).expect("valid name"), 1)
     });
     let socket = socket_path(&name);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
