@@ -245,6 +245,12 @@ function renderParts(s) {
         ? el("p", "error resolved", `last error ${when}, resolved: ${p.last_error}`)
         : el("p", "error", `last error${when ? ` (${when})` : ""}: ${p.last_error}`));
     }
+    if (p.last_repair) {
+      // Drift the part found in the kernel and put right: worth knowing, not an alarm.
+      const when = p.last_repair_at ? `${ago(s.now - p.last_repair_at)} ago` : "";
+      const count = p.repairs > 1 ? ` (${p.repairs} repairs since start)` : "";
+      li.append(el("p", "repair", `repaired ${when}: ${p.last_repair}${count}`));
+    }
     return li;
   }));
 }

@@ -108,7 +108,9 @@ fn fixture() -> Vec<(&'static str, serde_json::Value)> {
                 "parts": [
                     {"name": "overlay", "state": "ok", "since": now - 175, "detail": "3 peers",
                      "last_error": "routes before the bridge has its address", "last_error_at": now - 180,
-                     "last_error_resolved": true, "restarts": 0},
+                     "last_error_resolved": true, "restarts": 0,
+                     "last_repair": "route 10.42.2.0/24 via skein-wg added", "last_repair_at": now - 60,
+                     "repairs": 2},
                     {"name": "store", "state": "degraded", "since": now - 20, "detail": "",
                      "last_error": "disk nearly full", "last_error_at": now - 20,
                      "last_error_resolved": false, "restarts": 0}
@@ -208,7 +210,7 @@ fn row<'a>(dom: &'a str, attr: &str) -> &'a str {
 }
 
 #[test]
-fn the_page_tells_past_errors_from_present_ones_and_idle_peers_from_broken_ones() {
+fn the_page_tells_past_errors_from_present_ones_idle_peers_from_broken_ones_and_names_repairs() {
     if !chromium() {
         return;
     }
@@ -227,6 +229,12 @@ fn the_page_tells_past_errors_from_present_ones_and_idle_peers_from_broken_ones(
     assert!(
         dom.contains(r#"<p class="error">last error (20s ago): disk nearly full</p>"#),
         "present error not shown as such:\n{dom}"
+    );
+
+    // A repair the part made: what and when, muted.
+    assert!(
+        dom.contains(r#"<p class="repair">repaired 1m 0s ago: route 10.42.2.0/24 via skein-wg added (2 repairs since start)</p>"#),
+        "repair not shown:\n{dom}"
     );
 
     // Peers: up green, idle grey (not red), broken red.
