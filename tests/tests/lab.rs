@@ -317,7 +317,7 @@ fn down_leaves_nothing_behind_even_after_the_lab_was_killed() {
         .expect("ip");
     let netns = String::from_utf8_lossy(&netns.stdout);
     assert!(
-        !netns.contains(&format!("skl-{name}-")),
+        !netns.contains(&lab.extra_netns("")),
         "namespaces left: {netns}"
     );
     let links = std::process::Command::new("ip")
