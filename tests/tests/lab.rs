@@ -42,6 +42,11 @@ fn three_nodes_see_each_other_follow_deletions_and_survive_an_api_outage() {
     let lab = Lab::up(3, &[]);
     let nodes = lab.node_names();
     assert_eq!(nodes, ["node-1", "node-2", "node-3"]);
+    // `up` returns once every node is healthy: the status taken right after it says so.
+    for node in lab.status["nodes"].as_array().expect("nodes") {
+        assert_eq!(node["overall"], "ok", "right after up: {node}");
+        assert_eq!(node["problems"], serde_json::json!([]), "{node}");
+    }
 
     // Every daemon lists the three nodes with the pod CIDRs the controller manager allocated,
     // and the underlay address each skein published with the packaged RBAC role.
