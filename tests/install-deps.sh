@@ -15,69 +15,45 @@
 #   bench-cni       bench/cni/run.sh: iproute2, bc, the reference CNI plugins
 set -euo pipefail
 
-# What each set runs: a program on PATH (or an absolute path) -> the Debian package with it.
-declare -A lab=(
-    [ip]=iproute2
-    [nft]=nftables
-    [wg]=wireguard-tools
-)
-declare -A tests=(
-    [chromium]=chromium
-    [rpm]=rpm
-    [systemd-analyze]=systemd
-    [curl]=curl
-    # the overlay tests: a hand-configured wireguard-go peer, and a capture of the underlay
-    [wireguard-go]=wireguard-go
-    [tcpdump]=tcpdump
-    [iperf3]=iperf3
-)
-declare -A bench_overlay=(
-    [ip]=iproute2
-    [ss]=iproute2
-    [iperf3]=iperf3
-    [ping]=iputils-ping
-    [wg]=wireguard-tools
-    [wireguard-go]=wireguard-go
-    [python3]=python3
-    [sysctl]=procps
-    [awk]=mawk
-)
-declare -A bench_cni=(
-    [ip]=iproute2
-    [bc]=bc
-    [xargs]=findutils
+# Every program a set runs (on PATH, or an absolute path) -> the Debian package with it.
+declare -A package=(
+    [ip]=iproute2 [ss]=iproute2 [nft]=nftables [wg]=wireguard-tools
+    [chromium]=chromium [rpm]=rpm [systemd-analyze]=systemd [curl]=curl
+    [wireguard-go]=wireguard-go [tcpdump]=tcpdump [iperf3]=iperf3 [ping]=iputils-ping
+    [python3]=python3 [sysctl]=procps [awk]=mawk [bc]=bc [xargs]=findutils
     [/usr/lib/cni/bridge]=containernetworking-plugins
     [/usr/lib/cni/host-local]=containernetworking-plugins
 )
+# What each set runs. The full run adds to the lab's: the overlay tests' hand-configured
+# wireguard-go peer and capture of the underlay, the page test's browser, the packages' checks.
+lab=(ip nft wg)
+tests=(chromium rpm systemd-analyze curl wireguard-go tcpdump iperf3)
+bench_overlay=(ip ss iperf3 ping wg wireguard-go python3 sysctl awk)
+bench_cni=(ip bc xargs /usr/lib/cni/bridge /usr/lib/cni/host-local)
 
 sets=("$@")
 ((${#sets[@]})) || sets=(tests)
-declare -A wanted=()
+wanted=()
 need_go="" need_cargo_tools=""
-add() {
-    local -n set=$1
-    local program
-    for program in "${!set[@]}"; do wanted[$program]=${set[$program]}; done
-}
 for s in "${sets[@]}"; do
     case $s in
-        lab) add lab; need_go=1 ;;
-        tests) add lab; add tests; need_go=1; need_cargo_tools=1 ;;
-        bench-overlay) add bench_overlay ;;
-        bench-cni) add bench_cni ;;
+        lab) wanted+=("${lab[@]}"); need_go=1 ;;
+        tests) wanted+=("${lab[@]}" "${tests[@]}"); need_go=1; need_cargo_tools=1 ;;
+        bench-overlay) wanted+=("${bench_overlay[@]}") ;;
+        bench-cni) wanted+=("${bench_cni[@]}") ;;
         *) echo "install-deps.sh: unknown set $s (lab, tests, bench-overlay, bench-cni)" >&2; exit 2 ;;
     esac
 done
 echo "==> dependencies of: ${sets[*]}" >&2
 
 missing=()
-for program in "${!wanted[@]}"; do
+for program in "${wanted[@]}"; do
     if [[ $program = /* ]]; then
         [[ -x $program ]] && continue
     else
         command -v "$program" >/dev/null 2>&1 && continue
     fi
-    [[ " ${missing[*]} " = *" ${wanted[$program]} "* ]] || missing+=("${wanted[$program]}")
+    [[ " ${missing[*]} " = *" ${package[$program]} "* ]] || missing+=("${package[$program]}")
 done
 if ((${#missing[@]})); then
     if [[ $(id -u) -ne 0 ]]; then

@@ -276,7 +276,11 @@ fn a_role_without_a_needed_verb_is_named_on_the_status_page() {
     let dir = tempfile::tempdir().expect("tmp");
     let rbac = dir.path().join("rbac.yaml");
     std::fs::write(&rbac, without_patch).expect("write");
-    let lab = Lab::up(1, &["--rbac", rbac.to_str().expect("utf-8")]);
+    // Set up broken on purpose: the node cannot become ok, so `up` waits only for it to be ready.
+    let lab = Lab::up(
+        1,
+        &["--rbac", rbac.to_str().expect("utf-8"), "--allow-unhealthy"],
+    );
     let status = lab.wait(
         "the missing verb on the status page",
         Duration::from_secs(60),

@@ -1,5 +1,6 @@
 //! `up`'s last step: waiting until every node's status page says ok, or, once the deadline has
 //! passed, naming each node that is not and why (its parts that are not ok, with their errors).
+//! A lab set up broken on purpose waits only for its daemons to be ready.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,13 +12,44 @@ use skein_lab::wait::{self, WaitError};
 
 use crate::lab::{self, Lab, Node};
 
-/// How long `up` gives the nodes to become healthy once their daemons run: a node waits for its
-/// pod CIDR from the controller manager, then sets up its bridge, routes and peers.
-pub const DEADLINE: Duration = Duration::from_secs(60);
+/// How long `up` gives the nodes to become healthy once their daemons start: a node opens its
+/// store, waits for its pod CIDR from the controller manager, then sets up its bridge, routes
+/// and peers (seconds on an idle machine; the margin is for a busy one).
+pub const DEADLINE: Duration = Duration::from_secs(90);
 
 /// The host address forwarded to `node`'s status page.
 pub fn page_addr(node: &Node) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], node.page_port))
+}
+
+/// What `up` waits for on every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// The status page's overall health is ok.
+    Healthy,
+    /// The daemon answers `/readyz` with 200, whatever its parts say.
+    Ready,
+}
+
+impl Want {
+    pub fn waiting_for(self) -> &'static str {
+        match self {
+            Want::Healthy => "waiting for every node's status page to say ok",
+            Want::Ready => "waiting for every node's skein to be ready",
+        }
+    }
+
+    /// What keeps `node` from what is wanted; empty when it is there.
+    fn problems(self, node: &Node) -> Vec<String> {
+        match self {
+            Want::Healthy => node_problems(page::status(page_addr(node)).as_ref()),
+            Want::Ready => match page::http_get(page_addr(node), "/readyz") {
+                Some((200, _)) => Vec::new(),
+                Some((code, body)) => vec![format!("not ready ({code}): {}", body.trim())],
+                None => vec!["its status page does not answer".to_string()],
+            },
+        }
+    }
 }
 
 /// What keeps a node from being ok, from its status report (`None`: the page did not answer);
@@ -40,11 +72,7 @@ pub fn node_problems(status: Option<&Value>) -> Vec<String> {
 /// The error `up` ends with when some nodes are not ok: one line per node and problem.
 pub fn not_healthy_report(lab: &str, after: Duration, nodes: &[(String, Vec<String>)]) -> String {
     let mut text = format!("after {after:?} not every node is ok:");
-    for (node, problems) in nodes {
-        for problem in problems {
-            text.push_str(&format!("\n  {node}: {problem}"));
-        }
-    }
+    text.push_str(&problem_lines(nodes));
     text.push_str(&format!(
         "\nthe lab stays up for a look (`skein-lab --name {lab} status`, the nodes' status \
          pages); `skein-lab --name {lab} down` removes it"
@@ -52,8 +80,20 @@ pub fn not_healthy_report(lab: &str, after: Duration, nodes: &[(String, Vec<Stri
     text
 }
 
-/// Waits until every node's `/api/v1/status` says ok; fails at once if a node's skein exits.
-pub fn wait_until_healthy(lab: &Lab, deadline: Duration) -> anyhow::Result<()> {
+/// One line per node and problem, each starting on a new line.
+fn problem_lines(nodes: &[(String, Vec<String>)]) -> String {
+    let mut text = String::new();
+    for (node, problems) in nodes {
+        for problem in problems {
+            text.push_str(&format!("\n  {node}: {problem}"));
+        }
+    }
+    text
+}
+
+/// Waits until every node is as wanted (ok includes ready); fails at once if a node's skein
+/// exits. A lab that only had to be ready says which nodes are not ok, and returns.
+pub fn wait_for_nodes(lab: &Lab, want: Want, deadline: Duration) -> anyhow::Result<()> {
     let mut unhealthy: Vec<(String, Vec<String>)> = Vec::new();
     let waited = wait::poll(deadline, Duration::from_millis(200), || {
         unhealthy.clear();
@@ -66,7 +106,7 @@ pub fn wait_until_healthy(lab: &Lab, deadline: Duration) -> anyhow::Result<()> {
                     process.log.display()
                 );
             }
-            let problems = node_problems(page::status(page_addr(node)).as_ref());
+            let problems = want.problems(node);
             if !problems.is_empty() {
                 unhealthy.push((node.name.clone(), problems));
             }
@@ -74,8 +114,24 @@ pub fn wait_until_healthy(lab: &Lab, deadline: Duration) -> anyhow::Result<()> {
         Ok(unhealthy.is_empty().then_some(()))
     });
     match waited {
+        Ok(()) if want == Want::Ready => {
+            let unhealthy: Vec<(String, Vec<String>)> = lab
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), Want::Healthy.problems(n)))
+                .filter(|(_, problems)| !problems.is_empty())
+                .collect();
+            if !unhealthy.is_empty() {
+                eprintln!("note: not every node is ok:{}", problem_lines(&unhealthy));
+            }
+            Ok(())
+        }
         Ok(()) => Ok(()),
         Err(WaitError::Failed(e)) => Err(e),
+        Err(WaitError::TimedOut(after)) if want == Want::Ready => bail!(
+            "after {after:?} not every node's skein is ready:{}",
+            problem_lines(&unhealthy)
+        ),
         Err(WaitError::TimedOut(after)) => bail!(not_healthy_report(&lab.name, after, &unhealthy)),
     }
 }

@@ -23,7 +23,6 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use lab::{API_PORT, CONTROL_PLANE_IP, Lab, Node, Process};
-use skein_lab::page::http_get;
 use skein_lab::wait::{self, WaitError};
 
 #[derive(Parser, Debug)]
@@ -56,6 +55,10 @@ enum Cmd {
         /// RBAC manifest granting the nodes' skein its rights (default: packaging/rbac.yaml).
         #[arg(long)]
         rbac: Option<PathBuf>,
+        /// Return once every node's skein is ready, even if some node is not healthy (for a lab
+        /// set up broken on purpose); without it `up` waits for every node to be ok.
+        #[arg(long)]
+        allow_unhealthy: bool,
     },
     /// Remove everything the lab made: processes, namespaces, links, files. Works after a crash.
     Down {
@@ -172,7 +175,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             skein,
             controlplane_bin,
             rbac,
-        } => up(&name, nodes, skein, controlplane_bin.as_deref(), rbac),
+            allow_unhealthy,
+        } => {
+            let want = if allow_unhealthy {
+                health::Want::Ready
+            } else {
+                health::Want::Healthy
+            };
+            up(&name, nodes, skein, controlplane_bin.as_deref(), rbac, want)
+        }
         Cmd::Down { all } => {
             down(if all { None } else { Some(&name) });
             Ok(())
@@ -306,6 +317,7 @@ fn up(
     skein: Option<PathBuf>,
     controlplane_bin: Option<&Path>,
     rbac: Option<PathBuf>,
+    want: health::Want,
 ) -> anyhow::Result<()> {
     if !(1..=50).contains(&count) {
         bail!("--nodes {count}: a lab has 1 to 50 nodes");
@@ -533,25 +545,10 @@ fn up(
         lab.spawn(&node.name)?;
     }
     lab.save()?;
-    for node in &lab.nodes {
-        let addr = SocketAddr::from(([127, 0, 0, 1], node.page_port));
-        wait_until(Duration::from_secs(60), || {
-            let p = &lab.processes[&node.name];
-            if !p.pid.is_some_and(lab::alive) {
-                bail!(
-                    "skein on {} exited; its log: {}",
-                    node.name,
-                    p.log.display()
-                );
-            }
-            Ok(http_get(addr, "/readyz").is_some_and(|(code, _)| code == 200))
-        })
-        .with_context(|| format!("waiting for skein on {}", node.name))?;
-    }
-    // Ready is not yet healthy: the nodes wait for their pod CIDRs from the controller manager,
-    // and pods applied before that would only be retried.
-    progress(started, "waiting for every node's status page to say ok");
-    health::wait_until_healthy(&lab, health::DEADLINE)?;
+    // Not merely ready: a node also waits for its pod CIDR from the controller manager, and pods
+    // applied before that would only be retried.
+    progress(started, want.waiting_for());
+    health::wait_for_nodes(&lab, want, health::DEADLINE)?;
     progress(started, "lab is up");
     println!(
         "lab {name}: {count} node(s); kubeconfig: {}",
