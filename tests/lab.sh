@@ -6,12 +6,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nodes="${1:-3}"
-tests/install-deps.sh
-cargo build --locked --bins
-target/debug/skein-lab down >/dev/null 2>&1 || true
-target/debug/skein-lab up --nodes "$nodes"
+# Only what the lab runs: no packaging tools, no browser (tests/run.sh installs those).
+tests/install-deps.sh lab
+cargo build --locked -p skein -p skein-lab
+lab="${CARGO_TARGET_DIR:-target}/debug/skein-lab"
+"$lab" down >/dev/null 2>&1 || true
+# `up` returns once every node's status page says ok, or fails naming the node that is not.
+"$lab" up --nodes "$nodes"
 echo
-target/debug/skein-lab status
+"$lab" status
 echo
-echo "kubectl: export KUBECONFIG=$(target/debug/skein-lab kubeconfig)"
-echo "remove the lab: target/debug/skein-lab down"
+echo "kubectl: export KUBECONFIG=$("$lab" kubeconfig)"
+echo "remove the lab: $lab down"

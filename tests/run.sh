@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 started=$SECONDS
 step() { echo "==> [$((SECONDS - started))s] $*" >&2; }
 
-step "installing test dependencies"
-tests/install-deps.sh
+step "installing test dependencies (the full set)"
+tests/install-deps.sh tests
 step "cargo fmt --check"
 cargo fmt --all --check
 step "building (debug)"

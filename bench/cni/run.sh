@@ -8,23 +8,25 @@ cd "$(dirname "$0")/../.."
 pods="${1:-100}"
 lab=bcni
 
-[[ -x /usr/lib/cni/bridge ]] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containernetworking-plugins >/dev/null; }
-cargo build --release --locked --bins -q
-target/release/skein-lab --name "$lab" down >/dev/null 2>&1 || true
-trap 'target/release/skein-lab --name "$lab" down >/dev/null 2>&1 || true' EXIT
-target/release/skein-lab --name "$lab" up --nodes 1 >/dev/null
+[[ $EUID -eq 0 ]] || { echo "bench/cni/run.sh needs root (network namespaces)" >&2; exit 1; }
+# Everything this script runs (the reference plugins, bc, ...), installed with apt-get when missing.
+tests/install-deps.sh bench-cni
+cargo build --release --locked -p skein -p skein-lab -q
+skein_lab="${CARGO_TARGET_DIR:-target}/release/skein-lab"
+"$skein_lab" --name "$lab" down >/dev/null 2>&1 || true
+trap '"$skein_lab" --name "$lab" down >/dev/null 2>&1 || true' EXIT
+# `up` returns once the node is healthy, so it serves ADD from here on.
+"$skein_lab" --name "$lab" up --nodes 1 >/dev/null
 node_ns="skl-$lab-node-1"
 node_dir="/run/skein-lab/$lab/nodes/node-1"
 work="/run/skein-lab/$lab/bench"
 mkdir -p "$work"
 for i in $(seq 1 "$pods"); do ip netns add "skl-$lab-b$i"; done
 
-# Wait until skein serves ADD (its node has a pod CIDR).
-for _ in $(seq 1 100); do
-    echo "{\"cniVersion\":\"1.0.0\",\"name\":\"skein\",\"type\":\"skein\",\"socket\":\"$node_dir/cni.sock\"}" |
-        CNI_COMMAND=STATUS ip netns exec "$node_ns" "$node_dir/bin/skein" >/dev/null 2>&1 && break
-    sleep 0.2
-done
+# skein serves ADD once its node has a pod CIDR: STATUS says so (up has waited for it already).
+echo "{\"cniVersion\":\"1.0.0\",\"name\":\"skein\",\"type\":\"skein\",\"socket\":\"$node_dir/cni.sock\"}" |
+    CNI_COMMAND=STATUS ip netns exec "$node_ns" "$node_dir/bin/skein" >/dev/null ||
+    { echo "skein on node-1 does not serve ADD: see its status page" >&2; exit 1; }
 
 cat >"$work/skein.json" <<JSON
 {"cniVersion":"1.0.0","name":"skein","type":"skein","socket":"$node_dir/cni.sock"}

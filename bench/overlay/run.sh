@@ -45,9 +45,9 @@ die() { log "error: $*"; exit 1; }
 
 [[ $EUID -eq 0 ]] || die "needs root (network namespaces, TUN devices)"
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -gt 0 ]] || die "DURATION must be a whole number of seconds"
-for tool in ip iperf3 wg python3; do
-    command -v "$tool" >/dev/null || die "$tool is not installed"
-done
+# Everything this script runs (ping, iperf3, wg, wireguard-go, ss, python3, ...), installed with
+# apt-get when missing.
+"$repo/tests/install-deps.sh" bench-overlay
 
 # Everything this run creates carries the prefix, so concurrent runs and leftovers of other
 # software never collide with it, and cleanup touches nothing else. Interface names stay within
@@ -323,6 +323,20 @@ run_iperf() {
 
 declare -A res   # res[case,test] = the line run_iperf printed
 
+# Waits until pod-b's iperf3 server listens and no connection of a previous run is left, without
+# connecting to it (iperf3 would take a probe for a client).
+iperf3_server_idle() {
+    local _
+    for _ in $(seq 1 100); do
+        if [[ -n $(ip netns exec "$ns_pb" ss -Hltn "sport = :5201") &&
+            -z $(ip netns exec "$ns_pb" ss -Htn state established "sport = :5201") ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "pod-b's iperf3 server is not listening (see $work/iperf3-*.log)"
+}
+
 run_case() {
     local c=$1
     log "case $c: setting up"
@@ -346,11 +360,7 @@ run_case() {
     [[ -n $ok ]] || die "case $c: pod-a cannot reach pod-b"
 
     ip netns exec "$ns_pb" iperf3 -s -D -B "$pod_b" -I "$work/iperf3.pid" --logfile "$work/iperf3-$c.log"
-    # Wait for the listener without connecting to it (iperf3 would take a probe for a client).
-    for _ in $(seq 1 50); do
-        [[ -n $(ip netns exec "$ns_pb" ss -Hltn "sport = :5201") ]] && break
-        sleep 0.1
-    done
+    iperf3_server_idle
 
     local test args
     for test in tcp1 tcp4 udp; do
@@ -365,7 +375,7 @@ run_case() {
         log "case $c: $test $(awk -v b="$bps" 'BEGIN { printf "%.3f", b / 1e9 }') Gbit/s," \
             "loss $(printf %.2f "$loss") % (in the tunnel $tdrops %, at pod-b's socket $drops %)," \
             "tunnel CPU $cpu s"
-        sleep 1   # let the server return to listening and the previous flows drain
+        iperf3_server_idle   # the previous run's flows have drained
     done
 
     # Proof the traffic went through the tunnel and not around it.

@@ -1,12 +1,14 @@
 //! A `skein-lab` for one test: brought up under a name unique to the test, taken down when
-//! dropped, with helpers to read each node's status and act on the lab.
+//! dropped, with helpers to read each node's status and act on the lab. Names of the lab's
+//! namespaces, interfaces and files come from the lab (`status --json`), never rebuilt here.
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::{built_bin, http_get, is_root, require, which};
+use crate::{built_bin, is_root, require, which};
 
 /// Whether lab tests can run here: root, iproute2, and the control plane binaries (built by
 /// `cmd/skein-lab/controlplane/build.sh`, which tests/run.sh runs first).
@@ -95,12 +97,12 @@ impl Lab {
     /// to 1000 long) under the section's name, if its daemon answers.
     pub fn node_status(&self, node: &str) -> Option<serde_json::Value> {
         let get = |path: &str| {
-            let (code, body) = http_get(self.page(node), path)?;
+            let (code, body) = skein_lab::page::http_get(self.page(node), path)?;
             (code == 200)
                 .then(|| serde_json::from_str::<serde_json::Value>(&body).ok())
                 .flatten()
         };
-        let mut status = get("/api/v1/status")?;
+        let mut status = skein_lab::page::status(self.page(node))?;
         let names: Vec<String> = status["sections"]
             .as_object()
             .map(|s| s.keys().cloned().collect())
@@ -110,6 +112,51 @@ impl Lab {
             status[name.as_str()] = details;
         }
         Some(status)
+    }
+
+    /// A node's entry in the lab's status.
+    fn node_entry(&self, node: &str) -> &serde_json::Value {
+        self.status["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["name"] == node))
+            .unwrap_or_else(|| panic!("lab has no node {node}: {}", self.status))
+    }
+
+    /// A string field of the lab's status, such as `underlay_netns`.
+    fn named(&self, field: &str) -> String {
+        self.status[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("lab status has no {field}: {}", self.status))
+            .to_string()
+    }
+
+    /// The namespace of the lab's underlay bridge.
+    pub fn underlay_netns(&self) -> String {
+        self.named("underlay_netns")
+    }
+
+    /// The namespace of the lab's control plane.
+    pub fn control_plane_netns(&self) -> String {
+        self.named("control_plane_netns")
+    }
+
+    /// A name for a namespace of the test's own that `down` removes with the lab.
+    pub fn extra_netns(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.named("netns_prefix"))
+    }
+
+    /// A name for an interface of the test's own, under the lab's interface names (whose
+    /// leftover control sockets `down` removes).
+    pub fn extra_interface(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.named("interface_prefix"))
+    }
+
+    /// A node's config file.
+    pub fn config(&self, node: &str) -> String {
+        self.node_entry(node)["config"]
+            .as_str()
+            .expect("config path")
+            .to_string()
     }
 
     pub fn node_names(&self) -> Vec<String> {
@@ -125,17 +172,18 @@ impl Lab {
 
     /// Runs a command inside a node's (or any lab) network namespace: (success, stdout+stderr).
     pub fn exec(&self, netns: &str, argv: &[&str]) -> (bool, String) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", netns])
-            .args(argv)
-            .output()
-            .expect("ip netns exec");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        skein_lab::netns::run(&self.name, netns, argv).expect("ip netns exec")
+    }
+
+    /// A command running `program` inside `netns`, tagged with the lab's name (so `down` stops
+    /// it if the test does not).
+    pub fn command_in(&self, netns: &str, program: impl AsRef<OsStr>) -> Command {
+        skein_lab::netns::command(&self.name, netns, program)
+    }
+
+    /// A command running one of `skein-lab`'s tools (`probe`, `udp-send`, ...) inside `netns`.
+    pub fn tool_in(&self, netns: &str) -> Command {
+        self.command_in(netns, built_bin("skein-lab"))
     }
 
     /// `skein-lab apply -f` of a YAML text.
@@ -149,6 +197,7 @@ impl Lab {
     }
 
     /// A pod as the API has it once it runs: (network namespace, first pod IP), or `None`.
+    /// The namespace is the one the lab recorded for the pod's UID.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<(String, String)> {
         let out = self.run(&["get", "pods", "-o", "json"]).1;
         let pods: serde_json::Value = serde_json::from_str(&out).ok()?;
@@ -157,29 +206,35 @@ impl Lab {
             .iter()
             .find(|p| p["metadata"]["namespace"] == namespace && p["metadata"]["name"] == name)?;
         let ip = pod["status"]["podIP"].as_str()?.to_string();
-        let uid = pod["metadata"]["uid"].as_str()?.replace('-', "");
-        Some((format!("skl-{}-p-{}", self.name, &uid[..12]), ip))
+        let uid = pod["metadata"]["uid"].as_str()?;
+        let (_, status, _) = self.run(&["status", "--json"]);
+        let status: serde_json::Value = serde_json::from_str(&status).ok()?;
+        let netns = status["pods"]
+            .as_array()?
+            .iter()
+            .find(|p| p["uid"] == uid)?["netns"]
+            .as_str()?
+            .to_string();
+        Some((netns, ip))
     }
 
     /// `skein-lab probe` from inside `netns`: what the target answered, or `None`.
     pub fn probe(&self, netns: &str, protocol: &str, target: &str) -> Option<String> {
-        let lab = crate::built_bin("skein-lab");
-        let (ok, out) = self.exec(
-            netns,
-            &[lab.to_str()?, "probe", protocol, target, "--timeout", "3s"],
-        );
-        ok.then(|| out.trim().to_string())
+        let out = self
+            .tool_in(netns)
+            .args(["probe", protocol, target, "--timeout", "3s"])
+            .output()
+            .expect("skein-lab probe");
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
     /// Starts a lab workload answering on `port` (TCP and UDP) inside `netns`; `down` stops it.
     pub fn serve_in(&self, netns: &str, name: &str, port: u16) {
-        let lab = crate::built_bin("skein-lab");
         let port = port.to_string();
-        Command::new("ip")
-            .args(["netns", "exec", netns])
-            .arg(lab)
+        self.tool_in(netns)
             .args(["workload", "--pod", name, "--tcp", &port, "--udp", &port])
-            .env("SKEIN_LAB", &self.name)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -237,8 +292,8 @@ impl Lab {
     ) -> (bool, serde_json::Value) {
         use std::io::Write;
         let plugin = format!("{}/nodes/{node}/bin/skein", self.dir());
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.netns(node), &plugin])
+        let mut child = self
+            .command_in(&self.netns(node), &plugin)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(env.iter().copied())
@@ -272,7 +327,10 @@ impl Lab {
     }
 
     pub fn netns(&self, node: &str) -> String {
-        format!("skl-{}-{node}", self.name)
+        self.node_entry(node)["netns"]
+            .as_str()
+            .expect("netns")
+            .to_string()
     }
 
     pub fn dir(&self) -> String {
@@ -281,7 +339,7 @@ impl Lab {
 
     /// Every log of the lab, for failure messages.
     pub fn logs(&self) -> String {
-        let dir = format!("/run/skein-lab/{}/logs", self.name);
+        let dir = format!("{}/logs", self.dir());
         let mut out = String::new();
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
@@ -295,18 +353,10 @@ impl Lab {
         out
     }
 
-    /// Waits for the lab's own view of a condition; `what` names it in the failure.
+    /// Waits for the lab's own view of a condition; `what` names it in a timeout, with the
+    /// lab's logs. A panic inside `check` propagates as it is.
     pub fn wait<T>(&self, what: &str, deadline: Duration, check: impl FnMut() -> Option<T>) -> T {
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            crate::wait_for(what, deadline, check)
-        }));
-        match result {
-            Ok(v) => v,
-            Err(_) => panic!(
-                "timed out after {deadline:?} waiting for {what}\n{}",
-                self.logs()
-            ),
-        }
+        crate::wait_explained(what, deadline, || self.logs(), check)
     }
 }
 

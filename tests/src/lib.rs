@@ -1,14 +1,19 @@
 //! Support for black-box tests: find the built `skein`, run daemons on temporary state with
 //! a free port, wait for conditions with a deadline (never a bare sleep), and decide whether a
-//! test that needs root or an external tool runs or skips.
+//! test that needs root or an external tool runs or skips. The polling loop, the status page
+//! client and the free port are the lab's own (`skein_lab`), shared rather than copied.
 
 pub mod lab;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::convert::Infallible;
+use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+pub use skein_lab::page::{http_get, part};
+use skein_lab::wait::{WaitError, poll};
 
 /// Set by CI: every test runs, and a missing privilege or tool fails instead of skipping.
 pub const REQUIRE_ALL: &str = "SKEIN_TEST_ALL";
@@ -68,47 +73,35 @@ pub fn which(program: &str) -> Option<PathBuf> {
 }
 
 /// Polls `check` until it returns `Some`, or panics naming `what` after `deadline`.
-pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
+pub fn wait_for<T>(what: &str, deadline: Duration, check: impl FnMut() -> Option<T>) -> T {
+    wait_explained(what, deadline, String::new, check)
 }
 
-/// One part's entry in a `/api/v1/status` report (`Null` when the part is not there).
-pub fn part<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    status["parts"]
-        .as_array()
-        .and_then(|parts| parts.iter().find(|p| p["name"] == name))
-        .unwrap_or(&serde_json::Value::Null)
+/// Like [`wait_for`], adding `context()` (logs, say) to the timeout's message. A panic inside
+/// `check` is the check's own failure, not a timeout: it propagates with its message at once.
+pub fn wait_explained<T>(
+    what: &str,
+    deadline: Duration,
+    context: impl FnOnce() -> String,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    match poll(deadline, Duration::from_millis(25), || {
+        Ok::<_, Infallible>(check())
+    }) {
+        Ok(v) => v,
+        Err(WaitError::TimedOut(after)) => {
+            panic!(
+                "timed out after {after:?} waiting for {what}\n{}",
+                context()
+            )
+        }
+        Err(WaitError::Failed(never)) => match never {},
+    }
 }
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// A minimal HTTP/1.1 GET: (status code, body). `None` when nothing answers.
-pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    conn.write_all(req.as_bytes()).ok()?;
-    let mut buf = String::new();
-    conn.read_to_string(&mut buf).ok()?;
-    let (head, body) = buf.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
+    skein_lab::free_port().expect("free port")
 }
 
 /// A `skein run` on a temporary state directory and config, killed when dropped.
@@ -348,3 +341,6 @@ pub fn prometheus_families(text: &str) -> Vec<serde_json::Value> {
     );
     serde_json::from_slice(&out.stdout).expect("parser's JSON")
 }
+
+#[cfg(test)]
+mod tests;

@@ -22,7 +22,7 @@ fn ready_lab() -> Lab {
 
 /// A fresh namespace for a container, named under the lab's prefix so `down` removes it.
 fn container_netns(lab: &Lab, n: usize) -> String {
-    let name = format!("skl-{}-c{n}", lab.name);
+    let name = lab.extra_netns(&format!("c{n}"));
     let ok = Command::new("ip")
         .args(["netns", "add", &name])
         .status()
@@ -123,7 +123,7 @@ fn del_is_idempotent_and_succeeds_for_unknown_containers_and_vanished_namespaces
         .to_string();
     assert!(
         Command::new("ip")
-            .args(["netns", "del", &format!("skl-{}-c3", lab.name)])
+            .args(["netns", "del", &lab.extra_netns("c3")])
             .status()
             .expect("ip")
             .success()
@@ -155,7 +155,7 @@ fn check_reports_an_interface_removed_behind_its_back() {
         lab.cni("node-1", "CHECK", &id(4), &ns, "1.1.0").0,
         "CHECK of an intact attachment"
     );
-    let name = format!("skl-{}-c4", lab.name);
+    let name = lab.extra_netns("c4");
     assert!(
         Command::new("ip")
             .args(["-n", &name, "link", "del", "eth0"])
@@ -433,7 +433,7 @@ fn sigkill_during_fifty_parallel_adds_loses_no_address_and_gc_reclaims_deleted_p
             .success()
     );
     for n in 0..10 {
-        let name = format!("skl-{}-c{}", lab.name, 100 + n);
+        let name = lab.extra_netns(&format!("c{}", 100 + n));
         assert!(
             Command::new("ip")
                 .args(["netns", "del", &name])

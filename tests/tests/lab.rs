@@ -42,6 +42,11 @@ fn three_nodes_see_each_other_follow_deletions_and_survive_an_api_outage() {
     let lab = Lab::up(3, &[]);
     let nodes = lab.node_names();
     assert_eq!(nodes, ["node-1", "node-2", "node-3"]);
+    // `up` returns once every node is healthy: the status taken right after it says so.
+    for node in lab.status["nodes"].as_array().expect("nodes") {
+        assert_eq!(node["overall"], "ok", "right after up: {node}");
+        assert_eq!(node["problems"], serde_json::json!([]), "{node}");
+    }
 
     // Every daemon lists the three nodes with the pod CIDRs the controller manager allocated,
     // and the underlay address each skein published with the packaged RBAC role.
@@ -271,7 +276,11 @@ fn a_role_without_a_needed_verb_is_named_on_the_status_page() {
     let dir = tempfile::tempdir().expect("tmp");
     let rbac = dir.path().join("rbac.yaml");
     std::fs::write(&rbac, without_list).expect("write");
-    let lab = Lab::up(1, &["--rbac", rbac.to_str().expect("utf-8")]);
+    // Set up broken on purpose: the node cannot become ok, so `up` waits only for it to be ready.
+    let lab = Lab::up(
+        1,
+        &["--rbac", rbac.to_str().expect("utf-8"), "--allow-unhealthy"],
+    );
     let status = lab.wait(
         "the missing verb on the status page",
         Duration::from_secs(60),
@@ -317,7 +326,7 @@ fn down_leaves_nothing_behind_even_after_the_lab_was_killed() {
         .expect("ip");
     let netns = String::from_utf8_lossy(&netns.stdout);
     assert!(
-        !netns.contains(&format!("skl-{name}-")),
+        !netns.contains(&lab.extra_netns("")),
         "namespaces left: {netns}"
     );
     let links = std::process::Command::new("ip")

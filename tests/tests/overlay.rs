@@ -138,23 +138,11 @@ fn pods_on_different_nodes_talk_through_the_tunnel_and_peers_follow_the_nodes() 
     let names = ["a", "b", "c"];
 
     // Capture everything on the underlay bridge while the pods talk.
-    let ul = format!("skl-{}-ul", lab.name);
     let capture = tempfile::NamedTempFile::new().expect("capture file");
-    let mut tcpdump = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ul,
-            "tcpdump",
-            "-i",
-            "br0",
-            "-nn",
-            "-U",
-            "--immediate-mode",
-            "-w",
-        ])
+    let mut tcpdump = lab
+        .command_in(&lab.underlay_netns(), "tcpdump")
+        .args(["-i", "br0", "-nn", "-U", "--immediate-mode", "-w"])
         .arg(capture.path())
-        .env("SKEIN_LAB", &lab.name)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -360,17 +348,32 @@ fn pods_on_different_nodes_talk_through_the_tunnel_and_peers_follow_the_nodes() 
 fn echo_stream(lab: &Lab, netns: &str, target: &str) -> (std::process::Child, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let stop = dir.path().join("stop");
-    let child = Command::new("ip")
-        .args(["netns", "exec", netns])
-        .arg(skein_e2e::built_bin("skein-lab"))
+    let child = lab
+        .tool_in(netns)
         .args(["echo-stream", target, "--every", "10ms", "--stop-file"])
         .arg(&stop)
-        .env("SKEIN_LAB", &lab.name)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the echo stream");
     (child, dir)
+}
+
+/// Packets the pod in `netns` has received on its interface so far (the kernel's counter).
+fn rx_packets(lab: &Lab, netns: &str) -> Option<u64> {
+    let (ok, out) = lab.exec(netns, &["cat", "/sys/class/net/eth0/statistics/rx_packets"]);
+    ok.then(|| out.trim().parse().ok()).flatten()
+}
+
+/// Waits until the echo stream from the pod in `netns` has brought it 200 more packets (about
+/// 200 answers, 2 s of the stream): the stream is flowing at this point of the test.
+fn stream_carries(lab: &Lab, netns: &str, when: &str) {
+    let since = rx_packets(lab, netns).expect("the pod's packet counter");
+    lab.wait(
+        &format!("the echo stream to carry 200 answers {when}"),
+        Duration::from_secs(20),
+        || (rx_packets(lab, netns)? >= since + 200).then_some(()),
+    );
 }
 
 fn finish(child: std::process::Child, dir: tempfile::TempDir) -> serde_json::Value {
@@ -401,12 +404,12 @@ fn an_echo_stream_between_nodes_survives_key_rotation_and_a_killed_daemon() {
     // Rotation on node-1, published and picked up by node-2 while the stream runs.
     let (child, dir) = echo_stream(&lab, &pods[0].0, &target);
     // The stream runs a while before the event and after it: the gaps are measured across it.
-    std::thread::sleep(Duration::from_secs(2));
+    stream_carries(&lab, &pods[0].0, "before the rotation");
     let old_key = overlay(&lab, "node-1")["public_key"]
         .as_str()
         .expect("key")
         .to_string();
-    let config = format!("/run/skein-lab/{}/nodes/node-1/config.toml", lab.name);
+    let config = lab.config("node-1");
     let out = Command::new(skein_e2e::skein_bin())
         .args(["overlay", "rotate-key", "--config", &config])
         .output()
@@ -435,7 +438,7 @@ fn an_echo_stream_between_nodes_survives_key_rotation_and_a_killed_daemon() {
         annotation(&lab, "node-1", "skein.dev/wireguard-public-key").as_deref(),
         Some(new_key.as_str())
     );
-    std::thread::sleep(Duration::from_secs(3));
+    stream_carries(&lab, &pods[0].0, "after the rotation");
     let rotation = finish(child, dir);
     eprintln!("through the key rotation: {rotation}");
     assert!(rotation["received"].as_u64() > Some(300), "{rotation}");
@@ -443,7 +446,7 @@ fn an_echo_stream_between_nodes_survives_key_rotation_and_a_killed_daemon() {
 
     // node-2's daemon killed outright and started again: its userspace tunnel carries on.
     let (child, dir) = echo_stream(&lab, &pods[0].0, &target);
-    std::thread::sleep(Duration::from_secs(2));
+    stream_carries(&lab, &pods[0].0, "before the kill");
     let pid = lab.pid("node-2").expect("node-2's skein");
     let killed = Command::new("kill")
         .args(["-KILL", &pid.to_string()])
@@ -453,7 +456,7 @@ fn an_echo_stream_between_nodes_survives_key_rotation_and_a_killed_daemon() {
     // `start` waits for the killed process to be gone before it starts the new one.
     lab.must(&["start", "node-2"]);
     wait_for_peers(&lab, "node-2", 1);
-    std::thread::sleep(Duration::from_secs(2));
+    stream_carries(&lab, &pods[0].0, "after the restart");
     let restart = finish(child, dir);
     eprintln!("through the daemon restart: {restart}");
     assert!(restart["received"].as_u64() > Some(300), "{restart}");
@@ -477,9 +480,9 @@ fn a_wireguard_go_peer_registered_as_a_node_exchanges_traffic_with_pods() {
 
     // A machine of its own on the underlay, running wireguard-go, configured by hand with wg
     // from what node-1 published. `down` removes it with the lab (its namespace has the prefix).
-    let ns = format!("skl-{}-wgo", lab.name);
-    let ul = format!("skl-{}-ul", lab.name);
-    let iface = format!("sk{}-go", lab.name);
+    let ns = lab.extra_netns("wgo");
+    let ul = lab.underlay_netns();
+    let iface = lab.extra_interface("go");
     let ip = |args: &[&str]| {
         let ok = Command::new("ip")
             .args(args)
@@ -496,9 +499,9 @@ fn a_wireguard_go_peer_registered_as_a_node_exchanges_traffic_with_pods() {
     ip(&["-n", &ul, "link", "set", "wgo", "master", "br0", "up"]);
     ip(&["-n", &ns, "addr", "add", "198.18.0.50/24", "dev", "eth0"]);
     ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-    let mut wggo = Command::new("ip")
-        .args(["netns", "exec", &ns, "wireguard-go", "-f", &iface])
-        .env("SKEIN_LAB", &lab.name)
+    let mut wggo = lab
+        .command_in(&ns, "wireguard-go")
+        .args(["-f", &iface])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -538,8 +541,9 @@ fn a_wireguard_go_peer_registered_as_a_node_exchanges_traffic_with_pods() {
     let node_endpoint =
         annotation(&lab, "node-1", "skein.dev/wireguard-endpoint").expect("node-1 endpoint");
     let node_cidr = overlay_cidr_of(&lab, "node-1");
-    let ok = Command::new("ip")
-        .args(["netns", "exec", &ns, "wg", "set", &iface, "private-key"])
+    let ok = lab
+        .command_in(&ns, "wg")
+        .args(["set", &iface, "private-key"])
         .arg(&private)
         .args([
             "listen-port",

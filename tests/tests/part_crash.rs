@@ -115,7 +115,7 @@ fn a_panicking_cni_part_leaves_no_task_behind_and_serves_again() {
 
     // ADDs succeed on the new part.
     for n in 1..=3 {
-        let name = format!("skl-{}-c{n}", lab.name);
+        let name = lab.extra_netns(&format!("c{n}"));
         assert!(
             Command::new("ip")
                 .args(["netns", "add", &name])

@@ -220,7 +220,7 @@ fn traffic_leaving_the_cluster_cidr_is_masqueraded_and_pod_traffic_is_not() {
 
     // A listener outside the cluster CIDR, in a namespace of its own (the lab's control plane,
     // 198.18.0.1): it sees the node's address, not the pod's.
-    let outside = format!("skl-{}-cp", lab.name);
+    let outside = lab.control_plane_netns();
     lab.serve_in(&outside, "outside", 9100);
     for protocol in ["tcp", "udp"] {
         let answer = lab.wait("the outside listener", Duration::from_secs(10), || {

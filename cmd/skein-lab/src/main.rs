@@ -5,6 +5,7 @@
 
 mod controlplane;
 mod forward;
+mod health;
 mod kubelet;
 mod lab;
 mod objects;
@@ -13,8 +14,7 @@ mod pods;
 mod workload;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use lab::{API_PORT, CONTROL_PLANE_IP, Lab, Node, Process};
+use skein_lab::wait::{self, WaitError};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -54,6 +55,10 @@ enum Cmd {
         /// RBAC manifest granting the nodes' skein its rights (default: packaging/rbac.yaml).
         #[arg(long)]
         rbac: Option<PathBuf>,
+        /// Return once every node's skein is ready, even if some node is not healthy (for a lab
+        /// set up broken on purpose); without it `up` waits for every node to be ok.
+        #[arg(long)]
+        allow_unhealthy: bool,
     },
     /// Remove everything the lab made: processes, namespaces, links, files. Works after a crash.
     Down {
@@ -170,7 +175,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             skein,
             controlplane_bin,
             rbac,
-        } => up(&name, nodes, skein, controlplane_bin.as_deref(), rbac),
+            allow_unhealthy,
+        } => {
+            let want = if allow_unhealthy {
+                health::Want::Ready
+            } else {
+                health::Want::Healthy
+            };
+            up(&name, nodes, skein, controlplane_bin.as_deref(), rbac, want)
+        }
         Cmd::Down { all } => {
             down(if all { None } else { Some(&name) });
             Ok(())
@@ -295,7 +308,7 @@ fn progress(started: Instant, what: &str) {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(skein_lab::free_port()?)
 }
 
 fn up(
@@ -304,6 +317,7 @@ fn up(
     skein: Option<PathBuf>,
     controlplane_bin: Option<&Path>,
     rbac: Option<PathBuf>,
+    want: health::Want,
 ) -> anyhow::Result<()> {
     if !(1..=50).contains(&count) {
         bail!("--nodes {count}: a lab has 1 to 50 nodes");
@@ -533,48 +547,10 @@ fn up(
         lab.spawn(&node.name)?;
     }
     lab.save()?;
-    for node in &lab.nodes {
-        let addr = SocketAddr::from(([127, 0, 0, 1], node.page_port));
-        wait_until(Duration::from_secs(60), || {
-            let p = &lab.processes[&node.name];
-            if !p.pid.is_some_and(lab::alive) {
-                bail!(
-                    "skein on {} exited; its log: {}",
-                    node.name,
-                    p.log.display()
-                );
-            }
-            Ok(http_get(addr, "/readyz").is_some_and(|(code, _)| code == 200))
-        })
-        .with_context(|| format!("waiting for skein on {}", node.name))?;
-    }
-    // Ready is not yet serving pods: the nodes wait for their pod CIDRs from the controller
-    // manager, and pods applied before that would only be retried.
-    progress(started, "waiting for every node's pod network");
-    let settle = Instant::now();
-    for node in &lab.nodes {
-        let addr = SocketAddr::from(([127, 0, 0, 1], node.page_port));
-        let healthy = || {
-            http_get(addr, "/api/v1/status")
-                .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
-                .is_some_and(|s| {
-                    s["parts"].as_array().is_some_and(|parts| {
-                        parts
-                            .iter()
-                            .any(|p| p["name"] == "cni" && p["state"] == "ok")
-                    })
-                })
-        };
-        while !healthy() && settle.elapsed() < Duration::from_secs(60) {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        if !healthy() {
-            eprintln!(
-                "note: {} cannot serve pods yet; see its status page",
-                node.name
-            );
-        }
-    }
+    // Not merely ready: a node also waits for its pod CIDR from the controller manager, and pods
+    // applied before that would only be retried.
+    progress(started, want.waiting_for());
+    health::wait_for_nodes(&lab, want, health::DEADLINE)?;
     progress(started, "lab is up");
     println!(
         "lab {name}: {count} node(s); kubeconfig: {}",
@@ -609,16 +585,13 @@ fn wait_until(
     deadline: Duration,
     mut check: impl FnMut() -> anyhow::Result<bool>,
 ) -> anyhow::Result<()> {
-    let start = Instant::now();
-    loop {
-        if check()? {
-            return Ok(());
-        }
-        if start.elapsed() > deadline {
-            bail!("timed out after {deadline:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait::poll(deadline, Duration::from_millis(200), || {
+        check().map(|done| done.then_some(()))
+    })
+    .map_err(|e| match e {
+        WaitError::Failed(e) => e,
+        timed_out => anyhow::anyhow!("{timed_out}"),
+    })
 }
 
 async fn admin_client(lab: &Lab) -> anyhow::Result<kube::Client> {
@@ -660,24 +633,6 @@ async fn wait_for_api(lab: &Lab, started: Instant) -> anyhow::Result<kube::Clien
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-/// A minimal HTTP/1.1 GET on loopback: (status, body).
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    conn.read_to_string(&mut buf).ok()?;
-    let (head, body) = buf.split_once("\r\n\r\n")?;
-    Some((
-        head.split_whitespace().nth(1)?.parse().ok()?,
-        body.to_string(),
-    ))
 }
 
 fn down(name: Option<&str>) {
@@ -724,8 +679,8 @@ fn down(name: Option<&str>) {
         let _ = std::fs::remove_dir_all(Lab::dir_of(&lab_name));
         let _ = std::fs::remove_dir_all(Path::new(lab::STATE_DIR).join(&lab_name));
         // A device killed outright leaves its control socket behind.
-        let prefix = lab::overlay_interface(&lab_name, 0);
-        let prefix = prefix.trim_end_matches('0');
+        let prefix = interface_prefix(&lab_name);
+        let prefix = prefix.as_str();
         for entry in std::fs::read_dir("/var/run/wireguard")
             .into_iter()
             .flatten()
@@ -743,6 +698,14 @@ fn down(name: Option<&str>) {
     }
 }
 
+/// What every interface name of lab `lab` starts with (the nodes' WireGuard devices among them):
+/// `down` removes leftover control sockets by it.
+fn interface_prefix(lab: &str) -> String {
+    lab::overlay_interface(lab, 0)
+        .trim_end_matches('0')
+        .to_string()
+}
+
 fn status(name: &str, json: bool) -> anyhow::Result<()> {
     let lab = Lab::load(name)?;
     let mut nodes = Vec::new();
@@ -750,22 +713,37 @@ fn status(name: &str, json: bool) -> anyhow::Result<()> {
         let process = &lab.processes[&node.name];
         let running = process.pid.is_some_and(lab::alive);
         let page = format!("http://127.0.0.1:{}/", node.page_port);
-        let status = http_get(
-            SocketAddr::from(([127, 0, 0, 1], node.page_port)),
-            "/api/v1/status",
-        )
-        .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok());
+        let status = running
+            .then(|| skein_lab::page::status(health::page_addr(node)))
+            .flatten();
         nodes.push(serde_json::json!({
             "name": node.name,
             "netns": node.netns,
             "address": node.address,
+            "overlay_interface": node.overlay_interface,
+            "config": node.config,
             "page": page,
             "page_port": node.page_port,
             "running": running,
             "stopped": process.stopped,
             "overall": status.as_ref().map(|s| s["overall"].clone()),
+            "problems": if running { health::node_problems(status.as_ref()) } else { Vec::new() },
         }));
     }
+    // Where each pod the lab runs lives, so nobody outside the lab rebuilds its names.
+    let pods: Vec<serde_json::Value> = pods::records(&lab)
+        .into_values()
+        .map(|r| {
+            serde_json::json!({
+                "uid": r.uid,
+                "namespace": r.namespace,
+                "name": r.name,
+                "node": r.node,
+                "netns": r.netns,
+                "ips": r.ips,
+            })
+        })
+        .collect();
     let processes: BTreeMap<&str, bool> = lab
         .processes
         .iter()
@@ -777,7 +755,12 @@ fn status(name: &str, json: bool) -> anyhow::Result<()> {
             "dir": lab.dir,
             "kubeconfig": lab.admin_kubeconfig,
             "api": format!("https://127.0.0.1:{}", lab.api_port),
+            "netns_prefix": lab::netns_prefix(&lab.name),
+            "interface_prefix": interface_prefix(&lab.name),
+            "underlay_netns": lab.underlay_netns,
+            "control_plane_netns": lab.control_plane_netns,
             "nodes": nodes,
+            "pods": pods,
             "processes": processes,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -809,6 +792,9 @@ fn status(name: &str, json: bool) -> anyhow::Result<()> {
             health,
             n["page"].as_str().unwrap_or("")
         );
+        for problem in n["problems"].as_array().into_iter().flatten() {
+            println!("           {}", problem.as_str().unwrap_or(""));
+        }
     }
     let down: Vec<&str> = processes
         .iter()
