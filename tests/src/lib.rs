@@ -15,8 +15,7 @@ use std::time::Duration;
 pub use skein_lab::page::{http_get, part};
 use skein_lab::wait::{WaitError, poll};
 
-/// Set by CI: every test runs, and a missing privilege or tool fails instead of skipping.
-pub const REQUIRE_ALL: &str = "SKEIN_TEST_ALL";
+pub use skein_lab::skip::REQUIRE_ALL;
 
 /// The `skein` binary of this build (target/<profile>/skein, next to the test's deps/ dir).
 pub fn skein_bin() -> PathBuf {
@@ -39,29 +38,7 @@ pub fn built_bin(name: &str) -> PathBuf {
     bin
 }
 
-/// Whether a test needing `what` may run: true if `present`; otherwise it skips with a visible
-/// message, or fails when [`REQUIRE_ALL`] is set.
-pub fn require(present: bool, what: &str) -> bool {
-    if present {
-        return true;
-    }
-    if std::env::var_os(REQUIRE_ALL).is_some_and(|v| v == "1") {
-        panic!("{REQUIRE_ALL}=1 but this test cannot run: {what}");
-    }
-    eprintln!("SKIPPED: {what} (set {REQUIRE_ALL}=1 to make this a failure)");
-    false
-}
-
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
+pub use skein_lab::skip::{is_root, require};
 
 /// The path of `program` on PATH, if it is there.
 pub fn which(program: &str) -> Option<PathBuf> {

@@ -329,18 +329,7 @@ fn the_key_is_made_once_kept_private_and_never_printed() {
     }
 }
 
-/// Whether a test that needs root may run: without root it skips visibly, or fails when
-/// `SKEIN_TEST_ALL=1` asks for every test.
-fn require_root(what: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var_os("SKEIN_TEST_ALL").is_some_and(|v| v == "1") {
-        panic!("SKEIN_TEST_ALL=1 but this test cannot run: {what} needs root");
-    }
-    eprintln!("SKIPPED: {what} needs root (set SKEIN_TEST_ALL=1 to make this a failure)");
-    false
-}
+use skein_lab::skip::require_root;
 
 #[test]
 fn a_key_on_tmpfs_is_refused() {

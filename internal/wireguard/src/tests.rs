@@ -10,18 +10,7 @@ fn the_socket_lives_in_the_shared_directory() {
     );
 }
 
-/// Whether a test that needs root may run: without root it skips visibly, or fails when
-/// `SKEIN_TEST_ALL=1` asks for every test.
-fn require_root(what: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var_os("SKEIN_TEST_ALL").is_some_and(|v| v == "1") {
-        panic!("SKEIN_TEST_ALL=1 but this test cannot run: {what} needs root");
-    }
-    eprintln!("SKIPPED: {what} needs root (set SKEIN_TEST_ALL=1 to make this a failure)");
-    false
-}
+use skein_lab::skip::require_root;
 
 /// A network namespace made for one test, deleted when dropped.
 struct Netns(String);
