@@ -1,10 +1,12 @@
 //! skein's nftables table, `inet skein`, and nothing else in the ruleset.
 //!
-//! A change is a [`Transaction`]: an ordered list of add/flush/delete operations on the table,
-//! applied atomically by a [`Backend`]. The rules themselves are pure functions of the
-//! node's state (see [`masquerade`]); the `nft` program backend is the thin apply step. Later
-//! parts (service proxy, policy) keep to the same table and the same transaction type, so a
-//! netlink backend with bounded batches can replace the program without touching them.
+//! A change is a [`Transaction`]: an ordered list of structured operations on the table
+//! ([`model`]: chains, rules made of matches and actions, named sets and maps and their
+//! elements), applied atomically by a [`Backend`]. The rules themselves are pure functions of
+//! the node's state (see [`masquerade`]); the netlink backend ([`Netlink`]) is the thin apply
+//! step: batches of `NFT_MSG_*` messages built in-process on a socket the caller keeps, bounded
+//! in size so the kernel's commit time stays linear. [`render`] prints the same model in nft's
+//! syntax, for people and for golden tests; no nft text is ever parsed.
 //!
 //! ## The hook plan
 //!
@@ -35,20 +37,22 @@
 //! re-applies only when they differ; [`RulesetChanges`] (the nftables netlink group) tells the
 //! owner when to look.
 
-use std::fmt::Write as _;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use skein_names::{IfName, NftComment};
 
+pub mod model;
 mod monitor;
 mod owned;
+pub mod render;
 #[cfg(test)]
 mod tests;
 
+pub use model::*;
 pub use monitor::RulesetChanges;
 pub use owned::{ChainSync, OwnedChain};
+pub use render::fingerprint;
 
 /// The one table skein owns.
 pub const TABLE: &str = "skein";
@@ -56,163 +60,41 @@ pub const FAMILY: &str = "inet";
 pub const CHAIN_POSTROUTING: &str = "postrouting";
 pub const CHAIN_OVERLAY_MSS: &str = "overlay_mss";
 
+/// The packet mark bit with which the service proxy asks the `postrouting` chain to masquerade
+/// a connection (kube-proxy's `0x4000`, the same bit, so people who know one know the other).
+pub const MASQUERADE_MARK: u32 = 0x4000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
-    #[error("cannot run nft (install the nftables package): {0}")]
-    Spawn(std::io::Error),
-    #[error("nft rejected the transaction: {stderr}")]
-    Rejected { stderr: String },
-    #[error("nft could not list chain {chain}: {stderr}")]
-    List { chain: String, stderr: String },
+    #[error("cannot open a netlink socket for nftables: {0}")]
+    Socket(std::io::Error),
+    #[error("the kernel refused {what}: {reason}")]
+    Rejected { what: String, reason: String },
+    #[error("the kernel lacks a feature skein's ruleset needs: {0}")]
+    Missing(String),
+    #[error("the ruleset changed while skein wrote it (generation {expected}, now {found}); retrying with a full sync")]
+    Raced { expected: u32, found: u32 },
+    #[error("cannot read skein's table back from the kernel: {0}")]
+    Dump(String),
     #[error("cannot follow nftables changes (netlink): {0}")]
     Monitor(std::io::Error),
 }
 
-/// A base chain's hook.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hook {
-    pub kind: &'static str,
-    pub hook: &'static str,
-    pub priority: &'static str,
-    pub policy: &'static str,
-}
-
-/// One operation on skein's table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
-    /// Creates the table if missing (never fails on an existing one).
-    AddTable,
-    /// Empties every chain of the table, keeping chains and sets.
-    FlushTable,
-    DeleteTable,
-    AddChain {
-        name: String,
-        hook: Option<Hook>,
-    },
-    FlushChain {
-        name: String,
-    },
-    AddRule {
-        chain: String,
-        rule: String,
-        comment: Option<NftComment>,
-    },
-}
-
-/// An ordered list of operations applied as one atomic change.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Transaction {
-    pub ops: Vec<Op>,
-}
-
-impl Transaction {
-    pub fn push(&mut self, op: Op) -> &mut Self {
-        self.ops.push(op);
-        self
-    }
-
-    /// The transaction in `nft -f` syntax.
-    pub fn script(&self) -> String {
-        let mut out = String::new();
-        let t = format!("{FAMILY} {TABLE}");
-        for op in &self.ops {
-            let _ = match op {
-                Op::AddTable => writeln!(out, "add table {t}"),
-                Op::FlushTable => writeln!(out, "flush table {t}"),
-                Op::DeleteTable => writeln!(out, "delete table {t}"),
-                Op::AddChain { name, hook: None } => writeln!(out, "add chain {t} {name}"),
-                Op::AddChain {
-                    name,
-                    hook: Some(h),
-                } => writeln!(
-                    out,
-                    "add chain {t} {name} {{ type {} hook {} priority {}; policy {}; }}",
-                    h.kind, h.hook, h.priority, h.policy
-                ),
-                Op::FlushChain { name } => writeln!(out, "flush chain {t} {name}"),
-                Op::AddRule {
-                    chain,
-                    rule,
-                    comment: None,
-                } => writeln!(out, "add rule {t} {chain} {rule}"),
-                Op::AddRule {
-                    chain,
-                    rule,
-                    comment: Some(c),
-                } => {
-                    // NftComment holds no quote or backslash, so it cannot end the string.
-                    writeln!(out, "add rule {t} {chain} {rule} comment \"{c}\"")
-                }
-            };
-        }
-        out
-    }
+/// Applies transactions to the kernel and reads skein's table back.
+pub trait Backend {
+    /// Applies the transaction atomically: all of it or none of it.
+    fn apply(&mut self, tx: &Transaction) -> Result<(), NftError>;
+    /// One chain's rules; `None` when the table or the chain does not exist.
+    fn chain(&mut self, name: &str) -> Result<Option<ChainDump>, NftError>;
+    /// The whole table (chains, rules' fingerprints, sets' elements); `None` without a table.
+    fn dump(&mut self) -> Result<Option<TableDump>, NftError>;
+    /// The ruleset's generation: it changes with every commit by anyone.
+    fn generation(&mut self) -> Result<u32, NftError>;
 }
 
 /// A fixed comment of skein's own; API names go through [`NftComment::lossy`] instead.
-fn comment(text: &'static str) -> NftComment {
+pub fn comment(text: &'static str) -> NftComment {
     NftComment::new(text).unwrap_or_else(|_| NftComment::lossy(text))
-}
-
-/// Applies transactions to the kernel, and reads back what one chain of the table holds.
-pub trait Backend {
-    fn apply(&self, tx: &Transaction) -> Result<(), NftError>;
-    /// The kernel's listing of chain `name` of skein's table; `None` when the table or the
-    /// chain does not exist.
-    fn list_chain(&self, name: &str) -> Result<Option<String>, NftError>;
-}
-
-/// The `nft` program: fine for a few static rules (it re-reads the table on every run, which
-/// the service proxy's thousands of rules will not afford).
-#[derive(Debug, Clone, Default)]
-pub struct NftProgram;
-
-impl Backend for NftProgram {
-    fn apply(&self, tx: &Transaction) -> Result<(), NftError> {
-        let mut child = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(NftError::Spawn)?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(tx.script().as_bytes())
-                .map_err(NftError::Spawn)?;
-        }
-        let out = child.wait_with_output().map_err(NftError::Spawn)?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(NftError::Rejected {
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            })
-        }
-    }
-
-    fn list_chain(&self, name: &str) -> Result<Option<String>, NftError> {
-        let out = Command::new("nft")
-            .args(["list", "chain", FAMILY, TABLE, name])
-            // The missing-chain test below reads nft's message, which a locale would translate.
-            .env("LC_ALL", "C")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(NftError::Spawn)?;
-        if out.status.success() {
-            return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
-        }
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        // nft says ENOENT for a missing table or chain.
-        if stderr.contains("No such file or directory") {
-            Ok(None)
-        } else {
-            Err(NftError::List {
-                chain: name.to_string(),
-                stderr,
-            })
-        }
-    }
 }
 
 /// The start of every chain's transaction: the table and the base chain made if missing, the
@@ -220,12 +102,23 @@ impl Backend for NftProgram {
 fn rebuild_chain(name: &str, hook: Hook) -> Transaction {
     let mut tx = Transaction::default();
     tx.push(Op::AddTable)
-        .push(Op::AddChain {
+        .push(Op::AddChain(Chain {
             name: name.into(),
             hook: Some(hook),
-        })
-        .push(Op::FlushChain { name: name.into() });
+        }))
+        .push(Op::FlushChain(name.into()));
     tx
+}
+
+/// The rules of a transaction made by [`rebuild_chain`], in order.
+pub fn rules_of(tx: &Transaction) -> Vec<&Rule> {
+    tx.ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::AddRule { rule, .. } => Some(rule),
+            _ => None,
+        })
+        .collect()
 }
 
 /// TCP SYNs forwarded into or out of the overlay interface `ifname` get their MSS clamped to
@@ -234,47 +127,133 @@ pub fn overlay_mss_clamp(ifname: &IfName) -> Transaction {
     let mut tx = rebuild_chain(
         CHAIN_OVERLAY_MSS,
         Hook {
-            kind: "filter",
-            hook: "forward",
-            priority: "mangle",
-            policy: "accept",
+            kind: ChainType::Filter,
+            hook: HookPoint::Forward,
+            priority: priority::MANGLE,
         },
     );
-    for dir in ["oifname", "iifname"] {
+    for dir in [Field::OifName, Field::IifName] {
         tx.push(Op::AddRule {
             chain: CHAIN_OVERLAY_MSS.into(),
-            rule: format!(
-                "{dir} \"{ifname}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu"
-            ),
-            comment: Some(comment("MSS clamp on the overlay")),
+            rule: Rule::new(
+                vec![
+                    Match::Cmp {
+                        field: dir,
+                        op: CmpOp::Eq,
+                        value: Value::IfName(ifname.to_string()),
+                    },
+                    Match::Cmp {
+                        field: Field::L4Proto,
+                        op: CmpOp::Eq,
+                        value: Value::Proto(L4Proto::Tcp),
+                    },
+                    Match::Masked {
+                        field: Field::TcpFlags,
+                        mask: TcpFlags::SYN | TcpFlags::RST,
+                        value: TcpFlags::SYN,
+                    },
+                ],
+                Action::MssClampToRouteMtu,
+            )
+            .with_comment(comment("MSS clamp on the overlay")),
         });
     }
     tx
 }
 
-/// The table's full state for masquerading: pod traffic from `pod_cidrs` to anywhere outside
-/// `cluster_cidrs` leaves with the node's address; pod-to-pod traffic keeps its source. One
-/// transaction that rebuilds its chain, so applying it twice changes nothing.
-pub fn masquerade(pod_cidrs: &[IpNet], cluster_cidrs: &[IpNet]) -> Transaction {
+/// Where the node's masquerading happens, for [`masquerade`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MasqueradePlan {
+    /// The node's pod CIDRs.
+    pub pod_cidrs: Vec<IpNet>,
+    /// The whole cluster's pod CIDRs: pod traffic to them keeps its source.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// The overlay's interface and the node's pod gateway addresses: traffic the service proxy
+    /// marked for masquerade that leaves through the overlay takes the gateway address (the
+    /// peer's WireGuard accepts only pod-CIDR sources), not the underlay one `masquerade` picks.
+    pub overlay: Option<(IfName, Vec<IpAddr>)>,
+}
+
+/// The table's full state for masquerading, one transaction that rebuilds its chain (applying
+/// it twice changes nothing):
+/// - connections the service proxy marked ([`MASQUERADE_MARK`]) leave with the node's address,
+///   or with the pod gateway address through the overlay;
+/// - pod traffic from the node's pod CIDRs to anywhere outside the cluster CIDRs leaves with the
+///   node's address; pod-to-pod traffic keeps its source.
+pub fn masquerade(plan: &MasqueradePlan) -> Transaction {
     let mut tx = rebuild_chain(
         CHAIN_POSTROUTING,
         Hook {
-            kind: "nat",
-            hook: "postrouting",
-            priority: "srcnat",
-            policy: "accept",
+            kind: ChainType::Nat,
+            hook: HookPoint::Postrouting,
+            priority: priority::SRCNAT,
         },
     );
-    for pod in pod_cidrs {
-        for cluster in cluster_cidrs
+    let marked = Match::AnyBits {
+        field: Field::Mark,
+        bits: MASQUERADE_MARK,
+        negate: false,
+    };
+    if let Some((ifname, gateways)) = &plan.overlay {
+        for gateway in gateways {
+            tx.push(Op::AddRule {
+                chain: CHAIN_POSTROUTING.into(),
+                rule: Rule::new(
+                    vec![
+                        marked.clone(),
+                        Match::Cmp {
+                            field: Field::NfProto,
+                            op: CmpOp::Eq,
+                            value: Value::NfProto {
+                                ipv6: gateway.is_ipv6(),
+                            },
+                        },
+                        Match::Cmp {
+                            field: Field::OifName,
+                            op: CmpOp::Eq,
+                            value: Value::IfName(ifname.to_string()),
+                        },
+                    ],
+                    Action::Snat { addr: *gateway },
+                )
+                .with_comment(comment("service traffic into the overlay")),
+            });
+        }
+    }
+    tx.push(Op::AddRule {
+        chain: CHAIN_POSTROUTING.into(),
+        rule: Rule::new(vec![marked], Action::Masquerade)
+            .with_comment(comment("service traffic the proxy marked")),
+    });
+    for pod in &plan.pod_cidrs {
+        for cluster in plan
+            .cluster_cidrs
             .iter()
             .filter(|c| c.addr().is_ipv4() == pod.addr().is_ipv4())
         {
-            let ip = if pod.addr().is_ipv4() { "ip" } else { "ip6" };
+            let (saddr, daddr) = if pod.addr().is_ipv4() {
+                (Field::IpSaddr, Field::IpDaddr)
+            } else {
+                (Field::Ip6Saddr, Field::Ip6Daddr)
+            };
             tx.push(Op::AddRule {
                 chain: CHAIN_POSTROUTING.into(),
-                rule: format!("{ip} saddr {pod} {ip} daddr != {cluster} masquerade"),
-                comment: Some(comment("pod traffic leaving the cluster")),
+                rule: Rule::new(
+                    vec![
+                        Match::Prefix {
+                            field: saddr,
+                            net: *pod,
+                            negate: false,
+                        },
+                        Match::Prefix {
+                            field: daddr,
+                            net: *cluster,
+                            negate: true,
+                        },
+                    ],
+                    Action::Masquerade,
+                )
+                .with_comment(comment("pod traffic leaving the cluster")),
             });
         }
     }

@@ -1,9 +1,9 @@
-//! A chain skein owns and keeps as it should be: its transaction (add, flush, fill) and the
-//! kernel's listing of it right after skein last applied that transaction. Comparing the
-//! listing now with that one tells a chain someone changed or removed (an `nft flush ruleset`,
-//! a deleted table, an edited rule) without skein having to parse nft's output.
+//! A chain skein owns and keeps as it should be: its transaction (add, flush, fill), compared
+//! with the kernel's chain by the fingerprints skein stores with each rule. A chain someone
+//! changed or removed (an `nft flush ruleset`, a deleted table, an edited or added rule) shows as
+//! a different list of fingerprints, without skein having to decode the kernel's expressions.
 
-use crate::{Backend, NftError, Transaction};
+use crate::{Backend, NftError, Transaction, fingerprint, rules_of};
 
 /// What a [`OwnedChain::reconcile`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,15 +20,19 @@ pub enum ChainSync {
 pub struct OwnedChain {
     name: String,
     desired: Transaction,
-    applied: Option<String>,
+    /// The desired rules' fingerprints, in order.
+    expected: Vec<u64>,
+    /// Whether `desired` was applied (by this process) or found in place.
+    settled: bool,
 }
 
 impl OwnedChain {
     pub fn new(name: &str, desired: Transaction) -> Self {
         Self {
             name: name.to_string(),
+            expected: fingerprints(&desired),
             desired,
-            applied: None,
+            settled: false,
         }
     }
 
@@ -39,25 +43,36 @@ impl OwnedChain {
     /// A new content for the chain; the next reconcile applies it.
     pub fn set_desired(&mut self, desired: Transaction) {
         if desired != self.desired {
+            self.expected = fingerprints(&desired);
             self.desired = desired;
-            self.applied = None;
+            self.settled = false;
         }
     }
 
-    /// Compares the kernel's chain with what was applied and applies the transaction when they
-    /// differ (or nothing was applied yet).
-    pub fn reconcile(&mut self, backend: &impl Backend) -> Result<ChainSync, NftError> {
-        let outcome = match &self.applied {
-            None => ChainSync::Applied,
-            Some(applied) => {
-                if backend.list_chain(&self.name)?.as_ref() == Some(applied) {
-                    return Ok(ChainSync::Unchanged);
-                }
-                ChainSync::Repaired
+    /// Compares the kernel's chain with the desired one and applies the transaction when they
+    /// differ. A chain already as desired (left by an earlier run) is adopted untouched.
+    pub fn reconcile(&mut self, backend: &mut impl Backend) -> Result<ChainSync, NftError> {
+        let current = backend.chain(&self.name)?;
+        let matches = current.as_ref().is_some_and(|c| {
+            c.rules
+                .iter()
+                .map(|r| r.fingerprint)
+                .eq(self.expected.iter().copied().map(Some))
+        });
+        let outcome = match (matches, self.settled) {
+            (true, _) => {
+                self.settled = true;
+                return Ok(ChainSync::Unchanged);
             }
+            (false, false) => ChainSync::Applied,
+            (false, true) => ChainSync::Repaired,
         };
         backend.apply(&self.desired)?;
-        self.applied = backend.list_chain(&self.name)?;
+        self.settled = true;
         Ok(outcome)
     }
+}
+
+fn fingerprints(tx: &Transaction) -> Vec<u64> {
+    rules_of(tx).into_iter().map(fingerprint).collect()
 }
