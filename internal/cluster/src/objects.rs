@@ -19,6 +19,9 @@ use crate::annotations::ANNOTATION_PREFIX;
 /// Label with which the EndpointSlice controller names a slice's Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// The well-known label with a Node's zone.
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (three hours).
 const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10800);
 
@@ -31,6 +34,11 @@ pub struct Node {
     pub pod_cidrs: Vec<IpNet>,
     /// The first parseable `InternalIP` address.
     pub internal_ip: Option<IpAddr>,
+    /// Every parseable `InternalIP` address (one per family on a dual-stack node): where
+    /// NodePorts listen by default.
+    pub internal_ips: Vec<IpAddr>,
+    /// The `topology.kubernetes.io/zone` label, which topology hints name.
+    pub zone: Option<String>,
     /// The `Ready` condition; `None` when it is `Unknown` or absent (the kubelet stopped
     /// reporting), which is not the same as not ready.
     pub ready: Option<bool>,
@@ -132,6 +140,18 @@ pub struct Service {
     pub external_traffic_policy: TrafficPolicy,
     pub internal_traffic_policy: TrafficPolicy,
     pub session_affinity: SessionAffinity,
+    /// `spec.externalIPs` that parse.
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress` IPs, except those with `ipMode: Proxy` (the load balancer
+    /// keeps the destination itself, so the node must not DNAT them).
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// `spec.loadBalancerSourceRanges` that parse; empty means every source.
+    pub load_balancer_source_ranges: Vec<IpNet>,
+    /// Where eTP Local's health check answers; `None` unless the API allocated one.
+    pub health_check_node_port: Option<u16>,
+    /// Field paths of values that could not be read (an unparseable externalIP, a source
+    /// range that is not a CIDR): the proxy reports them instead of silently widening.
+    pub problems: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +176,16 @@ pub struct Endpoint {
     pub pod_name: Option<String>,
     /// Set for pods with `spec.hostname` (StatefulSets), which DNS names individually.
     pub hostname: Option<String>,
+    pub zone: Option<String>,
+    /// Topology hints (`hints.forZones`, `hints.forNodes`); `None` without hints.
+    pub hints: Option<Hints>,
+}
+
+/// Where the EndpointSlice controller wants an endpoint used (topology-aware routing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hints {
+    pub for_zones: Vec<String>,
+    pub for_nodes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,12 +226,14 @@ impl Node {
             Some(list) if !list.is_empty() => list.iter().collect(),
             _ => spec.and_then(|s| s.pod_cidr.as_ref()).into_iter().collect(),
         };
-        let internal_ip = status
+        let internal_ips: Vec<IpAddr> = status
             .and_then(|s| s.addresses.as_ref())
             .into_iter()
             .flatten()
             .filter(|a| a.type_ == "InternalIP")
-            .find_map(|a| a.address.parse().ok());
+            .filter_map(|a| a.address.parse().ok())
+            .collect();
+        let internal_ip = internal_ips.first().copied();
         let ready = status
             .and_then(|s| s.conditions.as_ref())
             .into_iter()
@@ -225,6 +257,13 @@ impl Node {
             uid: uid(&node.metadata),
             pod_cidrs: cidrs.into_iter().filter_map(|c| c.parse().ok()).collect(),
             internal_ip,
+            internal_ips,
+            zone: node
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(ZONE_LABEL))
+                .cloned(),
             ready,
             skein,
             unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
@@ -289,6 +328,50 @@ impl Service {
         };
         let headless = spec.cluster_ip.as_deref() == Some("None")
             || listed.first().map(String::as_str) == Some("None");
+        let mut problems = Vec::new();
+        let mut parsed = |path: &str, values: &[String]| -> Vec<IpAddr> {
+            values
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| match v.trim().parse() {
+                    Ok(ip) => Some(ip),
+                    Err(_) => {
+                        problems.push(format!("{path}[{i}] {v:?} is not an IP address"));
+                        None
+                    }
+                })
+                .collect()
+        };
+        let external_ips = parsed(
+            "spec.externalIPs",
+            spec.external_ips.as_deref().unwrap_or_default(),
+        );
+        let ingress: Vec<String> = service
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+            .filter_map(|i| i.ip.clone())
+            .collect();
+        let load_balancer_ips = parsed("status.loadBalancer.ingress", &ingress);
+        let load_balancer_source_ranges = spec
+            .load_balancer_source_ranges
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, r)| match r.trim().parse::<IpNet>() {
+                Ok(net) => Some(net.trunc()),
+                Err(_) => {
+                    problems.push(format!(
+                        "spec.loadBalancerSourceRanges[{i}] {r:?} is not a CIDR"
+                    ));
+                    None
+                }
+            })
+            .collect();
         let session_affinity = match spec.session_affinity.as_deref() {
             Some("ClientIP") => SessionAffinity::ClientIp {
                 timeout: spec
@@ -318,6 +401,11 @@ impl Service {
             external_traffic_policy: traffic_policy(spec.external_traffic_policy.as_deref()),
             internal_traffic_policy: traffic_policy(spec.internal_traffic_policy.as_deref()),
             session_affinity,
+            external_ips,
+            load_balancer_ips,
+            load_balancer_source_ranges,
+            health_check_node_port: spec.health_check_node_port.and_then(port_number),
+            problems,
         })
     }
 }
@@ -405,6 +493,21 @@ impl Endpoint {
                 .filter(|r| r.kind.as_deref() == Some("Pod"))
                 .and_then(|r| r.name.clone()),
             hostname: endpoint.hostname.clone(),
+            zone: endpoint.zone.clone(),
+            hints: endpoint.hints.as_ref().map(|h| Hints {
+                for_zones: h
+                    .for_zones
+                    .iter()
+                    .flatten()
+                    .map(|z| z.name.clone())
+                    .collect(),
+                for_nodes: h
+                    .for_nodes
+                    .iter()
+                    .flatten()
+                    .map(|n| n.name.clone())
+                    .collect(),
+            }),
         }
     }
 }

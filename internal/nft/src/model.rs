@@ -41,6 +41,8 @@ pub enum Field {
     OifName,
     /// `fib daddr type`: how the routing table classifies the destination address.
     FibDaddrType,
+    /// `fib saddr type`: the same for the source address (`local`: the node sent it).
+    FibSaddrType,
     /// `ct state` (a bit set of [`CtState`]).
     CtState,
     /// `ct status` (a bit set of [`CtStatus`]).
@@ -125,7 +127,9 @@ pub enum Value {
     IfName(String),
     AddrType(AddrType),
     /// `ipv4` (`false`) or `ipv6` (`true`) for `meta nfproto`.
-    NfProto { ipv6: bool },
+    NfProto {
+        ipv6: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -151,7 +155,11 @@ pub enum Match {
     },
     /// Any of `bits` set in a 32-bit field (`ct state new`, `meta mark & 0x4000 != 0`), or, with
     /// `negate`, none of them.
-    AnyBits { field: Field, bits: u32, negate: bool },
+    AnyBits {
+        field: Field,
+        bits: u32,
+        negate: bool,
+    },
     /// The key (one field, or several concatenated) is in the named set: `ip daddr . meta
     /// l4proto . th dport @nodeport_ips`; or, with `negate`, is not.
     InSet {
@@ -200,12 +208,20 @@ pub enum Action {
     Continue,
     Verdict(Verdict),
     /// `key vmap @map`: the verdict the map holds for the key; no entry means go on.
-    Vmap { key: Vec<Field>, map: String },
+    Vmap {
+        key: Vec<Field>,
+        map: String,
+    },
     /// `dnat ip to addr:port` (or `ip6 to [addr]:port`); the rule must match `meta l4proto`
     /// first when a port is given.
-    Dnat { addr: IpAddr, port: Option<u16> },
+    Dnat {
+        addr: IpAddr,
+        port: Option<u16>,
+    },
     /// `snat ip to addr`.
-    Snat { addr: IpAddr },
+    Snat {
+        addr: IpAddr,
+    },
     Masquerade,
     Reject(Reject),
     /// `notrack`: no connection tracking for the packet.
@@ -306,6 +322,7 @@ impl KeyType {
             Field::Mark
             | Field::NfProto
             | Field::FibDaddrType
+            | Field::FibSaddrType
             | Field::CtState
             | Field::CtStatus
             | Field::TcpFlags => KeyType::Mark,
@@ -373,15 +390,27 @@ pub enum Op {
     FlushChain(String),
     DeleteChain(String),
     /// Appends a rule to a chain.
-    AddRule { chain: String, rule: Rule },
+    AddRule {
+        chain: String,
+        rule: Rule,
+    },
     /// Deletes the rule with this kernel handle.
-    DeleteRule { chain: String, handle: u64 },
+    DeleteRule {
+        chain: String,
+        handle: u64,
+    },
     /// Creates the set if missing.
     AddSet(Set),
     FlushSet(String),
     DeleteSet(String),
-    AddElements { set: String, elements: Vec<Element> },
-    DeleteElements { set: String, elements: Vec<Element> },
+    AddElements {
+        set: String,
+        elements: Vec<Element>,
+    },
+    DeleteElements {
+        set: String,
+        elements: Vec<Element>,
+    },
 }
 
 impl Op {

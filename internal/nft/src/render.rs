@@ -37,7 +37,11 @@ impl Transaction {
                 Op::FlushSet(name) => writeln!(out, "flush set {t} {name}"),
                 Op::DeleteSet(name) => writeln!(out, "delete set {t} {name}"),
                 Op::AddElements { set, elements } => {
-                    writeln!(out, "add element {t} {set} {{ {} }}", elements_text(elements))
+                    writeln!(
+                        out,
+                        "add element {t} {set} {{ {} }}",
+                        elements_text(elements)
+                    )
                 }
                 Op::DeleteElements { set, elements } => {
                     writeln!(
@@ -158,7 +162,7 @@ fn elements_text(elements: &[Element]) -> String {
         .join(", ")
 }
 
-pub(crate) fn field(f: Field) -> &'static str {
+pub fn field(f: Field) -> &'static str {
     match f {
         Field::IpSaddr => "ip saddr",
         Field::IpDaddr => "ip daddr",
@@ -172,6 +176,7 @@ pub(crate) fn field(f: Field) -> &'static str {
         Field::IifName => "iifname",
         Field::OifName => "oifname",
         Field::FibDaddrType => "fib daddr type",
+        Field::FibSaddrType => "fib saddr type",
         Field::CtState => "ct state",
         Field::CtStatus => "ct status",
         Field::TcpFlags => "tcp flags",
@@ -179,10 +184,13 @@ pub(crate) fn field(f: Field) -> &'static str {
 }
 
 fn fields(key: &[Field]) -> String {
-    key.iter().map(|f| field(*f)).collect::<Vec<_>>().join(" . ")
+    key.iter()
+        .map(|f| field(*f))
+        .collect::<Vec<_>>()
+        .join(" . ")
 }
 
-pub(crate) fn value(v: &Value) -> String {
+pub fn value(v: &Value) -> String {
     match v {
         Value::Addr(a) => a.to_string(),
         Value::Net(n) => n.to_string(),
@@ -278,11 +286,9 @@ impl std::fmt::Display for Rule {
                     bits,
                     if *negate { "==" } else { "!=" }
                 ),
-                Match::InSet { key, set, negate } => format!(
-                    "{} {}@{set}",
-                    fields(key),
-                    if *negate { "!= " } else { "" }
-                ),
+                Match::InSet { key, set, negate } => {
+                    format!("{} {}@{set}", fields(key), if *negate { "!= " } else { "" })
+                }
                 Match::Random { modulus, value } => {
                     format!("numgen random mod {modulus} {value}")
                 }
@@ -295,7 +301,11 @@ impl std::fmt::Display for Rule {
                     bits_text(Field::TcpFlags, *value),
                     bits_text(Field::TcpFlags, *mask)
                 ),
-                Match::Masked { field: fld, mask, value } => {
+                Match::Masked {
+                    field: fld,
+                    mask,
+                    value,
+                } => {
                     format!("{} & {mask:#x} == {value:#x}", field(*fld))
                 }
             });

@@ -1,0 +1,752 @@
+//! The desired ruleset, as a pure function: the static chains every node has, and for each
+//! Service port its own chains and the elements it adds to the shared dispatch maps.
+//!
+//! The packet's walk (IPv6 the same with `ip6` and the `…6` sets):
+//!
+//! - `proxy_filter_pre` / `proxy_filter_out` (filter, prerouting / output, -110), new
+//!   connections only → `proxy_firewall`: exempt addresses return; load-balancer source ranges
+//!   (`firewall_ips` → `fw_…` chains); Service ports without endpoints (`no_endpoint_ips`,
+//!   `no_endpoint_nodeports` → `proxy_reject` or drop); a live ClusterIP on a port it does not
+//!   serve is rejected; any other address of the service CIDR is dropped.
+//! - `proxy_nat_pre` / `proxy_nat_out` (nat, prerouting / output, -100) → `proxy_services`:
+//!   `service_ips` (ClusterIPs → `svc_…`, external IPs → `ext_…`) and, for the node's NodePort
+//!   addresses, `service_nodeports` (→ `ext_…`).
+//! - `svc_…`: off-cluster sources marked for masquerade; ClientIP affinity (`aff_…` sets);
+//!   one endpoint drawn (`numgen random mod k` per rule, k = endpoints left, which is uniform);
+//!   `goto ep_…`.
+//! - `ext_…`: eTP Cluster marks for masquerade and goes to `svc_…`; eTP Local sends pod and
+//!   node traffic to `svc_…` (node traffic masqueraded) and the rest, with its source kept, to a
+//!   local endpoint.
+//! - `ep_…`: the endpoint reaching itself (hairpin) is marked for masquerade; affinity
+//!   recorded; DNAT.
+//! - `postrouting` (the CNI part's chain) masquerades what is marked.
+//!
+//! Every chain and set a Service port owns carries a hash of the port's identity in its name,
+//! so no two collide, and a readable tail for people.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use skein_names::NftComment;
+use skein_nft::{
+    Action, Chain, ChainType, CmpOp, CtState, Element, Field, Hook, HookPoint, KeyType, L4Proto,
+    MASQUERADE_MARK, Match, Reject, Rule, Set, Statement, Value, Verdict, comment,
+};
+
+use crate::service_map::{Backend, NodeContext, ServicePort};
+
+pub const CHAIN_FILTER_PRE: &str = "proxy_filter_pre";
+pub const CHAIN_FILTER_OUT: &str = "proxy_filter_out";
+pub const CHAIN_FIREWALL: &str = "proxy_firewall";
+pub const CHAIN_REJECT: &str = "proxy_reject";
+pub const CHAIN_NAT_PRE: &str = "proxy_nat_pre";
+pub const CHAIN_NAT_OUT: &str = "proxy_nat_out";
+pub const CHAIN_SERVICES: &str = "proxy_services";
+
+/// The priority of the proxy's filter chains: before DNAT (-100), so a check sees the
+/// Service's own address.
+pub const PRIORITY_FILTER: i32 = -110;
+
+/// The shared sets and maps, per family (`false` IPv4, `true` IPv6).
+pub fn set_name(base: &str, ipv6: bool) -> String {
+    if ipv6 {
+        format!("{base}6")
+    } else {
+        base.to_string()
+    }
+}
+pub const SERVICE_IPS: &str = "service_ips";
+pub const SERVICE_NODEPORTS: &str = "service_nodeports";
+pub const NODEPORT_IPS: &str = "nodeport_ips";
+pub const CLUSTER_IPS: &str = "cluster_ips";
+pub const SERVICE_PORTS: &str = "service_ports";
+pub const NO_ENDPOINT_IPS: &str = "no_endpoint_ips";
+pub const NO_ENDPOINT_NODEPORTS: &str = "no_endpoint_nodeports";
+pub const FIREWALL_IPS: &str = "firewall_ips";
+
+/// What kind a generated chain is; also the order in which they must land (an endpoint's
+/// chain before the Service chain that jumps to it, which lands before the dispatch entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tier {
+    Endpoint,
+    Service,
+    External,
+    Static,
+}
+
+/// A chain's desired content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSpec {
+    pub chain: Chain,
+    pub tier: Tier,
+    pub rules: Vec<Rule>,
+}
+
+/// A set's definition and (unless the kernel fills it, as for affinity) its elements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetSpec {
+    pub set: Set,
+    /// `false` for a dynamic set the kernel fills: skein never diffs its elements.
+    pub managed: bool,
+}
+
+/// Everything the proxy wants in the table that one owner (a Service port, or the static part)
+/// is responsible for. Elements go into shared maps, keyed by map name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fragment {
+    pub chains: Vec<ChainSpec>,
+    pub sets: Vec<SetSpec>,
+    pub elements: BTreeMap<String, BTreeSet<Element>>,
+}
+
+impl Fragment {
+    fn element(&mut self, set: &str, element: Element) {
+        self.elements
+            .entry(set.to_string())
+            .or_default()
+            .insert(element);
+    }
+}
+
+/// A short, stable hash (base32 of FNV-1a, 8 characters) of a generated object's identity.
+pub fn short_hash(identity: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in identity.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    (0..8)
+        .map(|i| ALPHABET[((h >> (i * 5)) & 31) as usize] as char)
+        .collect()
+}
+
+/// `prefix_hash_readable`, cut to the longest name skein generates; characters nft names
+/// cannot hold become `_`.
+fn generated_name(prefix: &str, identity: &str, readable: &str) -> String {
+    let readable: String = readable
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let mut name = format!("{prefix}_{}_{readable}", short_hash(identity));
+    name.truncate(skein_names::MAX_NFT_NAME);
+    name
+}
+
+/// Every generated name starts with one of these; anything else in the table with such a
+/// prefix that no Service wants is stale.
+pub const GENERATED_PREFIXES: [&str; 6] = ["svc_", "ext_", "ep_", "fw_", "aff_", "src_"];
+
+/// The names of one Service port's objects.
+#[derive(Debug, Clone)]
+struct Names {
+    identity: String,
+    readable: String,
+}
+
+impl Names {
+    fn new(p: &ServicePort) -> Self {
+        let family = if p.ipv6 { "6" } else { "4" };
+        Self {
+            identity: format!(
+                "{}/{}/{}/{}/{family}",
+                p.service.namespace,
+                p.service.name,
+                p.protocol.name(),
+                p.port_name
+            ),
+            readable: format!(
+                "{}_{}_{}",
+                p.service.namespace,
+                p.service.name,
+                if p.port_name.is_empty() {
+                    p.port.to_string()
+                } else {
+                    p.port_name.clone()
+                }
+            ),
+        }
+    }
+    fn svc(&self) -> String {
+        generated_name("svc", &self.identity, &self.readable)
+    }
+    fn ext(&self) -> String {
+        generated_name("ext", &self.identity, &self.readable)
+    }
+    fn fw(&self) -> String {
+        generated_name("fw", &self.identity, &self.readable)
+    }
+    fn src(&self) -> String {
+        generated_name("src", &self.identity, &self.readable)
+    }
+    fn ep(&self, b: &Backend) -> String {
+        let id = format!("{}/{}/{}", self.identity, b.addr, b.port);
+        generated_name("ep", &id, &format!("{}_{}", self.readable, b.addr))
+    }
+    fn aff(&self, b: &Backend, timeout: Duration) -> String {
+        // The timeout is part of the identity: a new timeout is a new set (the kernel cannot
+        // change a set's timeout in place), and the old one goes with its chains.
+        let id = format!(
+            "{}/{}/{}/{}",
+            self.identity,
+            b.addr,
+            b.port,
+            timeout.as_secs()
+        );
+        generated_name("aff", &id, &format!("{}_{}", self.readable, b.addr))
+    }
+}
+
+fn fields(ipv6: bool) -> (Field, Field) {
+    if ipv6 {
+        (Field::Ip6Saddr, Field::Ip6Daddr)
+    } else {
+        (Field::IpSaddr, Field::IpDaddr)
+    }
+}
+
+fn addr_type(ipv6: bool) -> KeyType {
+    if ipv6 {
+        KeyType::Ipv6Addr
+    } else {
+        KeyType::Ipv4Addr
+    }
+}
+
+fn marked_for_masquerade(matches: Vec<Match>) -> Rule {
+    Rule::new(matches, Action::Continue).with_statement(Statement::SetMarkBits(MASQUERADE_MARK))
+}
+
+fn goto(chain: &str) -> Action {
+    Action::Verdict(Verdict::Goto(chain.to_string()))
+}
+
+fn label(p: &ServicePort) -> NftComment {
+    NftComment::lossy(&p.display())
+}
+
+/// The chains of one endpoint: hairpin masquerade, affinity, DNAT.
+fn endpoint_chain(p: &ServicePort, names: &Names, b: &Backend) -> ChainSpec {
+    let (saddr, _) = fields(p.ipv6);
+    let mut rules = vec![
+        marked_for_masquerade(vec![Match::Cmp {
+            field: saddr,
+            op: CmpOp::Eq,
+            value: Value::Addr(b.addr),
+        }])
+        .with_comment(NftComment::lossy(&format!("{} hairpin", p.display()))),
+    ];
+    let mut dnat = Rule::new(
+        vec![Match::Cmp {
+            field: Field::L4Proto,
+            op: CmpOp::Eq,
+            value: Value::Proto(p.protocol),
+        }],
+        Action::Dnat {
+            addr: b.addr,
+            port: Some(b.port),
+        },
+    )
+    .with_comment(NftComment::lossy(&format!(
+        "{} -> {}",
+        p.display(),
+        b.pod.as_deref().unwrap_or("endpoint")
+    )));
+    if let Some(timeout) = p.affinity {
+        dnat = dnat.with_statement(Statement::UpdateSet {
+            set: names.aff(b, timeout),
+            key: vec![saddr],
+        });
+        // The statement comes before the DNAT; the rendering puts statements first too.
+    }
+    rules.push(dnat);
+    ChainSpec {
+        chain: Chain {
+            name: names.ep(b),
+            hook: None,
+        },
+        tier: Tier::Endpoint,
+        rules,
+    }
+}
+
+/// Rules that pick one of `endpoints`: affinity first (a client with a live entry goes back
+/// to its endpoint), then a uniform draw.
+fn pick_rules(p: &ServicePort, names: &Names, endpoints: &[Backend]) -> Vec<Rule> {
+    let (saddr, _) = fields(p.ipv6);
+    let mut rules = Vec::new();
+    if let Some(timeout) = p.affinity {
+        for b in endpoints {
+            rules.push(Rule::new(
+                vec![Match::InSet {
+                    key: vec![saddr],
+                    set: names.aff(b, timeout),
+                    negate: false,
+                }],
+                goto(&names.ep(b)),
+            ));
+        }
+    }
+    let n = endpoints.len();
+    for (i, b) in endpoints.iter().enumerate() {
+        let left = (n - i) as u32;
+        let matches = if left > 1 {
+            vec![Match::Random {
+                modulus: left,
+                value: 0,
+            }]
+        } else {
+            Vec::new()
+        };
+        rules.push(Rule::new(matches, goto(&names.ep(b))));
+    }
+    rules
+}
+
+/// The fragment of one Service port.
+pub fn service_fragment(p: &ServicePort, ctx: &NodeContext) -> Fragment {
+    let names = Names::new(p);
+    let (saddr, _) = fields(p.ipv6);
+    let mut f = Fragment::default();
+    let family_cidrs: Vec<IpNet> = ctx
+        .cluster_cidrs
+        .iter()
+        .copied()
+        .filter(|c| c.addr().is_ipv6() == p.ipv6)
+        .collect();
+    let internal = p.internal_endpoints();
+    let external = p.external_endpoints();
+    let cluster_ips: Vec<IpAddr> = p
+        .cluster_ips
+        .iter()
+        .copied()
+        .filter(|ip| !ctx.exempt_ips.contains(ip))
+        .collect();
+
+    // Endpoint chains for every endpoint either set reaches, and their affinity sets.
+    let mut reached: BTreeSet<&Backend> = BTreeSet::new();
+    reached.extend(internal.iter());
+    if p.has_external() {
+        reached.extend(external.iter());
+        reached.extend(p.cluster.iter());
+    }
+    for b in &reached {
+        f.chains.push(endpoint_chain(p, &names, b));
+        if let Some(timeout) = p.affinity {
+            let mut set = Set::new(names.aff(b, timeout), vec![addr_type(p.ipv6)]);
+            set.timeout = Some(timeout);
+            f.sets.push(SetSpec {
+                set,
+                managed: false,
+            });
+        }
+    }
+
+    // The service chain: ClusterIP traffic (internal policy).
+    let svc = names.svc();
+    let mut rules = Vec::new();
+    for cidr in &family_cidrs {
+        rules.push(
+            marked_for_masquerade(vec![Match::Prefix {
+                field: saddr,
+                net: *cidr,
+                negate: true,
+            }])
+            .with_comment(NftComment::lossy(&format!(
+                "{} from off the pod network",
+                p.display()
+            ))),
+        );
+    }
+    rules.extend(pick_rules(p, &names, internal));
+    if let Some(first) = rules.first_mut()
+        && first.comment.is_none()
+    {
+        first.comment = Some(label(p));
+    }
+    f.chains.push(ChainSpec {
+        chain: Chain {
+            name: svc.clone(),
+            hook: None,
+        },
+        tier: Tier::Service,
+        rules,
+    });
+
+    let proto = Value::Proto(p.protocol);
+    let port = Value::Port(p.port);
+    for ip in &cluster_ips {
+        let key = vec![Value::Addr(*ip), proto.clone(), port.clone()];
+        f.element(
+            &set_name(CLUSTER_IPS, p.ipv6),
+            Element::key(vec![Value::Addr(*ip)]),
+        );
+        f.element(&set_name(SERVICE_PORTS, p.ipv6), Element::key(key.clone()));
+        if internal.is_empty() {
+            f.element(
+                &set_name(NO_ENDPOINT_IPS, p.ipv6),
+                Element::mapped(key, Verdict::Goto(CHAIN_REJECT.into())),
+            );
+        } else {
+            f.element(
+                &set_name(SERVICE_IPS, p.ipv6),
+                Element::mapped(key, Verdict::Goto(svc.clone())),
+            );
+        }
+    }
+
+    if !p.has_external() {
+        return f;
+    }
+    // The external chain: NodePort, externalIPs, load-balancer IPs.
+    let ext = names.ext();
+    let mut rules = Vec::new();
+    if p.external_local {
+        for cidr in &family_cidrs {
+            rules.push(
+                Rule::new(
+                    vec![Match::Prefix {
+                        field: saddr,
+                        net: *cidr,
+                        negate: false,
+                    }],
+                    goto(&svc),
+                )
+                .with_comment(NftComment::lossy(&format!(
+                    "{} pod traffic to all endpoints",
+                    p.display()
+                ))),
+            );
+        }
+        rules.push(
+            Rule::new(
+                vec![Match::Cmp {
+                    field: Field::FibSaddrType,
+                    op: CmpOp::Eq,
+                    value: Value::AddrType(skein_nft::AddrType::Local),
+                }],
+                goto(&svc),
+            )
+            .with_statement(Statement::SetMarkBits(MASQUERADE_MARK))
+            .with_comment(NftComment::lossy(&format!(
+                "{} node traffic to all endpoints",
+                p.display()
+            ))),
+        );
+        if external.is_empty() {
+            rules.push(
+                Rule::new(Vec::new(), Action::Verdict(Verdict::Drop)).with_comment(
+                    NftComment::lossy(&format!("{} has no local endpoint", p.display())),
+                ),
+            );
+        } else {
+            rules.extend(pick_rules(p, &names, external));
+        }
+    } else {
+        rules.push(
+            marked_for_masquerade(Vec::new())
+                .with_comment(NftComment::lossy(&format!("{} external", p.display()))),
+        );
+        rules.push(Rule::new(Vec::new(), goto(&svc)));
+    }
+    f.chains.push(ChainSpec {
+        chain: Chain {
+            name: ext.clone(),
+            hook: None,
+        },
+        tier: Tier::External,
+        rules,
+    });
+    // No external endpoint: eTP Local drops (as kube-proxy does: no reset, the client's
+    // load balancer moves on by health check), eTP Cluster rejects.
+    let dead = if external.is_empty() {
+        Some(if p.external_local {
+            Verdict::Drop
+        } else {
+            Verdict::Goto(CHAIN_REJECT.into())
+        })
+    } else {
+        None
+    };
+    let firewall = if p.source_ranges.is_empty() || p.load_balancer_ips.is_empty() {
+        None
+    } else {
+        let fw = names.fw();
+        let src = names.src();
+        let mut set = Set::new(src.clone(), vec![addr_type(p.ipv6)]);
+        set.interval = true;
+        f.sets.push(SetSpec { set, managed: true });
+        for range in &p.source_ranges {
+            f.element(&src, Element::key(vec![Value::Net(*range)]));
+        }
+        f.chains.push(ChainSpec {
+            chain: Chain {
+                name: fw.clone(),
+                hook: None,
+            },
+            tier: Tier::External,
+            rules: vec![
+                Rule::new(
+                    vec![Match::InSet {
+                        key: vec![saddr],
+                        set: src,
+                        negate: true,
+                    }],
+                    Action::Verdict(Verdict::Drop),
+                )
+                .with_comment(NftComment::lossy(&format!(
+                    "{} loadBalancerSourceRanges",
+                    p.display()
+                ))),
+            ],
+        });
+        Some(fw)
+    };
+    for ip in &p.external_ips {
+        let key = vec![Value::Addr(*ip), proto.clone(), port.clone()];
+        match &dead {
+            Some(v) => f.element(
+                &set_name(NO_ENDPOINT_IPS, p.ipv6),
+                Element::mapped(key.clone(), v.clone()),
+            ),
+            None => f.element(
+                &set_name(SERVICE_IPS, p.ipv6),
+                Element::mapped(key.clone(), Verdict::Goto(ext.clone())),
+            ),
+        }
+        if let Some(fw) = &firewall
+            && p.load_balancer_ips.contains(ip)
+        {
+            f.element(
+                &set_name(FIREWALL_IPS, p.ipv6),
+                Element::mapped(key, Verdict::Goto(fw.clone())),
+            );
+        }
+    }
+    if let Some(node_port) = p.node_port {
+        let key = vec![proto.clone(), Value::Port(node_port)];
+        match &dead {
+            Some(v) => f.element(
+                &set_name(NO_ENDPOINT_NODEPORTS, p.ipv6),
+                Element::mapped(key, v.clone()),
+            ),
+            None => f.element(
+                &set_name(SERVICE_NODEPORTS, p.ipv6),
+                Element::mapped(key, Verdict::Goto(ext.clone())),
+            ),
+        }
+    }
+    f
+}
+
+fn base(name: &str, kind: ChainType, hook: HookPoint, priority: i32) -> Chain {
+    Chain {
+        name: name.into(),
+        hook: Some(Hook {
+            kind,
+            hook,
+            priority,
+        }),
+    }
+}
+
+/// The chains and sets every node has, whatever its Services.
+pub fn static_fragment(ctx: &NodeContext) -> Fragment {
+    let mut f = Fragment::default();
+    let new_only = Match::AnyBits {
+        field: Field::CtState,
+        bits: CtState::NEW,
+        negate: false,
+    };
+    let to_firewall = Rule::new(
+        vec![new_only],
+        Action::Verdict(Verdict::Jump(CHAIN_FIREWALL.into())),
+    );
+    for (name, hook) in [
+        (CHAIN_FILTER_PRE, HookPoint::Prerouting),
+        (CHAIN_FILTER_OUT, HookPoint::Output),
+    ] {
+        f.chains.push(ChainSpec {
+            chain: base(name, ChainType::Filter, hook, PRIORITY_FILTER),
+            tier: Tier::Static,
+            rules: vec![to_firewall.clone()],
+        });
+    }
+    for (name, hook) in [
+        (CHAIN_NAT_PRE, HookPoint::Prerouting),
+        (CHAIN_NAT_OUT, HookPoint::Output),
+    ] {
+        f.chains.push(ChainSpec {
+            chain: base(name, ChainType::Nat, hook, skein_nft::priority::DSTNAT),
+            tier: Tier::Static,
+            rules: vec![Rule::new(
+                Vec::new(),
+                Action::Verdict(Verdict::Jump(CHAIN_SERVICES.into())),
+            )],
+        });
+    }
+    f.chains.push(ChainSpec {
+        chain: Chain {
+            name: CHAIN_REJECT.into(),
+            hook: None,
+        },
+        tier: Tier::Endpoint,
+        rules: vec![
+            Rule::new(
+                vec![Match::Cmp {
+                    field: Field::L4Proto,
+                    op: CmpOp::Eq,
+                    value: Value::Proto(L4Proto::Tcp),
+                }],
+                Action::Reject(Reject::TcpReset),
+            )
+            .with_comment(comment("Service port without endpoints")),
+            Rule::new(Vec::new(), Action::Reject(Reject::PortUnreachable)),
+        ],
+    });
+
+    let mut firewall = Vec::new();
+    let mut services = Vec::new();
+    for ipv6 in [false, true] {
+        let (_, daddr) = fields(ipv6);
+        let svc_key = vec![daddr, Field::L4Proto, Field::ThDport];
+        let port_key = vec![Field::L4Proto, Field::ThDport];
+        let at = addr_type(ipv6);
+        let full = vec![at, KeyType::InetProto, KeyType::InetService];
+        let ports = vec![KeyType::InetProto, KeyType::InetService];
+        let mut map = |name: &str, key: Vec<KeyType>, verdicts: bool| {
+            let mut set = Set::new(set_name(name, ipv6), key);
+            set.verdicts = verdicts;
+            f.sets.push(SetSpec { set, managed: true });
+        };
+        map(SERVICE_IPS, full.clone(), true);
+        map(SERVICE_NODEPORTS, ports.clone(), true);
+        map(NO_ENDPOINT_IPS, full.clone(), true);
+        map(NO_ENDPOINT_NODEPORTS, ports, true);
+        map(FIREWALL_IPS, full.clone(), true);
+        map(SERVICE_PORTS, full, false);
+        map(CLUSTER_IPS, vec![at], false);
+        map(NODEPORT_IPS, vec![at], false);
+        for ip in ctx.exempt_ips.iter().filter(|ip| ip.is_ipv6() == ipv6) {
+            firewall.push(
+                Rule::new(
+                    vec![Match::Cmp {
+                        field: daddr,
+                        op: CmpOp::Eq,
+                        value: Value::Addr(*ip),
+                    }],
+                    Action::Verdict(Verdict::Return),
+                )
+                .with_comment(comment("answered on the node itself")),
+            );
+        }
+        firewall.push(Rule::new(
+            Vec::new(),
+            Action::Vmap {
+                key: svc_key.clone(),
+                map: set_name(FIREWALL_IPS, ipv6),
+            },
+        ));
+        firewall.push(Rule::new(
+            Vec::new(),
+            Action::Vmap {
+                key: svc_key.clone(),
+                map: set_name(NO_ENDPOINT_IPS, ipv6),
+            },
+        ));
+        let on_nodeport_ip = Match::InSet {
+            key: vec![daddr],
+            set: set_name(NODEPORT_IPS, ipv6),
+            negate: false,
+        };
+        firewall.push(Rule::new(
+            vec![on_nodeport_ip.clone()],
+            Action::Vmap {
+                key: port_key.clone(),
+                map: set_name(NO_ENDPOINT_NODEPORTS, ipv6),
+            },
+        ));
+        firewall.push(
+            Rule::new(
+                vec![
+                    Match::InSet {
+                        key: vec![daddr],
+                        set: set_name(CLUSTER_IPS, ipv6),
+                        negate: false,
+                    },
+                    Match::InSet {
+                        key: svc_key.clone(),
+                        set: set_name(SERVICE_PORTS, ipv6),
+                        negate: true,
+                    },
+                ],
+                goto(CHAIN_REJECT),
+            )
+            .with_comment(comment("a ClusterIP on a port it does not serve")),
+        );
+        firewall.push(Rule::new(
+            vec![Match::InSet {
+                key: vec![daddr],
+                set: set_name(CLUSTER_IPS, ipv6),
+                negate: false,
+            }],
+            Action::Verdict(Verdict::Return),
+        ));
+        for cidr in ctx
+            .service_cidrs
+            .iter()
+            .filter(|c| c.addr().is_ipv6() == ipv6)
+        {
+            firewall.push(
+                Rule::new(
+                    vec![Match::Prefix {
+                        field: daddr,
+                        net: *cidr,
+                        negate: false,
+                    }],
+                    Action::Verdict(Verdict::Drop),
+                )
+                .with_comment(comment("an unallocated service address")),
+            );
+        }
+        services.push(Rule::new(
+            Vec::new(),
+            Action::Vmap {
+                key: svc_key,
+                map: set_name(SERVICE_IPS, ipv6),
+            },
+        ));
+        services.push(Rule::new(
+            vec![on_nodeport_ip],
+            Action::Vmap {
+                key: port_key,
+                map: set_name(SERVICE_NODEPORTS, ipv6),
+            },
+        ));
+    }
+    f.chains.push(ChainSpec {
+        chain: Chain {
+            name: CHAIN_FIREWALL.into(),
+            hook: None,
+        },
+        tier: Tier::Static,
+        rules: firewall,
+    });
+    f.chains.push(ChainSpec {
+        chain: Chain {
+            name: CHAIN_SERVICES.into(),
+            hook: None,
+        },
+        tier: Tier::Static,
+        rules: services,
+    });
+    for ip in &ctx.nodeport_ips {
+        f.element(
+            &set_name(NODEPORT_IPS, ip.is_ipv6()),
+            Element::key(vec![Value::Addr(*ip)]),
+        );
+    }
+    f
+}

@@ -1,0 +1,659 @@
+//! From one desired ruleset to the next: a mirror of what skein last put in the kernel, and the
+//! ordered operations that change only the difference. Pure: the apply step sends the groups.
+//!
+//! Order is what keeps a half-programmed Service unreachable when a big change is split into
+//! several kernel transactions: new sets and chains first, then chain contents from the leaves
+//! up (endpoint chains, Service chains, external chains, the static ones), then dispatch
+//! elements (removals before additions, a key whose verdict changes in one group), and last the
+//! stale chains, flushed now and deleted a second later (older kernels answer EBUSY when a
+//! chain is deleted in the transaction that drops the last jump to it).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use skein_cluster::{EndpointSlice, ObjectKey, Service, Snapshot};
+use skein_nft::{Chain, Element, Op, Set, Transaction, Value, Verdict, fingerprint};
+
+use crate::ruleset::{
+    CHAIN_FILTER_OUT, CHAIN_FILTER_PRE, CHAIN_FIREWALL, CHAIN_NAT_OUT, CHAIN_NAT_PRE, CHAIN_REJECT,
+    CHAIN_SERVICES, ChainSpec, Fragment, GENERATED_PREFIXES, SetSpec, Tier, service_fragment,
+    static_fragment,
+};
+use crate::service_map::{
+    NodeContext, ServicePort, Unprogrammable, service_ports, slices_by_service,
+};
+
+/// Who owns a fragment.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Owner {
+    Static,
+    Service(ObjectKey),
+}
+
+/// A Service as last computed: its inputs (to skip it when they did not change) and output.
+#[derive(Debug, Clone)]
+struct Computed {
+    service: Service,
+    slices: Vec<EndpointSlice>,
+    ports: Vec<ServicePort>,
+    fragment: Fragment,
+    problems: Vec<String>,
+}
+
+/// What the kernel holds of the proxy's objects, as far as skein knows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mirror {
+    /// Chain → its rules' fingerprints (`None` for a rule skein did not write).
+    pub chains: BTreeMap<String, Vec<Option<u64>>>,
+    pub sets: BTreeSet<String>,
+    /// Set → key → verdict, for sets whose elements skein manages.
+    pub elements: BTreeMap<String, BTreeMap<Vec<Value>, Option<Verdict>>>,
+    /// Sets known only from a kernel dump: their elements' bytes ([`skein_nft::element_bytes`]).
+    pub dumped: BTreeMap<String, BTreeSet<Vec<u8>>>,
+}
+
+impl Mirror {
+    /// The proxy's share of a kernel dump (other parts' chains are not its business).
+    pub fn from_dump(dump: &skein_nft::TableDump) -> Mirror {
+        let mut m = Mirror::default();
+        for (name, chain) in &dump.chains {
+            if is_proxy_object(name) {
+                m.chains.insert(
+                    name.clone(),
+                    chain.rules.iter().map(|r| r.fingerprint).collect(),
+                );
+            }
+        }
+        for (name, set) in &dump.sets {
+            if is_proxy_object(name) {
+                m.sets.insert(name.clone());
+                m.dumped.insert(name.clone(), set.elements.clone());
+            }
+        }
+        m
+    }
+}
+
+/// Whether a chain or set name is the proxy's: a static name of its own or a generated one.
+pub fn is_proxy_object(name: &str) -> bool {
+    const STATIC: [&str; 7] = [
+        CHAIN_FILTER_PRE,
+        CHAIN_FILTER_OUT,
+        CHAIN_FIREWALL,
+        CHAIN_REJECT,
+        CHAIN_NAT_PRE,
+        CHAIN_NAT_OUT,
+        CHAIN_SERVICES,
+    ];
+    const SETS: [&str; 8] = [
+        crate::ruleset::SERVICE_IPS,
+        crate::ruleset::SERVICE_NODEPORTS,
+        crate::ruleset::NODEPORT_IPS,
+        crate::ruleset::CLUSTER_IPS,
+        crate::ruleset::SERVICE_PORTS,
+        crate::ruleset::NO_ENDPOINT_IPS,
+        crate::ruleset::NO_ENDPOINT_NODEPORTS,
+        crate::ruleset::FIREWALL_IPS,
+    ];
+    STATIC.contains(&name)
+        || SETS
+            .iter()
+            .any(|s| name == *s || name.strip_suffix('6') == Some(*s))
+        || GENERATED_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// A change, in groups that must each land in one kernel transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub groups: Vec<Vec<Op>>,
+    /// Chains and sets to delete a second from now (already flushed by this plan).
+    pub delete_later: Vec<Stale>,
+    /// How many chains were (re)written and elements added or removed.
+    pub changed: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stale {
+    Chain(String),
+    Set(String),
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.groups.iter().all(Vec::is_empty)
+    }
+
+    /// The groups packed into transactions of at most `max_weight` ([`Op::weight`]) each, in
+    /// order; a group bigger than that is a transaction of its own.
+    pub fn transactions(&self, max_weight: usize) -> Vec<Transaction> {
+        let mut out: Vec<Transaction> = Vec::new();
+        let mut current = Transaction::default();
+        let mut weight = 0;
+        for group in &self.groups {
+            let w: usize = group.iter().map(Op::weight).sum();
+            if weight > 0 && weight + w > max_weight {
+                out.push(std::mem::take(&mut current));
+                weight = 0;
+            }
+            current.ops.extend(group.iter().cloned());
+            weight += w;
+        }
+        if !current.is_empty() {
+            out.push(current);
+        }
+        out
+    }
+
+    /// Everything in one transaction (small changes, tests).
+    pub fn transaction(&self) -> Transaction {
+        Transaction {
+            ops: self.groups.iter().flatten().cloned().collect(),
+        }
+    }
+}
+
+/// The desired state of every Service, and what was put in the kernel.
+#[derive(Debug, Default)]
+pub struct ProxyState {
+    ctx: NodeContext,
+    computed: BTreeMap<ObjectKey, Computed>,
+    static_fragment: Fragment,
+    /// Which owner holds each element key of the shared maps (the first one, in key order,
+    /// when two Services claim the same destination).
+    claims: BTreeMap<(String, Vec<Value>), Owner>,
+    mirror: Mirror,
+    clashes: BTreeMap<ObjectKey, Vec<String>>,
+}
+
+/// What a sync computed, for the page.
+#[derive(Debug, Clone, Default)]
+pub struct Computation<'a> {
+    pub ports: Vec<&'a ServicePort>,
+    pub problems: Vec<Unprogrammable>,
+}
+
+impl ProxyState {
+    pub fn new(ctx: NodeContext) -> Self {
+        Self {
+            ctx,
+            ..Self::default()
+        }
+    }
+
+    pub fn mirror(&self) -> &Mirror {
+        &self.mirror
+    }
+
+    /// Every programmed Service port, and every Service that could not be programmed and why.
+    pub fn computation(&self) -> Computation<'_> {
+        let mut c = Computation::default();
+        for (key, comp) in &self.computed {
+            c.ports.extend(comp.ports.iter());
+            for reason in comp
+                .problems
+                .iter()
+                .chain(self.clashes.get(key).into_iter().flatten())
+            {
+                c.problems.push(Unprogrammable {
+                    service: key.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+        c
+    }
+
+    /// Replaces the mirror with the kernel's own view (start, after a failed transaction, after
+    /// someone else changed the table): the next plan diffs against what is really there.
+    pub fn adopt(&mut self, mirror: Mirror) {
+        self.mirror = mirror;
+    }
+
+    /// The plan from the mirror to the ruleset `snapshot` asks for. `full` recomputes every
+    /// Service (and must, after [`ProxyState::adopt`] or a new node context); otherwise only
+    /// Services whose object or slices changed are recomputed and compared.
+    pub fn plan(&mut self, snapshot: &Snapshot, ctx: &NodeContext, full: bool) -> Plan {
+        let full = full || *ctx != self.ctx;
+        self.ctx = ctx.clone();
+        let slices = slices_by_service(snapshot);
+        let mut changed: BTreeSet<ObjectKey> = BTreeSet::new();
+        let mut old: Vec<Fragment> = Vec::new();
+        let empty = Vec::new();
+        for (key, service) in &snapshot.services {
+            let own = slices.get(key).unwrap_or(&empty);
+            let same = !full
+                && self.computed.get(key).is_some_and(|c| {
+                    c.service == *service
+                        && c.slices.len() == own.len()
+                        && c.slices.iter().zip(own.iter()).all(|(a, b)| a == *b)
+                });
+            if same {
+                continue;
+            }
+            let (ports, problems) = match service_ports(key, service, own, ctx) {
+                Ok(ports) => (ports, Vec::new()),
+                Err(problems) => (Vec::new(), problems),
+            };
+            let mut fragment = Fragment::default();
+            for p in &ports {
+                let f = service_fragment(p, ctx);
+                fragment.chains.extend(f.chains);
+                fragment.sets.extend(f.sets);
+                for (set, elements) in f.elements {
+                    fragment.elements.entry(set).or_default().extend(elements);
+                }
+            }
+            let previous = self.computed.insert(
+                key.clone(),
+                Computed {
+                    service: service.clone(),
+                    slices: own.iter().map(|s| (*s).clone()).collect(),
+                    ports,
+                    fragment,
+                    problems,
+                },
+            );
+            old.extend(previous.map(|c| c.fragment));
+            changed.insert(key.clone());
+        }
+        let gone: Vec<ObjectKey> = self
+            .computed
+            .keys()
+            .filter(|k| !snapshot.services.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            old.extend(self.computed.remove(&key).map(|c| c.fragment));
+            changed.insert(key);
+        }
+        if full {
+            self.static_fragment = static_fragment(ctx);
+        }
+        self.diff(&changed, &old, full)
+    }
+
+    /// The desired chains, sets and elements of the owners to compare: all of them on a full
+    /// plan, else the changed Services (plus the static part, which changes only with the node
+    /// context, so only on full plans).
+    fn diff(&mut self, changed: &BTreeSet<ObjectKey>, old: &[Fragment], full: bool) -> Plan {
+        // Claims: recompute whole on a full plan; otherwise release the changed owners' claims.
+        if full {
+            self.claims.clear();
+            self.clashes.clear();
+        } else {
+            self.claims.retain(|_, owner| match owner {
+                Owner::Service(k) => !changed.contains(k),
+                Owner::Static => true,
+            });
+            for k in changed {
+                self.clashes.remove(k);
+            }
+        }
+        let mut owners: Vec<(Owner, &Fragment)> = Vec::new();
+        if full {
+            owners.push((Owner::Static, &self.static_fragment));
+            owners.extend(
+                self.computed
+                    .iter()
+                    .map(|(k, c)| (Owner::Service(k.clone()), &c.fragment)),
+            );
+        } else {
+            owners.extend(changed.iter().filter_map(|k| {
+                self.computed
+                    .get(k)
+                    .map(|c| (Owner::Service(k.clone()), &c.fragment))
+            }));
+        }
+
+        // What the compared owners want.
+        let mut want_chains: BTreeMap<&str, &ChainSpec> = BTreeMap::new();
+        let mut want_sets: BTreeMap<&str, &SetSpec> = BTreeMap::new();
+        let mut want_elements: BTreeMap<String, BTreeMap<Vec<Value>, Option<Verdict>>> =
+            BTreeMap::new();
+        for (owner, fragment) in &owners {
+            for c in &fragment.chains {
+                want_chains.insert(&c.chain.name, c);
+            }
+            for s in &fragment.sets {
+                want_sets.insert(&s.set.name, s);
+            }
+            for (set, elements) in &fragment.elements {
+                for e in elements {
+                    let claim = (set.clone(), e.key.clone());
+                    match self.claims.get(&claim) {
+                        Some(other) if other != owner => {
+                            if let Owner::Service(k) = owner {
+                                self.clashes.entry(k.clone()).or_default().push(format!(
+                                    "{} {} is already taken by {}",
+                                    set,
+                                    key_text(&e.key),
+                                    match other {
+                                        Owner::Service(o) => o.to_string(),
+                                        Owner::Static => "the node".to_string(),
+                                    }
+                                ));
+                            }
+                            continue;
+                        }
+                        _ => {
+                            self.claims.insert(claim, owner.clone());
+                        }
+                    }
+                    want_elements
+                        .entry(set.clone())
+                        .or_default()
+                        .insert(e.key.clone(), e.verdict.clone());
+                }
+            }
+        }
+
+        // What the mirror holds of the compared owners: everything on a full plan; the old
+        // fragments' objects otherwise (found by the names the new ones would have, plus the
+        // mirror entries claimed by nobody any more).
+        let mut plan = Plan::default();
+        let mut create = Vec::new();
+        for (name, spec) in &want_sets {
+            if !self.mirror.sets.contains(*name) {
+                create.push(Op::AddSet(spec.set.clone()));
+                self.mirror.sets.insert((*name).to_string());
+            }
+        }
+        // One group per chain (its flush and refill land together: a chain is never seen
+        // half-filled), leaves first.
+        let mut fills: BTreeMap<Tier, Vec<Vec<Op>>> = BTreeMap::new();
+        for (name, spec) in &want_chains {
+            let prints: Vec<Option<u64>> =
+                spec.rules.iter().map(|r| Some(fingerprint(r))).collect();
+            let mut group = Vec::new();
+            match self.mirror.chains.get(*name) {
+                Some(have) if *have == prints => continue,
+                // A base chain keeps its hook; only its rules are replaced.
+                Some(_) => group.push(Op::FlushChain((*name).to_string())),
+                None => create.push(Op::AddChain(spec.chain.clone())),
+            }
+            for rule in &spec.rules {
+                group.push(Op::AddRule {
+                    chain: (*name).to_string(),
+                    rule: rule.clone(),
+                });
+            }
+            fills.entry(spec.tier).or_default().push(group);
+            plan.changed += 1;
+            self.mirror.chains.insert((*name).to_string(), prints);
+        }
+        if !create.is_empty() {
+            create.insert(0, Op::AddTable);
+            plan.groups.push(create);
+        }
+        plan.groups
+            .extend(fills.into_values().flatten().filter(|g| !g.is_empty()));
+
+        // Elements, per set.
+        let sets: BTreeSet<String> = if full {
+            want_elements
+                .keys()
+                .cloned()
+                .chain(self.mirror.elements.keys().cloned())
+                .chain(self.mirror.dumped.keys().cloned())
+                .collect()
+        } else {
+            want_elements
+                .keys()
+                .cloned()
+                .chain(old.iter().flat_map(|f| f.elements.keys().cloned()))
+                .collect()
+        };
+        // Every wanted set's definition on a full plan; the compared owners' otherwise (a
+        // partial plan meets no dumped set: those are all resolved by the full plan after
+        // adopting a dump).
+        let set_defs: BTreeMap<String, Set> = if full {
+            self.static_fragment
+                .sets
+                .iter()
+                .chain(self.computed.values().flat_map(|c| c.fragment.sets.iter()))
+                .map(|s| (s.set.name.clone(), s.set.clone()))
+                .collect()
+        } else {
+            want_sets
+                .iter()
+                .map(|(n, s)| ((*n).to_string(), s.set.clone()))
+                .collect()
+        };
+        for set in sets {
+            let want = want_elements.remove(&set).unwrap_or_default();
+            if let Some(dumped) = self.mirror.dumped.remove(&set) {
+                // Known only as bytes: add what is missing; if the kernel holds anything else,
+                // replace the set's content in one transaction (only after a restart that missed
+                // API changes, or someone else's edit).
+                let Some(def) = set_defs.get(&set) else {
+                    continue; // a stale set: deleted with its chains below
+                };
+                let want_bytes: BTreeMap<Vec<u8>, Element> = want
+                    .iter()
+                    .map(|(k, v)| {
+                        let e = Element {
+                            key: k.clone(),
+                            verdict: v.clone(),
+                        };
+                        (element_bytes(def, &e), e)
+                    })
+                    .collect();
+                let extra = dumped.iter().any(|b| !want_bytes.contains_key(b));
+                let mut group = Vec::new();
+                let missing: Vec<Element> = if extra {
+                    group.push(Op::FlushSet(set.clone()));
+                    want_bytes.values().cloned().collect()
+                } else {
+                    want_bytes
+                        .iter()
+                        .filter(|(b, _)| !dumped.contains(*b))
+                        .map(|(_, e)| e.clone())
+                        .collect()
+                };
+                plan.changed += missing.len() + usize::from(extra);
+                if !missing.is_empty() {
+                    group.push(Op::AddElements {
+                        set: set.clone(),
+                        elements: missing,
+                    });
+                }
+                if !group.is_empty() {
+                    plan.groups.push(group);
+                }
+                self.mirror.elements.insert(set, want);
+                continue;
+            }
+            let have = self.mirror.elements.entry(set.clone()).or_default();
+            // The keys to compare: on a full plan all of them; on a partial one those the
+            // changed owners want now or had before.
+            let candidates: BTreeSet<Vec<Value>> = if full {
+                have.keys().chain(want.keys()).cloned().collect()
+            } else {
+                want.keys()
+                    .cloned()
+                    .chain(
+                        old.iter()
+                            .filter_map(|f| f.elements.get(&set))
+                            .flatten()
+                            .map(|e| e.key.clone()),
+                    )
+                    .collect()
+            };
+            let mut remove = Vec::new();
+            let mut add = Vec::new();
+            for key in candidates {
+                if !full
+                    && !want.contains_key(&key)
+                    && matches!(
+                        self.claims.get(&(set.clone(), key.clone())),
+                        Some(Owner::Static) | Some(Owner::Service(_))
+                    )
+                {
+                    // Another owner holds the key now (it was in a clash this owner won
+                    // before, or the other one took it over): not this owner's to remove.
+                    continue;
+                }
+                match (have.get(&key), want.get(&key)) {
+                    (Some(h), Some(w)) if h == w => {}
+                    (Some(h), Some(w)) => {
+                        // Same key, new verdict: removed and added in one transaction.
+                        plan.groups.push(vec![
+                            Op::DeleteElements {
+                                set: set.clone(),
+                                elements: vec![Element {
+                                    key: key.clone(),
+                                    verdict: h.clone(),
+                                }],
+                            },
+                            Op::AddElements {
+                                set: set.clone(),
+                                elements: vec![Element {
+                                    key: key.clone(),
+                                    verdict: w.clone(),
+                                }],
+                            },
+                        ]);
+                        plan.changed += 1;
+                        have.insert(key, w.clone());
+                    }
+                    (Some(h), None) => {
+                        remove.push(Element {
+                            key: key.clone(),
+                            verdict: h.clone(),
+                        });
+                        have.remove(&key);
+                    }
+                    (None, Some(w)) => {
+                        add.push(Element {
+                            key: key.clone(),
+                            verdict: w.clone(),
+                        });
+                        have.insert(key, w.clone());
+                    }
+                    (None, None) => {}
+                }
+            }
+            plan.changed += remove.len() + add.len();
+            if !remove.is_empty() {
+                plan.groups.push(vec![Op::DeleteElements {
+                    set: set.clone(),
+                    elements: remove,
+                }]);
+            }
+            if !add.is_empty() {
+                plan.groups
+                    .push(vec![Op::AddElements { set, elements: add }]);
+            }
+        }
+
+        // Stale chains and sets: the proxy's objects in the mirror that no owner wants.
+        // On a full plan that is every mirror entry nobody wants; on a partial one, what the
+        // changed owners had and no longer want (names carry the owner's hash, so no other
+        // owner has them).
+        let (stale_chains, stale_sets): (Vec<String>, Vec<String>) = if full {
+            let chains: BTreeSet<&str> = self
+                .static_fragment
+                .chains
+                .iter()
+                .chain(
+                    self.computed
+                        .values()
+                        .flat_map(|c| c.fragment.chains.iter()),
+                )
+                .map(|c| c.chain.name.as_str())
+                .collect();
+            (
+                self.mirror
+                    .chains
+                    .keys()
+                    .filter(|c| !chains.contains(c.as_str()))
+                    .cloned()
+                    .collect(),
+                self.mirror
+                    .sets
+                    .iter()
+                    .filter(|s| !set_defs.contains_key(*s))
+                    .cloned()
+                    .collect(),
+            )
+        } else {
+            (
+                old.iter()
+                    .flat_map(|f| f.chains.iter())
+                    .map(|c| c.chain.name.clone())
+                    .filter(|n| !want_chains.contains_key(n.as_str()))
+                    .collect(),
+                old.iter()
+                    .flat_map(|f| f.sets.iter())
+                    .map(|s| s.set.name.clone())
+                    .filter(|n| !want_sets.contains_key(n.as_str()))
+                    .collect(),
+            )
+        };
+        let mut flush = Vec::new();
+        for chain in stale_chains {
+            self.mirror.chains.remove(&chain);
+            flush.push(Op::FlushChain(chain.clone()));
+            plan.delete_later.push(Stale::Chain(chain));
+        }
+        if !flush.is_empty() {
+            plan.groups.push(flush);
+        }
+        for set in stale_sets {
+            self.mirror.sets.remove(&set);
+            self.mirror.elements.remove(&set);
+            self.mirror.dumped.remove(&set);
+            plan.delete_later.push(Stale::Set(set));
+        }
+        plan
+    }
+
+    /// Deletes what [`Plan::delete_later`] named, unless it came back meanwhile.
+    pub fn deletions(&self, stale: &[Stale]) -> Transaction {
+        let mut tx = Transaction::default();
+        for s in stale {
+            match s {
+                Stale::Chain(c) if !self.mirror.chains.contains_key(c) => {
+                    tx.push(Op::DeleteChain(c.clone()));
+                }
+                _ => {}
+            }
+        }
+        // Sets after the chains whose rules referenced them.
+        for s in stale {
+            match s {
+                Stale::Set(name) if !self.mirror.sets.contains(name) => {
+                    tx.push(Op::DeleteSet(name.clone()));
+                }
+                _ => {}
+            }
+        }
+        tx
+    }
+
+    /// The mirror after a failed transaction is unknown: the next plan must be a full one
+    /// against a fresh dump.
+    pub fn forget(&mut self) {
+        self.mirror = Mirror::default();
+    }
+
+    pub fn chain_count(&self) -> usize {
+        self.mirror.chains.len()
+    }
+}
+
+fn key_text(key: &[Value]) -> String {
+    key.iter()
+        .map(skein_nft::render::value)
+        .collect::<Vec<_>>()
+        .join(" . ")
+}
+
+/// The chain model of a [`ChainSpec`], for callers that need it plain.
+pub fn chain_of(spec: &ChainSpec) -> &Chain {
+    &spec.chain
+}
+
+// MERGE: replaced by skein_nft's netlink element_bytes.
+fn element_bytes(def: &Set, e: &Element) -> Vec<u8> {
+    format!("{def:?}{e:?}").into_bytes()
+}

@@ -1,0 +1,729 @@
+//! The proxy's behaviours, traced through the generated ruleset without root; and the sync's
+//! diffs. Addresses follow the test plan: pods 10.42.0.0/16 (this node 10.42.1.0/24), services
+//! 10.43.0.0/16, nodes 198.18.0.0/24 (this node .11), clients off the cluster 198.51.100.0/24.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use skein_cluster::{
+    AddressType, Endpoint, EndpointPort, EndpointSlice, Hints, ObjectKey, Protocol, Service,
+    ServicePort as ApiPort, ServiceType, SessionAffinity, Snapshot, TargetPort, TrafficPolicy,
+};
+use skein_nft::Op;
+
+use crate::ruleset::{Fragment, static_fragment};
+use crate::service_map::NodeContext;
+use crate::sync::ProxyState;
+use crate::tracer::{Fate, Packet, RejectKind, Tracer};
+
+const NODE_IP: &str = "198.18.0.11";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("address")
+}
+
+fn ctx() -> NodeContext {
+    NodeContext {
+        node: "n1".into(),
+        zone: Some("z1".into()),
+        cluster_cidrs: vec![
+            "10.42.0.0/16".parse().unwrap(),
+            "fd42::/56".parse().unwrap(),
+        ],
+        service_cidrs: vec![
+            "10.43.0.0/16".parse().unwrap(),
+            "fd43::/112".parse().unwrap(),
+        ],
+        nodeport_ips: vec![ip(NODE_IP)],
+        exempt_ips: vec![ip("10.43.0.10")],
+    }
+}
+
+fn service(name: &str, cluster_ip: &str, ports: &[(&str, Protocol, u16)]) -> Service {
+    Service {
+        namespace: "default".into(),
+        name: name.into(),
+        service_type: ServiceType::ClusterIp,
+        cluster_ips: cluster_ip.split(',').map(ip).collect(),
+        headless: false,
+        external_name: None,
+        selector: BTreeMap::new(),
+        ports: ports
+            .iter()
+            .map(|(n, proto, port)| ApiPort {
+                name: (*n).into(),
+                protocol: *proto,
+                port: *port,
+                target_port: TargetPort::Number(*port),
+                node_port: None,
+            })
+            .collect(),
+        external_traffic_policy: TrafficPolicy::Cluster,
+        internal_traffic_policy: TrafficPolicy::Cluster,
+        session_affinity: SessionAffinity::None,
+        external_ips: Vec::new(),
+        load_balancer_ips: Vec::new(),
+        load_balancer_source_ranges: Vec::new(),
+        health_check_node_port: None,
+        problems: Vec::new(),
+    }
+}
+
+#[derive(Clone)]
+struct Ep {
+    addr: &'static str,
+    node: Option<&'static str>,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    hints: Option<Hints>,
+}
+
+fn ep(addr: &'static str, node: &'static str) -> Ep {
+    Ep {
+        addr,
+        node: Some(node),
+        ready: true,
+        serving: true,
+        terminating: false,
+        hints: None,
+    }
+}
+
+fn terminating(mut e: Ep) -> Ep {
+    e.ready = false;
+    e.terminating = true;
+    e
+}
+
+fn slice(service: &str, name: &str, eps: &[Ep], ports: &[(&str, Protocol, u16)]) -> EndpointSlice {
+    let v6 = eps.first().is_some_and(|e| e.addr.contains(':'));
+    EndpointSlice {
+        namespace: "default".into(),
+        name: name.into(),
+        service_name: Some(service.into()),
+        address_type: if v6 {
+            AddressType::Ipv6
+        } else {
+            AddressType::Ipv4
+        },
+        endpoints: eps
+            .iter()
+            .map(|e| Endpoint {
+                addresses: vec![ip(e.addr)],
+                ready: e.ready,
+                serving: e.serving,
+                terminating: e.terminating,
+                node_name: e.node.map(str::to_string),
+                pod_name: Some(format!("pod-{}", e.addr)),
+                hostname: None,
+                zone: None,
+                hints: e.hints.clone(),
+            })
+            .collect(),
+        ports: ports
+            .iter()
+            .map(|(n, proto, port)| EndpointPort {
+                name: (*n).into(),
+                protocol: *proto,
+                port: *port,
+            })
+            .collect(),
+    }
+}
+
+struct World {
+    snapshot: Snapshot,
+}
+
+impl World {
+    fn new() -> Self {
+        World {
+            snapshot: Snapshot::default(),
+        }
+    }
+    fn with(mut self, s: Service, slices: Vec<EndpointSlice>) -> Self {
+        for sl in slices {
+            self.snapshot
+                .endpoint_slices
+                .insert(ObjectKey::new(&sl.namespace, &sl.name), sl);
+        }
+        self.snapshot
+            .services
+            .insert(ObjectKey::new(&s.namespace, &s.name), s);
+        self
+    }
+    fn fragments(&self) -> Vec<Fragment> {
+        let ctx = ctx();
+        let map = crate::service_map(&self.snapshot, &ctx);
+        let mut out = vec![static_fragment(&ctx)];
+        out.extend(
+            map.ports
+                .iter()
+                .map(|p| crate::ruleset::service_fragment(p, &ctx)),
+        );
+        out
+    }
+    fn tracer(&self) -> Tracer {
+        let fragments = self.fragments();
+        let refs: Vec<&Fragment> = fragments.iter().collect();
+        Tracer::new(&refs, vec![ip(NODE_IP), ip("10.42.1.1"), ip("127.0.0.1")])
+    }
+    fn trace(&self, p: Packet) -> BTreeSet<Fate> {
+        self.tracer().trace(&p).expect("trace")
+    }
+}
+
+const TCP: Protocol = Protocol::Tcp;
+const UDP: Protocol = Protocol::Udp;
+
+fn reached(addrs: &[(&str, u16)], masquerade: bool) -> BTreeSet<Fate> {
+    addrs
+        .iter()
+        .map(|(a, p)| Fate::Endpoint {
+            addr: ip(a),
+            port: *p,
+            masquerade,
+        })
+        .collect()
+}
+
+fn web() -> World {
+    World::new().with(
+        service("web", "10.43.0.20", &[("http", TCP, 80)]),
+        vec![slice(
+            "web",
+            "web-1",
+            &[ep("10.42.1.5", "n1"), ep("10.42.2.6", "n2")],
+            &[("http", TCP, 8080)],
+        )],
+    )
+}
+
+#[test]
+fn a_cluster_ip_reaches_every_ready_endpoint_and_masquerades_only_off_cluster_sources() {
+    let w = web();
+    let both = [("10.42.1.5", 8080), ("10.42.2.6", 8080)];
+    assert_eq!(
+        w.trace(Packet::tcp("10.42.1.9", "10.43.0.20", 80)),
+        reached(&both, false)
+    );
+    assert_eq!(
+        w.trace(Packet::tcp(NODE_IP, "10.43.0.20", 80).from_node()),
+        reached(&both, true),
+        "the node's own traffic is masqueraded"
+    );
+}
+
+#[test]
+fn the_kubernetes_service_reaches_the_api_server_off_the_pod_network() {
+    let w = World::new().with(
+        service("kubernetes", "10.43.0.1", &[("https", TCP, 443)]),
+        vec![slice(
+            "kubernetes",
+            "kubernetes",
+            &[Ep {
+                node: None,
+                ..ep("198.18.0.2", "")
+            }],
+            &[("https", TCP, 6443)],
+        )],
+    );
+    assert_eq!(
+        w.trace(Packet::tcp("10.42.1.9", "10.43.0.1", 443)),
+        reached(&[("198.18.0.2", 6443)], false)
+    );
+}
+
+fn nodeport(mut w: World, etp: TrafficPolicy) -> World {
+    let key = ObjectKey::new("default", "web");
+    let s = w.snapshot.services.get_mut(&key).unwrap();
+    s.service_type = ServiceType::NodePort;
+    s.ports[0].node_port = Some(30080);
+    s.external_traffic_policy = etp;
+    w
+}
+
+#[test]
+fn a_node_port_answers_on_the_node_addresses_only() {
+    let w = nodeport(web(), TrafficPolicy::Cluster);
+    let both = [("10.42.1.5", 8080), ("10.42.2.6", 8080)];
+    assert_eq!(
+        w.trace(Packet::tcp("198.51.100.7", NODE_IP, 30080)),
+        reached(&both, true)
+    );
+    assert_eq!(
+        w.trace(Packet::tcp("198.51.100.7", "10.42.1.1", 30080)),
+        [Fate::Passed { masquerade: false }].into(),
+        "never on the pod gateway"
+    );
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_the_source_and_stays_on_the_node() {
+    let w = nodeport(web(), TrafficPolicy::Local);
+    assert_eq!(
+        w.trace(Packet::tcp("198.51.100.7", NODE_IP, 30080)),
+        reached(&[("10.42.1.5", 8080)], false)
+    );
+    // Pods and the node itself are short-circuited to every endpoint.
+    let both = [("10.42.1.5", 8080), ("10.42.2.6", 8080)];
+    assert_eq!(
+        w.trace(Packet::tcp("10.42.1.9", NODE_IP, 30080)),
+        reached(&both, false)
+    );
+    assert_eq!(
+        w.trace(Packet::tcp(NODE_IP, NODE_IP, 30080).from_node()),
+        reached(&both, true)
+    );
+    // A node without a local endpoint drops (no reset).
+    let remote_only = nodeport(
+        World::new().with(
+            service("web", "10.43.0.20", &[("http", TCP, 80)]),
+            vec![slice(
+                "web",
+                "web-1",
+                &[ep("10.42.2.6", "n2")],
+                &[("http", TCP, 8080)],
+            )],
+        ),
+        TrafficPolicy::Local,
+    );
+    assert_eq!(
+        remote_only.trace(Packet::tcp("198.51.100.7", NODE_IP, 30080)),
+        [Fate::Dropped].into()
+    );
+}
+
+#[test]
+fn internal_traffic_policy_local_uses_local_endpoints_only() {
+    let mut w = web();
+    w.snapshot
+        .services
+        .get_mut(&ObjectKey::new("default", "web"))
+        .unwrap()
+        .internal_traffic_policy = TrafficPolicy::Local;
+    assert_eq!(
+        w.trace(Packet::tcp("10.42.1.9", "10.43.0.20", 80)),
+        reached(&[("10.42.1.5", 8080)], false)
+    );
+}
+
+#[test]
+fn load_balancer_ips_and_external_ips_with_source_ranges() {
+    let mut w = nodeport(web(), TrafficPolicy::Cluster);
+    {
+        let s = w
+            .snapshot
+            .services
+            .get_mut(&ObjectKey::new("default", "web"))
+            .unwrap();
+        s.service_type = ServiceType::LoadBalancer;
+        s.load_balancer_ips = vec![ip("203.0.113.5")];
+        s.external_ips = vec![ip("203.0.113.9")];
+        s.load_balancer_source_ranges = vec!["198.51.100.0/25".parse().unwrap()];
+    }
+    let both = [("10.42.1.5", 8080), ("10.42.2.6", 8080)];
+    assert_eq!(
+        w.trace(Packet::tcp("198.51.100.7", "203.0.113.5", 80)),
+        reached(&both, true)
+    );
+    assert_eq!(
+        w.trace(Packet::tcp("198.51.100.200", "203.0.113.5", 80)),
+        [Fate::Dropped].into(),
+        "outside loadBalancerSourceRanges"
+    );
+    assert_eq!(
+        w.trace(Packet::tcp("198.51.100.200", "203.0.113.9", 80)),
+        reached(&both, true),
+        "source ranges apply to load-balancer IPs, not externalIPs"
+    );
+}
+
+#[test]
+fn terminating_endpoints_are_used_only_when_no_ready_one_exists() {
+    let w = World::new().with(
+        service("web", "10.43.0.20", &[("http", TCP, 80)]),
+        vec![slice(
+            "web",
+            "web-1",
+            &[terminating(ep("10.42.1.5", "n1")), ep("10.42.2.6", "n2")],
+            &[("http", TCP, 8080)],
+        )],
+    );
+    assert_eq!(
+        w.trace(Packet::tcp("10.42.1.9", "10.43.0.20", 80)),
+        reached(&[("10.42.2.6", 8080)], false)
+    );
+    let only_terminating = World::new().with(
+        service("web", "10.43.0.20", &[("http", TCP, 80)]),
+        vec![slice(
+            "web",
+            "web-1",
+            &[terminating(ep("10.42.1.5", "n1"))],
+            &[("http", TCP, 8080)],
+        )],
+    );
+    assert_eq!(
+        only_terminating.trace(Packet::tcp("10.42.1.9", "10.43.0.20", 80)),
+        reached(&[("10.42.1.5", 8080)], false)
+    );
+}
+
+#[test]
+fn named_target_ports_are_resolved_per_endpoint() {
+    let w = World::new().with(
+        service("web", "10.43.0.20", &[("http", TCP, 80)]),
+        vec![
+            slice(
+                "web",
+                "web-1",
+                &[ep("10.42.1.5", "n1")],
+                &[("http", TCP, 8080)],
+            ),
+            slice(
+                "web",
+                "web-2",
+                &[ep("10.42.2.6", "n2")],
+                &[("http", TCP, 9090)],
+            ),
+        ],
+    );
+    assert_eq!(
+        w.trace(Packet::tcp("10.42.1.9", "10.43.0.20", 80)),
+        reached(&[("10.42.1.5", 8080), ("10.42.2.6", 9090)], false)
+    );
+}
+
+#[test]
+fn a_pod_reaching_itself_through_its_service_is_masqueraded() {
+    let w = web();
+    let fates = w.trace(Packet::tcp("10.42.1.5", "10.43.0.20", 80));
+    assert!(fates.contains(&Fate::Endpoint {
+        addr: ip("10.42.1.5"),
+        port: 8080,
+        masquerade: true
+    }));
+    assert!(fates.contains(&Fate::Endpoint {
+        addr: ip("10.42.2.6"),
+        port: 8080,
+        masquerade: false
+    }));
+}
+
+#[test]
+fn no_endpoints_rejects_a_wrong_port_rejects_and_an_unallocated_address_drops() {
+    let w = World::new()
+        .with(
+            service("empty", "10.43.0.30", &[("", TCP, 80), ("dns", UDP, 53)]),
+            vec![],
+        )
+        .with(
+            service("web", "10.43.0.20", &[("http", TCP, 80)]),
+            web().snapshot.endpoint_slices.into_values().collect(),
+        );
+    assert_eq!(
+        w.trace(Packet::tcp("10.42.1.9", "10.43.0.30", 80)),
+        [Fate::Rejected(RejectKind::TcpReset)].into()
+    );
+    assert_eq!(
+        w.trace(Packet::udp("10.42.1.9", "10.43.0.30", 53)),
+        [Fate::Rejected(RejectKind::PortUnreachable)].into()
+    );
+    assert_eq!(
+        w.trace(Packet::tcp("10.42.1.9", "10.43.0.20", 81)),
+        [Fate::Rejected(RejectKind::TcpReset)].into(),
+        "a live ClusterIP on a port it does not serve"
+    );
+    assert_eq!(
+        w.trace(Packet::tcp("10.42.1.9", "10.43.7.7", 80)),
+        [Fate::Dropped].into()
+    );
+    assert_eq!(
+        w.trace(Packet::tcp("10.42.1.9", "10.43.0.10", 53)),
+        [Fate::Passed { masquerade: false }].into(),
+        "the DNS address is exempt"
+    );
+}
+
+#[test]
+fn headless_and_external_name_services_get_no_rules() {
+    let mut headless = service("db", "10.43.0.40", &[("", TCP, 5432)]);
+    headless.headless = true;
+    headless.cluster_ips.clear();
+    let mut alias = service("alias", "10.43.0.41", &[("", TCP, 80)]);
+    alias.service_type = ServiceType::ExternalName;
+    let w = World::new().with(headless, vec![]).with(alias, vec![]);
+    let map = crate::service_map(&w.snapshot, &ctx());
+    assert!(map.ports.is_empty(), "{:?}", map.ports);
+    assert!(map.problems.is_empty());
+}
+
+#[test]
+fn a_dual_stack_service_gets_rules_per_family() {
+    let w = World::new().with(
+        service("web", "10.43.0.20,fd43::20", &[("http", TCP, 80)]),
+        vec![
+            slice(
+                "web",
+                "web-4",
+                &[ep("10.42.1.5", "n1")],
+                &[("http", TCP, 8080)],
+            ),
+            slice(
+                "web",
+                "web-6",
+                &[ep("fd42::1:5", "n1")],
+                &[("http", TCP, 8080)],
+            ),
+        ],
+    );
+    assert_eq!(
+        w.trace(Packet::tcp("fd42::1:9", "fd43::20", 80)),
+        reached(&[("fd42::1:5", 8080)], false)
+    );
+    assert_eq!(
+        w.trace(Packet::tcp("10.42.1.9", "10.43.0.20", 80)),
+        reached(&[("10.42.1.5", 8080)], false)
+    );
+}
+
+#[test]
+fn topology_hints_narrow_the_cluster_set_when_every_endpoint_has_them() {
+    let hinted = |e: Ep, zone: &str| Ep {
+        hints: Some(Hints {
+            for_zones: vec![zone.into()],
+            for_nodes: vec![],
+        }),
+        ..e
+    };
+    let w = World::new().with(
+        service("web", "10.43.0.20", &[("http", TCP, 80)]),
+        vec![slice(
+            "web",
+            "web-1",
+            &[
+                hinted(ep("10.42.1.5", "n1"), "z1"),
+                hinted(ep("10.42.2.6", "n2"), "z2"),
+            ],
+            &[("http", TCP, 8080)],
+        )],
+    );
+    assert_eq!(
+        w.trace(Packet::tcp("10.42.1.9", "10.43.0.20", 80)),
+        reached(&[("10.42.1.5", 8080)], false)
+    );
+    // One endpoint without hints: hints are ignored.
+    let partial = World::new().with(
+        service("web", "10.43.0.20", &[("http", TCP, 80)]),
+        vec![slice(
+            "web",
+            "web-1",
+            &[hinted(ep("10.42.1.5", "n1"), "z1"), ep("10.42.2.6", "n2")],
+            &[("http", TCP, 8080)],
+        )],
+    );
+    assert_eq!(
+        partial.trace(Packet::tcp("10.42.1.9", "10.43.0.20", 80)),
+        reached(&[("10.42.1.5", 8080), ("10.42.2.6", 8080)], false)
+    );
+}
+
+#[test]
+fn client_ip_affinity_records_and_follows_the_client() {
+    let mut w = web();
+    w.snapshot
+        .services
+        .get_mut(&ObjectKey::new("default", "web"))
+        .unwrap()
+        .session_affinity = SessionAffinity::ClientIp {
+        timeout: Duration::from_secs(600),
+    };
+    let script = {
+        let mut state = ProxyState::new(ctx());
+        state.plan(&w.snapshot, &ctx(), true).transaction().script()
+    };
+    assert!(
+        script.contains("flags dynamic,timeout; timeout 10m;"),
+        "{script}"
+    );
+    assert!(script.contains("update @aff_"), "{script}");
+    assert!(script.contains("ip saddr @aff_"), "{script}");
+}
+
+#[test]
+fn a_value_skein_cannot_read_is_reported_and_the_service_left_out() {
+    let mut bad = service("bad", "10.43.0.50", &[("", TCP, 80)]);
+    bad.problems = vec!["spec.externalIPs[0] \"nope\" is not an IP address".into()];
+    let w = web().with(bad, vec![]);
+    let map = crate::service_map(&w.snapshot, &ctx());
+    assert_eq!(map.problems.len(), 1);
+    assert_eq!(map.problems[0].service.to_string(), "default/bad");
+    assert!(map.problems[0].reason.contains("spec.externalIPs[0]"));
+    assert!(map.ports.iter().any(|p| p.service.name == "web"));
+}
+
+#[test]
+fn two_services_claiming_one_external_ip_and_port_are_reported_and_the_first_kept() {
+    let mut a = service("a", "10.43.0.60", &[("", TCP, 80)]);
+    a.external_ips = vec![ip("203.0.113.9")];
+    let mut b = service("b", "10.43.0.61", &[("", TCP, 80)]);
+    b.external_ips = vec![ip("203.0.113.9")];
+    let eps = |s: &str| vec![slice(s, s, &[ep("10.42.1.5", "n1")], &[("", TCP, 80)])];
+    let w = World::new().with(a, eps("a")).with(b, eps("b"));
+    let mut state = ProxyState::new(ctx());
+    state.plan(&w.snapshot, &ctx(), true);
+    let problems = state.computation().problems;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].service.to_string(), "default/b");
+    assert!(problems[0].reason.contains("203.0.113.9"), "{problems:?}");
+    assert!(problems[0].reason.contains("default/a"), "{problems:?}");
+}
+
+#[test]
+fn a_second_plan_with_nothing_changed_is_empty() {
+    let w = web();
+    let mut state = ProxyState::new(ctx());
+    let first = state.plan(&w.snapshot, &ctx(), true);
+    assert!(first.changed > 0);
+    let again = state.plan(&w.snapshot, &ctx(), false);
+    assert!(again.is_empty(), "{again:?}");
+    let full = state.plan(&w.snapshot, &ctx(), true);
+    assert!(
+        full.is_empty(),
+        "a full plan against a true mirror: {full:?}"
+    );
+}
+
+#[test]
+fn one_endpoint_change_touches_only_its_service() {
+    let other = service("other", "10.43.0.70", &[("", TCP, 80)]);
+    let w = web().with(
+        other,
+        vec![slice(
+            "other",
+            "other",
+            &[ep("10.42.1.7", "n1")],
+            &[("", TCP, 80)],
+        )],
+    );
+    let mut state = ProxyState::new(ctx());
+    state.plan(&w.snapshot, &ctx(), true);
+    let mut next = w.snapshot.clone();
+    next.endpoint_slices
+        .get_mut(&ObjectKey::new("default", "web-1"))
+        .unwrap()
+        .endpoints
+        .pop();
+    let plan = state.plan(&next, &ctx(), false);
+    let script = plan.transaction().script();
+    assert!(!script.contains("other"), "{script}");
+    // The web Service chain is rewritten for one endpoint, and the gone endpoint's chain is
+    // flushed now and deleted later.
+    assert!(script.contains("flush chain inet skein svc_"), "{script}");
+    assert!(script.contains("flush chain inet skein ep_"), "{script}");
+    assert_eq!(plan.delete_later.len(), 1, "{:?}", plan.delete_later);
+    let deletions = state.deletions(&plan.delete_later).script();
+    assert!(
+        deletions.starts_with("delete chain inet skein ep_"),
+        "{deletions}"
+    );
+}
+
+#[test]
+fn a_service_without_endpoints_moves_from_the_dispatch_map_to_the_reject_map() {
+    let w = web();
+    let mut state = ProxyState::new(ctx());
+    state.plan(&w.snapshot, &ctx(), true);
+    let mut next = w.snapshot.clone();
+    next.endpoint_slices.clear();
+    let script = state.plan(&next, &ctx(), false).transaction().script();
+    assert!(
+        script
+            .contains("delete element inet skein service_ips { 10.43.0.20 . tcp . 80 : goto svc_"),
+        "{script}"
+    );
+    assert!(
+        script.contains(
+            "add element inet skein no_endpoint_ips { 10.43.0.20 . tcp . 80 : goto proxy_reject }"
+        ),
+        "{script}"
+    );
+}
+
+#[test]
+fn chains_land_before_the_dispatch_entries_that_reach_them() {
+    let w = web();
+    let mut state = ProxyState::new(ctx());
+    let tx = state.plan(&w.snapshot, &ctx(), true).transaction();
+    let first_element = tx
+        .ops
+        .iter()
+        .position(|op| matches!(op, Op::AddElements { set, .. } if set == "service_ips"))
+        .expect("a dispatch entry");
+    let last_rule = tx
+        .ops
+        .iter()
+        .rposition(|op| matches!(op, Op::AddRule { .. }))
+        .expect("rules");
+    assert!(last_rule < first_element, "{}", tx.script());
+}
+
+#[test]
+fn big_plans_are_cut_into_bounded_transactions_at_group_boundaries() {
+    let mut w = World::new();
+    for i in 0..300u16 {
+        let name = format!("s{i}");
+        let mut s = service(&name, &format!("10.43.1.{}", i % 250), &[("", TCP, 80 + i)]);
+        s.cluster_ips = vec![ip(&format!("10.43.{}.{}", 1 + i / 250, i % 250))];
+        w = w.with(
+            s,
+            vec![slice(
+                Box::leak(name.clone().into_boxed_str()),
+                &name,
+                &[ep("10.42.1.5", "n1")],
+                &[("", TCP, 80)],
+            )],
+        );
+    }
+    let mut state = ProxyState::new(ctx());
+    let plan = state.plan(&w.snapshot, &ctx(), true);
+    let txs = plan.transactions(500);
+    assert!(txs.len() > 2, "{}", txs.len());
+    let total: usize = txs.iter().map(|t| t.ops.len()).sum();
+    assert_eq!(total, plan.transaction().ops.len());
+    // A flushed chain is refilled in the same transaction.
+    for tx in &txs {
+        let flushed: Vec<&String> = tx
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::FlushChain(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        for other in txs.iter().filter(|t| !std::ptr::eq(*t, tx)) {
+            assert!(
+                !other
+                    .ops
+                    .iter()
+                    .any(|op| matches!(op, Op::AddRule { chain, .. } if flushed.contains(&chain)))
+            );
+        }
+    }
+}
+
+#[test]
+fn the_tracer_refuses_a_rule_shape_it_does_not_know() {
+    let mut f = static_fragment(&ctx());
+    f.chains[0].rules.insert(
+        0,
+        skein_nft::Rule::new(Vec::new(), skein_nft::Action::MssClampToRouteMtu),
+    );
+    let tracer = Tracer::new(&[&f], vec![]);
+    let err = tracer
+        .trace(&Packet::tcp("10.42.1.9", "10.43.0.20", 80))
+        .expect_err("unknown shape");
+    assert!(err.to_string().contains("does not know"), "{err}");
+}
