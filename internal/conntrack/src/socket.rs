@@ -1,0 +1,190 @@
+//! The blocking NETLINK_NETFILTER socket: one request at a time, its answers told apart from
+//! leftovers of an earlier exchange by sequence number.
+
+use std::io;
+
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+
+use crate::error::NetlinkError;
+use crate::message::{
+    Header, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
+    NLMSG_NOOP, NLMSG_OVERRUN, done_code, error_payload, messages, request,
+};
+
+/// The kernel never builds a dump datagram above 32 KiB (it sizes them after the reader's
+/// buffer, capped there); twice that leaves room and still detects a cut one.
+const RECV_BUFFER: usize = 64 * 1024;
+/// A larger socket buffer than the default, so a dump of a big table needs fewer wake-ups.
+const SOCKET_RCVBUF: i32 = 1 << 20;
+/// `MSG_TRUNC`: `recv` returns the datagram's real length even when the buffer was smaller.
+const MSG_TRUNC: i32 = 0x20;
+/// `EINTR`: a dump the kernel gave up on because the table changed under it.
+const EINTR: i32 = 4;
+
+#[derive(Debug)]
+pub(crate) struct Transport {
+    socket: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+/// How a dump ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Dumped {
+    Complete,
+    /// The kernel flagged it (or ended it) as interrupted: ask again.
+    Interrupted,
+}
+
+impl Transport {
+    /// A socket in the calling thread's network namespace.
+    pub(crate) fn open() -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_NETFILTER)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        // Refusals carry the kernel's reason, and acknowledgements do not echo the request.
+        socket.set_ext_ack(true)?;
+        socket.set_cap_ack(true)?;
+        // Best effort: without it dumps are only slower.
+        let _ = socket.set_rx_buf_sz(SOCKET_RCVBUF);
+        Ok(Self {
+            socket,
+            // Any start works; the time keeps two sockets' numbers apart in traces.
+            seq: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as u32)
+                .unwrap_or(1),
+            buf: Vec::with_capacity(RECV_BUFFER),
+        })
+    }
+
+    fn send(&mut self, kind: u16, flags: u16, family: u8, attrs: &[u8]) -> io::Result<u32> {
+        self.seq = self.seq.wrapping_add(1);
+        let msg = request(kind, flags, self.seq, family, attrs);
+        self.socket.send(&msg, 0)?;
+        Ok(self.seq)
+    }
+
+    /// Reads one datagram into `self.buf`.
+    fn recv(&mut self) -> Result<(), NetlinkError> {
+        loop {
+            self.buf.clear();
+            self.buf.reserve(RECV_BUFFER);
+            let capacity = self.buf.capacity();
+            match self.socket.recv(&mut self.buf, MSG_TRUNC) {
+                Ok(n) if n > capacity => {
+                    return Err(NetlinkError::Malformed(format!(
+                        "a datagram of {n} bytes was cut to {capacity}"
+                    )));
+                }
+                Ok(_) => return Ok(()),
+                // A signal, not the kernel: read again.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Dumps `kind` for `family`, handing each data message (header, payload) to `visit`.
+    pub(crate) fn dump(
+        &mut self,
+        kind: u16,
+        family: u8,
+        visit: &mut dyn FnMut(&Header, &[u8]) -> Result<(), NetlinkError>,
+    ) -> Result<Dumped, NetlinkError> {
+        let seq = self.send(kind, NLM_F_REQUEST | NLM_F_DUMP, family, &[])?;
+        let mut dump = DumpReader::new(seq);
+        loop {
+            self.recv()?;
+            if let Some(dumped) = dump.feed(&self.buf, visit)? {
+                return Ok(dumped);
+            }
+        }
+    }
+
+    /// Sends one request that wants only an acknowledgement, and waits for it.
+    pub(crate) fn call(&mut self, kind: u16, family: u8, attrs: &[u8]) -> Result<(), NetlinkError> {
+        let seq = self.send(kind, NLM_F_REQUEST | NLM_F_ACK, family, attrs)?;
+        loop {
+            self.recv()?;
+            for message in messages(&self.buf) {
+                let (header, payload) = message?;
+                if header.seq == seq && header.kind == NLMSG_ERROR {
+                    return error_payload(&header, payload);
+                }
+            }
+        }
+    }
+}
+
+/// Follows one dump through the datagrams that carry it.
+#[derive(Debug)]
+pub(crate) struct DumpReader {
+    seq: u32,
+    interrupted: bool,
+}
+
+impl DumpReader {
+    pub(crate) fn new(seq: u32) -> Self {
+        Self {
+            seq,
+            interrupted: false,
+        }
+    }
+
+    /// Reads one datagram: `Some` once the dump has ended. Messages of another sequence
+    /// number (left over from an exchange cut short) are skipped.
+    pub(crate) fn feed(
+        &mut self,
+        datagram: &[u8],
+        visit: &mut dyn FnMut(&Header, &[u8]) -> Result<(), NetlinkError>,
+    ) -> Result<Option<Dumped>, NetlinkError> {
+        for message in messages(datagram) {
+            let (header, payload) = message?;
+            if header.seq != self.seq {
+                continue;
+            }
+            if header.flags & NLM_F_DUMP_INTR != 0 {
+                self.interrupted = true;
+            }
+            match header.kind {
+                NLMSG_NOOP => {}
+                NLMSG_DONE => match done_code(payload) {
+                    0 => return Ok(Some(self.outcome())),
+                    code if code == -EINTR => return Ok(Some(Dumped::Interrupted)),
+                    code => {
+                        return Err(NetlinkError::Kernel {
+                            errno: code.saturating_neg(),
+                            message: None,
+                        });
+                    }
+                },
+                // An error ends a dump: no NLMSG_DONE follows.
+                NLMSG_ERROR => {
+                    return match error_payload(&header, payload) {
+                        Ok(()) => Ok(Some(self.outcome())),
+                        Err(NetlinkError::Kernel { errno: EINTR, .. }) => {
+                            Ok(Some(Dumped::Interrupted))
+                        }
+                        Err(e) => Err(e),
+                    };
+                }
+                NLMSG_OVERRUN => {
+                    return Err(NetlinkError::Malformed(
+                        "the kernel reported an overrun".into(),
+                    ));
+                }
+                _ => visit(&header, payload)?,
+            }
+        }
+        Ok(None)
+    }
+
+    fn outcome(&self) -> Dumped {
+        if self.interrupted {
+            Dumped::Interrupted
+        } else {
+            Dumped::Complete
+        }
+    }
+}
