@@ -21,6 +21,9 @@ const MSG_TRUNC: i32 = 0x20;
 /// `EINTR`: a dump the kernel gave up on because the table changed under it.
 const EINTR: i32 = 4;
 
+/// What a dump hands each of its data messages to: the header and the payload after it.
+pub(crate) type Visit<'a> = dyn FnMut(&Header, &[u8]) -> Result<(), NetlinkError> + 'a;
+
 #[derive(Debug)]
 pub(crate) struct Transport {
     socket: Socket,
@@ -90,7 +93,7 @@ impl Transport {
         &mut self,
         kind: u16,
         family: u8,
-        visit: &mut dyn FnMut(&Header, &[u8]) -> Result<(), NetlinkError>,
+        visit: &mut Visit<'_>,
     ) -> Result<Dumped, NetlinkError> {
         let seq = self.send(kind, NLM_F_REQUEST | NLM_F_DUMP, family, &[])?;
         let mut dump = DumpReader::new(seq);
@@ -137,7 +140,7 @@ impl DumpReader {
     pub(crate) fn feed(
         &mut self,
         datagram: &[u8],
-        visit: &mut dyn FnMut(&Header, &[u8]) -> Result<(), NetlinkError>,
+        visit: &mut Visit<'_>,
     ) -> Result<Option<Dumped>, NetlinkError> {
         for message in messages(datagram) {
             let (header, payload) = message?;

@@ -15,7 +15,7 @@ fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
     let mut out = ((4 + payload.len()) as u16).to_ne_bytes().to_vec();
     out.extend_from_slice(&kind.to_ne_bytes());
     out.extend_from_slice(payload);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
     out
@@ -32,7 +32,7 @@ fn nlmsg(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&seq.to_ne_bytes());
     out.extend_from_slice(&4242u32.to_ne_bytes());
     out.extend_from_slice(payload);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
     out
