@@ -71,7 +71,7 @@ fn nft(script: &str) {
 
 /// Endpoints, a client and node addresses on `lo`; the Service ranges routed out of a veth
 /// (a route via `lo` would make IPv6 a reject route), so datagrams that no rule DNATs still
-/// leave an entry. The test's own table: an empty output DNAT chain, and a rule that needs
+/// leave an entry and go nowhere. The test's own table: an empty output DNAT chain, and a rule that needs
 /// conntrack, which a namespace only runs once a rule asks for it.
 fn lay_out() {
     run("ip", &["link", "set", "lo", "up"]);
@@ -95,8 +95,65 @@ fn lay_out() {
     );
     run("ip", &["link", "set", "svc0", "up"]);
     run("ip", &["link", "set", "svc1", "up"]);
-    run("ip", &["route", "add", "10.43.0.0/16", "dev", "svc0"]);
-    run("ip", &["-6", "route", "add", "fd43::/64", "dev", "svc0"]);
+    // Through a gateway with a permanent neighbour entry: no address resolution holds
+    // datagrams back (and with them the sender).
+    let mac = "02:00:00:00:00:01";
+    run(
+        "ip",
+        &[
+            "neigh",
+            "add",
+            "10.98.0.2",
+            "lladdr",
+            mac,
+            "dev",
+            "svc0",
+            "nud",
+            "permanent",
+        ],
+    );
+    run(
+        "ip",
+        &[
+            "route",
+            "add",
+            "10.43.0.0/16",
+            "via",
+            "10.98.0.2",
+            "dev",
+            "svc0",
+            "onlink",
+        ],
+    );
+    run(
+        "ip",
+        &[
+            "-6",
+            "neigh",
+            "add",
+            "fd98::2",
+            "lladdr",
+            mac,
+            "dev",
+            "svc0",
+            "nud",
+            "permanent",
+        ],
+    );
+    run(
+        "ip",
+        &[
+            "-6",
+            "route",
+            "add",
+            "fd43::/64",
+            "via",
+            "fd98::2",
+            "dev",
+            "svc0",
+            "onlink",
+        ],
+    );
     nft("table inet ct_test {
         chain out { type nat hook output priority -100; policy accept; }
         chain track { type filter hook output priority 0; policy accept; ct state new counter; }
@@ -420,5 +477,77 @@ fn nodeport_entries_from_before_the_first_endpoint_are_deleted() {
         arrives(&endpoint, &a, "a now");
         send(&b, "10.99.0.6:30053", "b now");
         arrives(&endpoint, &b, "b now");
+    });
+}
+
+/// An entry in a conntrack zone other than the default is deleted too: the delete names its
+/// zone, without which the kernel would look in zone 0. Two entries with one tuple, one per
+/// zone, make the difference visible.
+#[test]
+fn entries_in_another_zone_are_deleted() {
+    in_private_netns("conntrack in a network namespace", || {
+        let endpoint = socket("10.99.0.1:5353");
+        dnat(&["ip daddr 10.43.0.99 udp dport 53 dnat ip to 10.99.0.1:5353"]);
+        let client = socket("10.99.0.10:0");
+        send(&client, "10.43.0.99:53", "zone 0");
+        arrives(&endpoint, &client, "zone 0");
+        nft("table inet ct_test {
+            chain zone { type filter hook output priority -300; policy accept; ip daddr 10.43.0.99 ct zone set 7; }
+        }");
+        send(&client, "10.43.0.99:53", "zone 7");
+        arrives(&endpoint, &client, "zone 7");
+
+        let mut ct = Conntrack::new().expect("socket");
+        let stale = entry(&client, "10.43.0.99:53", "10.99.0.1:5353");
+        let count = |ct: &mut Conntrack| {
+            let entries = ct.udp_entries().expect("udp_entries");
+            entries.iter().filter(|e| **e == stale).count()
+        };
+        assert_eq!(count(&mut ct), 2, "one entry per zone");
+        assert_eq!(
+            ct.delete_udp_nat(sa("10.43.0.99:53"), ip("10.99.0.1"))
+                .expect("delete"),
+            2
+        );
+        assert_eq!(count(&mut ct), 0);
+    });
+}
+
+/// A table too big for one datagram is read whole, and one call deletes along many filters.
+#[test]
+fn a_large_table_is_read_whole_and_deleted_in_one_pass() {
+    const SERVICES: u16 = 3000;
+    in_private_netns("conntrack in a network namespace", || {
+        let client = socket("10.99.0.10:0");
+        let services: Vec<SocketAddr> = (1..=SERVICES)
+            .map(|port| SocketAddr::new(ip("10.43.1.1"), port))
+            .collect();
+        for service in &services {
+            client.send_to(b"x", service).expect("send");
+        }
+        let keep = socket("10.99.0.10:0");
+        send(&keep, "10.43.1.2:53", "not asked about");
+
+        let mut ct = Conntrack::new().expect("socket");
+        let entries = ct.udp_entries().expect("udp_entries");
+        let ours = |entries: &[UdpEntry]| {
+            entries
+                .iter()
+                .filter(|e| e.orig_src == client.local_addr().expect("addr"))
+                .count()
+        };
+        assert_eq!(ours(&entries), usize::from(SERVICES));
+
+        let filters: Vec<_> = services
+            .iter()
+            .map(|&dst| skein_conntrack::UdpFilter::Unnated { dst })
+            .collect();
+        assert_eq!(
+            ct.delete_udp(&filters).expect("delete"),
+            usize::from(SERVICES)
+        );
+        let entries = ct.udp_entries().expect("udp_entries");
+        assert_eq!(ours(&entries), 0);
+        assert!(entries.contains(&entry(&keep, "10.43.1.2:53", "10.43.1.2:53")));
     });
 }
