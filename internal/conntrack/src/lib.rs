@@ -9,9 +9,10 @@
 //!
 //! Each call dumps the UDP entries of the family concerned (`IPCTNL_MSG_CT_GET` with
 //! `NLM_F_DUMP`, asked again when the kernel flags the dump as interrupted), picks the matches
-//! in userspace, and deletes each by its original tuple, zone and id. Filtering in userspace
-//! works on every kernel; a dump is one pass over the table however many filters are given
-//! ([`Conntrack::delete_udp`]).
+//! in userspace, and deletes each by its original tuple, zone and id. Matching in userspace
+//! works on every kernel; the only filter the kernel is asked for is the protocol (UDP), which
+//! kernels before 5.8 ignore and this crate checks again. A dump is one pass over the table
+//! however many filters are given ([`Conntrack::delete_udp`]).
 //!
 //! Blocking code on one socket the caller keeps; the socket belongs to the network namespace
 //! of the thread that opened it.
@@ -21,6 +22,8 @@ use std::net::{IpAddr, SocketAddr};
 mod attr;
 mod error;
 mod flow;
+#[cfg(test)]
+mod kernel_tests;
 mod message;
 mod socket;
 #[cfg(test)]
@@ -32,6 +35,7 @@ pub use udp::{UdpEntry, UdpFilter};
 
 use flow::{
     Flow, IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_NEW, delete_attrs, parse_flow,
+    udp_dump_filter,
 };
 use socket::{Dumped, Transport};
 
@@ -116,19 +120,25 @@ impl Conntrack {
     /// flags as interrupted may have missed entries, so it is asked again.
     fn list_udp(&mut self, family: Family) -> Result<Vec<(Flow, UdpEntry)>, ConntrackError> {
         let fail = |source| ConntrackError::List { family, source };
+        let filter = udp_dump_filter();
         for _ in 0..DUMP_ATTEMPTS {
             let mut found = Vec::new();
             let dumped = self
                 .transport
-                .dump(IPCTNL_MSG_CT_GET, family.af(), &mut |header, payload| {
-                    if header.kind == IPCTNL_MSG_CT_NEW
-                        && let Some(flow) = parse_flow(payload)?
-                        && let Some(entry) = UdpEntry::of(&flow)
-                    {
-                        found.push((flow, entry));
-                    }
-                    Ok(())
-                })
+                .dump(
+                    IPCTNL_MSG_CT_GET,
+                    family.af(),
+                    &filter,
+                    &mut |header, payload| {
+                        if header.kind == IPCTNL_MSG_CT_NEW
+                            && let Some(flow) = parse_flow(payload)?
+                            && let Some(entry) = UdpEntry::of(&flow)
+                        {
+                            found.push((flow, entry));
+                        }
+                        Ok(())
+                    },
+                )
                 .map_err(fail)?;
             if dumped == Dumped::Complete {
                 return Ok(found);

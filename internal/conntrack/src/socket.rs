@@ -88,14 +88,16 @@ impl Transport {
         }
     }
 
-    /// Dumps `kind` for `family`, handing each data message (header, payload) to `visit`.
+    /// Dumps `kind` for `family` (`attrs`: what the kernel may filter on), handing each data
+    /// message (header, payload) to `visit`.
     pub(crate) fn dump(
         &mut self,
         kind: u16,
         family: u8,
+        attrs: &[u8],
         visit: &mut Visit<'_>,
     ) -> Result<Dumped, NetlinkError> {
-        let seq = self.send(kind, NLM_F_REQUEST | NLM_F_DUMP, family, &[])?;
+        let seq = self.send(kind, NLM_F_REQUEST | NLM_F_DUMP, family, attrs)?;
         let mut dump = DumpReader::new(seq);
         loop {
             self.recv()?;

@@ -242,6 +242,16 @@ fn the_dump_request_is_a_bare_nfgenmsg() {
 }
 
 #[test]
+fn the_dump_asks_the_kernel_for_udp_only() {
+    let want = [
+        nest(1, &[nest(2, &[nla(1, &[17])])]),
+        nest(25, &[nla(1, &(1u32 << 3).to_ne_bytes())]),
+    ]
+    .concat();
+    assert_eq!(flow::udp_dump_filter(), want);
+}
+
+#[test]
 fn a_delete_names_the_original_tuple_zone_and_id() {
     let mut flow = parse_flow(&dnat_v4()).expect("parses").expect("tuples");
     let want = [
