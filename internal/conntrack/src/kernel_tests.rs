@@ -1,11 +1,13 @@
-//! What this kernel does with the dump's protocol filter: it is honoured (no TCP entry comes
-//! back), which is the only kernel-side filtering the crate asks for. Run as root in a network
-//! namespace of the test's own; the crate's behaviour is tested in `tests/kernel.rs`.
+//! What this kernel does that the crate relies on: the dump's protocol filter is honoured (no
+//! TCP entry comes back), and a dump left half-read blocks the next one on the same socket.
+//! Run as root in a network namespace of the test's own; the crate's behaviour is tested in
+//! `tests/kernel.rs`.
 
 use std::process::{Command, Stdio};
 
 use skein_lab::skip::{require, require_root};
 
+use crate::error::NetlinkError;
 use crate::flow::{IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_NEW, parse_flow, udp_dump_filter};
 use crate::socket::{Dumped, Transport};
 
@@ -49,8 +51,8 @@ fn dumped_protocols(transport: &mut Transport, attrs: &[u8]) -> Vec<u8> {
     protos
 }
 
-#[test]
-fn the_kernel_honours_the_udp_only_dump_filter() {
+/// Runs `body` on a thread in a fresh network namespace that tracks connections.
+fn in_private_netns(body: impl FnOnce() + Send + 'static) {
     if !require_root("conntrack in a network namespace") {
         return;
     }
@@ -72,6 +74,16 @@ fn the_kernel_honours_the_udp_only_dump_filter() {
                 chain track { type filter hook output priority 0; policy accept; ct state new counter; }
             }",
         );
+        body();
+    });
+    if let Err(panic) = thread.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[test]
+fn the_kernel_honours_the_udp_only_dump_filter() {
+    in_private_netns(|| {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
         let _tcp =
             std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
@@ -83,7 +95,30 @@ fn the_kernel_honours_the_udp_only_dump_filter() {
         assert_eq!(dumped_protocols(&mut transport, &[]), [6, 17]);
         assert_eq!(dumped_protocols(&mut transport, &udp_dump_filter()), [17]);
     });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
+}
+
+#[test]
+fn a_half_read_dump_is_left_behind_with_its_socket() {
+    in_private_netns(|| {
+        // Enough entries for a dump of several datagrams.
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        for port in 1..=1000 {
+            udp.send_to(b"x", ("127.0.0.2", port)).expect("send");
+        }
+        let mut transport = Transport::open().expect("socket");
+        assert_eq!(dumped_protocols(&mut transport, &[]).len(), 1000);
+
+        // The control: on the same socket the kernel refuses a second dump (EBUSY).
+        transport.abandon_a_dump(IPCTNL_MSG_CT_GET, 2, true);
+        let refused = transport.dump(IPCTNL_MSG_CT_GET, 2, &[], &mut |_, _| Ok(()));
+        assert!(
+            matches!(refused, Err(NetlinkError::Kernel { errno: 16, .. })),
+            "{refused:?}"
+        );
+
+        // Known to be out of step, the socket is replaced and the next dump is whole.
+        let mut transport = Transport::open().expect("socket");
+        transport.abandon_a_dump(IPCTNL_MSG_CT_GET, 2, false);
+        assert_eq!(dumped_protocols(&mut transport, &[]).len(), 1000);
+    });
 }

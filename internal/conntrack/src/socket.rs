@@ -29,6 +29,10 @@ pub(crate) struct Transport {
     socket: Socket,
     seq: u32,
     buf: Vec<u8>,
+    /// False while a request's answer has not been read to its end. A dump left half-read
+    /// stays open in the kernel, which then refuses the next one (EBUSY), so a socket found out
+    /// of step is replaced before the next request.
+    in_step: bool,
 }
 
 /// How a dump ended.
@@ -39,32 +43,40 @@ pub(crate) enum Dumped {
     Interrupted,
 }
 
+fn open_socket() -> io::Result<Socket> {
+    let mut socket = Socket::new(NETLINK_NETFILTER)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    // Refusals carry the kernel's reason, and acknowledgements do not echo the request.
+    socket.set_ext_ack(true)?;
+    socket.set_cap_ack(true)?;
+    // Best effort: without it dumps are only slower.
+    let _ = socket.set_rx_buf_sz(SOCKET_RCVBUF);
+    Ok(socket)
+}
+
 impl Transport {
     /// A socket in the calling thread's network namespace.
     pub(crate) fn open() -> io::Result<Self> {
-        let mut socket = Socket::new(NETLINK_NETFILTER)?;
-        socket.bind_auto()?;
-        socket.connect(&SocketAddr::new(0, 0))?;
-        // Refusals carry the kernel's reason, and acknowledgements do not echo the request.
-        socket.set_ext_ack(true)?;
-        socket.set_cap_ack(true)?;
-        // Best effort: without it dumps are only slower.
-        let _ = socket.set_rx_buf_sz(SOCKET_RCVBUF);
         Ok(Self {
-            socket,
-            // Any start works; the time keeps two sockets' numbers apart in traces.
-            seq: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as u32)
-                .unwrap_or(1),
+            socket: open_socket()?,
+            seq: 0,
             buf: Vec::with_capacity(RECV_BUFFER),
+            in_step: true,
         })
     }
 
     fn send(&mut self, kind: u16, flags: u16, family: u8, attrs: &[u8]) -> io::Result<u32> {
+        if !self.in_step {
+            // In the calling thread's namespace, as the first one was: the daemon's threads
+            // never change namespace.
+            self.socket = open_socket()?;
+            self.in_step = true;
+        }
         self.seq = self.seq.wrapping_add(1);
         let msg = request(kind, flags, self.seq, family, attrs);
         self.socket.send(&msg, 0)?;
+        self.in_step = false;
         Ok(self.seq)
     }
 
@@ -101,10 +113,21 @@ impl Transport {
         let mut dump = DumpReader::new(seq);
         loop {
             self.recv()?;
-            if let Some(dumped) = dump.feed(&self.buf, visit)? {
-                return Ok(dumped);
+            if let Fed::Ended(outcome) = dump.feed(&self.buf, visit)? {
+                self.in_step = true;
+                return outcome;
             }
         }
+    }
+
+    /// For the tests: a dump request of which only the first datagram is read, as when a
+    /// caller's read fails midway; `forget` pretends it was read whole.
+    #[cfg(test)]
+    pub(crate) fn abandon_a_dump(&mut self, kind: u16, family: u8, forget: bool) {
+        self.send(kind, NLM_F_REQUEST | NLM_F_DUMP, family, &[])
+            .expect("send");
+        self.recv().expect("recv");
+        self.in_step = forget;
     }
 
     /// Sends one request that wants only an acknowledgement, and waits for it.
@@ -115,6 +138,7 @@ impl Transport {
             for message in messages(&self.buf) {
                 let (header, payload) = message?;
                 if header.seq == seq && header.kind == NLMSG_ERROR {
+                    self.in_step = true;
                     return error_payload(&header, payload);
                 }
             }
@@ -122,11 +146,22 @@ impl Transport {
     }
 }
 
+/// What one datagram of a dump told.
+#[derive(Debug)]
+pub(crate) enum Fed {
+    /// The dump goes on in the next datagram.
+    More,
+    /// The dump has ended, well or not; nothing of it is left to read.
+    Ended(Result<Dumped, NetlinkError>),
+}
+
 /// Follows one dump through the datagrams that carry it.
 #[derive(Debug)]
 pub(crate) struct DumpReader {
     seq: u32,
     interrupted: bool,
+    /// The first entry `visit` refused: reported once the dump has been read to its end.
+    failed: Option<NetlinkError>,
 }
 
 impl DumpReader {
@@ -134,16 +169,18 @@ impl DumpReader {
         Self {
             seq,
             interrupted: false,
+            failed: None,
         }
     }
 
-    /// Reads one datagram: `Some` once the dump has ended. Messages of another sequence
-    /// number (left over from an exchange cut short) are skipped.
+    /// Reads one datagram. Messages of another sequence number (left over from an exchange
+    /// cut short) are skipped. `Err` when the datagram itself is malformed, so the dump's end
+    /// cannot be found.
     pub(crate) fn feed(
         &mut self,
         datagram: &[u8],
         visit: &mut Visit<'_>,
-    ) -> Result<Option<Dumped>, NetlinkError> {
+    ) -> Result<Fed, NetlinkError> {
         for message in messages(datagram) {
             let (header, payload) = message?;
             if header.seq != self.seq {
@@ -152,44 +189,38 @@ impl DumpReader {
             if header.flags & NLM_F_DUMP_INTR != 0 {
                 self.interrupted = true;
             }
-            match header.kind {
-                NLMSG_NOOP => {}
+            let end = match header.kind {
+                NLMSG_NOOP => continue,
                 NLMSG_DONE => match done_code(payload) {
-                    0 => return Ok(Some(self.outcome())),
-                    code if code == -EINTR => return Ok(Some(Dumped::Interrupted)),
-                    code => {
-                        return Err(NetlinkError::Kernel {
-                            errno: code.saturating_neg(),
-                            message: None,
-                        });
-                    }
+                    0 => Ok(()),
+                    code => Err(NetlinkError::Kernel {
+                        errno: code.saturating_neg(),
+                        message: None,
+                    }),
                 },
                 // An error ends a dump: no NLMSG_DONE follows.
-                NLMSG_ERROR => {
-                    return match error_payload(&header, payload) {
-                        Ok(()) => Ok(Some(self.outcome())),
-                        Err(NetlinkError::Kernel { errno: EINTR, .. }) => {
-                            Ok(Some(Dumped::Interrupted))
-                        }
-                        Err(e) => Err(e),
-                    };
-                }
+                NLMSG_ERROR => error_payload(&header, payload),
                 NLMSG_OVERRUN => {
                     return Err(NetlinkError::Malformed(
                         "the kernel reported an overrun".into(),
                     ));
                 }
-                _ => visit(&header, payload)?,
-            }
+                _ => {
+                    if self.failed.is_none()
+                        && let Err(e) = visit(&header, payload)
+                    {
+                        self.failed = Some(e);
+                    }
+                    continue;
+                }
+            };
+            return Ok(Fed::Ended(match (end, self.failed.take()) {
+                (Err(NetlinkError::Kernel { errno: EINTR, .. }), _) => Ok(Dumped::Interrupted),
+                (Err(e), _) | (Ok(()), Some(e)) => Err(e),
+                (Ok(()), None) if self.interrupted => Ok(Dumped::Interrupted),
+                (Ok(()), None) => Ok(Dumped::Complete),
+            }));
         }
-        Ok(None)
-    }
-
-    fn outcome(&self) -> Dumped {
-        if self.interrupted {
-            Dumped::Interrupted
-        } else {
-            Dumped::Complete
-        }
+        Ok(Fed::More)
     }
 }

@@ -8,7 +8,7 @@ use crate::message::{
     Header, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
     error_payload, messages, request,
 };
-use crate::socket::DumpReader;
+use crate::socket::{DumpReader, Fed};
 
 // Built by hand, not with `AttrWriter`, so the two can disagree.
 fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
@@ -341,12 +341,12 @@ fn read_dump(datagrams: &[Vec<u8>]) -> Result<(Option<socket::Dumped>, usize), N
     let mut reader = DumpReader::new(9);
     let mut seen = 0;
     for datagram in datagrams {
-        let outcome = reader.feed(datagram, &mut |_, _| {
+        let fed = reader.feed(datagram, &mut |_, payload| {
             seen += 1;
-            Ok(())
+            parse_flow(payload).map(|_| ())
         })?;
-        if outcome.is_some() {
-            return Ok((outcome, seen));
+        if let Fed::Ended(outcome) = fed {
+            return Ok((Some(outcome?), seen));
         }
     }
     Ok((None, seen))
@@ -370,6 +370,33 @@ fn a_dump_ends_at_done_and_skips_leftovers() {
 
     let (outcome, _) = read_dump(&[nlmsg(0x100, 2, 9, &dnat_v4())]).expect("reads");
     assert_eq!(outcome, None, "no end yet");
+}
+
+#[test]
+fn an_entry_that_does_not_parse_fails_the_dump_only_at_its_end() {
+    let mut bad = dnat_v4();
+    bad[4..6].copy_from_slice(&4000u16.to_ne_bytes());
+    let mut reader = DumpReader::new(9);
+    let mut visit = |_: &Header, payload: &[u8]| parse_flow(payload).map(|_| ());
+    // The rest is still read, so the socket is left with nothing of this dump.
+    let fed = reader
+        .feed(&nlmsg(0x100, 2, 9, &bad), &mut visit)
+        .expect("framing is fine");
+    assert!(matches!(fed, Fed::More), "{fed:?}");
+    let fed = reader
+        .feed(
+            &[
+                nlmsg(0x100, 2, 9, &dnat_v4()),
+                nlmsg(NLMSG_DONE, 2, 9, &0i32.to_ne_bytes()),
+            ]
+            .concat(),
+            &mut visit,
+        )
+        .expect("framing is fine");
+    assert!(
+        matches!(fed, Fed::Ended(Err(NetlinkError::Malformed(_)))),
+        "{fed:?}"
+    );
 }
 
 #[test]
