@@ -14,6 +14,9 @@
 //! kernels before 5.8 ignore and this crate checks again. A dump is one pass over the table
 //! however many filters are given ([`Conntrack::delete_udp`]).
 //!
+//! Call it once the new rules are in place: an entry made after that already follows them, and
+//! one made between the dump and the delete has a new id, so the delete leaves it alone.
+//!
 //! Blocking code on one socket the caller keeps; the socket belongs to the network namespace
 //! of the thread that opened it.
 
