@@ -745,3 +745,64 @@ fn the_tracer_refuses_a_rule_shape_it_does_not_know() {
         .expect_err("unknown shape");
     assert!(err.to_string().contains("does not know"), "{err}");
 }
+
+fn udp_world(endpoints: &[&'static str]) -> World {
+    let eps: Vec<Ep> = endpoints.iter().map(|a| ep(a, "n1")).collect();
+    let mut s = service("dns", "10.43.0.53", &[("dns", UDP, 53)]);
+    s.service_type = ServiceType::NodePort;
+    s.ports[0].node_port = Some(30053);
+    let slices = if eps.is_empty() {
+        vec![]
+    } else {
+        vec![slice("dns", "dns-1", &eps, &[("dns", UDP, 5353)])]
+    };
+    World::new().with(s, slices)
+}
+
+fn udp_of(w: &World) -> crate::stale_flows::UdpPorts {
+    let map = crate::service_map(&w.snapshot, &ctx());
+    crate::stale_flows::udp_ports(map.ports.iter())
+}
+
+#[test]
+fn a_udp_endpoint_that_leaves_has_its_flows_cleared() {
+    use crate::stale_flows::{StaleFlow, stale_flows};
+    let before = udp_of(&udp_world(&["10.42.1.5", "10.42.2.6"]));
+    let after = udp_of(&udp_world(&["10.42.2.6"]));
+    let flows = stale_flows(&before, &after);
+    assert_eq!(
+        flows,
+        [
+            StaleFlow::Nat {
+                dst: "10.43.0.53:53".parse().unwrap(),
+                endpoint: ip("10.42.1.5")
+            },
+            StaleFlow::PortNat {
+                port: 30053,
+                endpoint: ip("10.42.1.5")
+            },
+        ]
+        .into()
+    );
+    assert!(stale_flows(&after, &after).is_empty());
+}
+
+#[test]
+fn a_udp_port_that_gets_its_first_endpoint_has_its_unnated_flows_cleared() {
+    use crate::stale_flows::{StaleFlow, stale_flows};
+    let before = udp_of(&udp_world(&[]));
+    let after = udp_of(&udp_world(&["10.42.1.5"]));
+    assert_eq!(
+        stale_flows(&before, &after),
+        [
+            StaleFlow::Unnated {
+                dst: "10.43.0.53:53".parse().unwrap()
+            },
+            StaleFlow::PortUnnated { port: 30053 },
+        ]
+        .into()
+    );
+    // TCP ports are left alone: their connections end on their own.
+    let tcp = udp_of(&web());
+    assert!(tcp.is_empty());
+}
