@@ -416,7 +416,25 @@ impl ProxyState {
                 .map(|(n, s)| ((*n).to_string(), s.set.clone()))
                 .collect()
         };
+        // Sets the kernel fills (affinity): their elements are never skein's to compare; a
+        // restart keeps them, with their timeouts.
+        // (Only a full plan meets them: no fragment lists elements for them.)
+        let unmanaged: BTreeSet<&str> = if full {
+            self.static_fragment
+                .sets
+                .iter()
+                .chain(self.computed.values().flat_map(|c| c.fragment.sets.iter()))
+                .filter(|s| !s.managed)
+                .map(|s| s.set.name.as_str())
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
         for set in sets {
+            if unmanaged.contains(set.as_str()) {
+                self.mirror.dumped.remove(&set);
+                continue;
+            }
             let want = want_elements.remove(&set).unwrap_or_default();
             if let Some(dumped) = self.mirror.dumped.remove(&set) {
                 // Known only as bytes: add what is missing; if the kernel holds anything else,
