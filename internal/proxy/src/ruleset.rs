@@ -9,8 +9,10 @@
 //!   `no_endpoint_nodeports` → `proxy_reject` or drop); a live ClusterIP on a port it does not
 //!   serve is rejected; any other address of the service CIDR is dropped.
 //! - `proxy_nat_pre` / `proxy_nat_out` (nat, prerouting / output, -100) → `proxy_services`:
-//!   `service_ips` (ClusterIPs → `svc_…`, external IPs → `ext_…`) and, for the node's NodePort
-//!   addresses, `service_nodeports` (→ `ext_…`).
+//!   `service_ips` (ClusterIPs → `svc_…`, external IPs → `ext_…`); for the node's own
+//!   addresses the pods' host ports (`host_ip_ports`, `host_ports` → `hp_…`, see
+//!   [`crate::host_ports`]); and, for the node's NodePort addresses, `service_nodeports`
+//!   (→ `ext_…`).
 //! - `svc_…`: off-cluster sources marked for masquerade; ClientIP affinity (`aff_…` sets);
 //!   one endpoint drawn (`numgen random mod k` per rule, k = endpoints left, which is uniform);
 //!   `goto ep_…`.
@@ -125,7 +127,7 @@ pub fn short_hash(identity: &str) -> String {
 
 /// `prefix_hash_readable`, cut to the longest name skein generates; characters nft names
 /// cannot hold become `_`.
-fn generated_name(prefix: &str, identity: &str, readable: &str) -> String {
+pub(crate) fn generated_name(prefix: &str, identity: &str, readable: &str) -> String {
     let readable: String = readable
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
@@ -137,7 +139,7 @@ fn generated_name(prefix: &str, identity: &str, readable: &str) -> String {
 
 /// Every generated name starts with one of these; anything else in the table with such a
 /// prefix that no Service wants is stale.
-pub const GENERATED_PREFIXES: [&str; 6] = ["svc_", "ext_", "ep_", "fw_", "aff_", "src_"];
+pub const GENERATED_PREFIXES: [&str; 7] = ["svc_", "ext_", "ep_", "fw_", "aff_", "src_", "hp_"];
 
 /// The names of one Service port's objects.
 #[derive(Debug, Clone)]
@@ -199,7 +201,7 @@ impl Names {
     }
 }
 
-fn fields(ipv6: bool) -> (Field, Field) {
+pub(crate) fn fields(ipv6: bool) -> (Field, Field) {
     if ipv6 {
         (Field::Ip6Saddr, Field::Ip6Daddr)
     } else {
@@ -207,7 +209,7 @@ fn fields(ipv6: bool) -> (Field, Field) {
     }
 }
 
-fn addr_type(ipv6: bool) -> KeyType {
+pub(crate) fn addr_type(ipv6: bool) -> KeyType {
     if ipv6 {
         KeyType::Ipv6Addr
     } else {
@@ -215,7 +217,7 @@ fn addr_type(ipv6: bool) -> KeyType {
     }
 }
 
-fn marked_for_masquerade(matches: Vec<Match>) -> Rule {
+pub(crate) fn marked_for_masquerade(matches: Vec<Match>) -> Rule {
     Rule::new(matches, Action::Continue).with_statement(Statement::SetMarkBits(MASQUERADE_MARK))
 }
 
@@ -718,6 +720,10 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
                 map: set_name(SERVICE_IPS, ipv6),
             },
         ));
+        // Host ports before NodePorts: a pod's hostPort is the node's port too.
+        let (host_port_maps, host_port_rules) = crate::host_ports::dispatch(ipv6);
+        f.sets.extend(host_port_maps);
+        services.extend(host_port_rules);
         services.push(Rule::new(
             vec![on_nodeport_ip],
             Action::Vmap {
