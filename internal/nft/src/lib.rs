@@ -44,6 +44,7 @@ use skein_names::{IfName, NftComment};
 
 pub mod model;
 mod monitor;
+pub mod netlink;
 mod owned;
 pub mod render;
 #[cfg(test)]
@@ -51,6 +52,7 @@ mod tests;
 
 pub use model::*;
 pub use monitor::RulesetChanges;
+pub use netlink::{Netlink, element_bytes};
 pub use owned::{ChainSync, OwnedChain};
 pub use render::fingerprint;
 
