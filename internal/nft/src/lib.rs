@@ -47,6 +47,7 @@ mod monitor;
 pub mod netlink;
 mod owned;
 pub mod render;
+mod rule_text;
 #[cfg(test)]
 mod tests;
 

@@ -202,7 +202,7 @@ impl Netlink {
                 .filter_map(|r| SetInfo::from_payload(&r.payload))
                 .collect();
             for info in infos {
-                let elements = self.read_elements(&info)?;
+                let elements = self.stable_elements(&info)?;
                 dump.sets.insert(info.name, SetDump { elements });
             }
             if self.read_generation()? == generation {
@@ -214,7 +214,26 @@ impl Netlink {
         ))
     }
 
-    pub(crate) fn read_elements(&mut self, info: &SetInfo) -> Result<BTreeSet<Vec<u8>>, NftError> {
+    /// A set's elements, read until two reads agree: a hash set walk during the kernel's
+    /// deferred resize (right after a large insert) can skip or repeat elements, and nothing in
+    /// the dump says so.
+    pub(crate) fn stable_elements(&mut self, info: &SetInfo) -> Result<BTreeSet<Vec<u8>>, NftError> {
+        let mut last = self.read_elements(info)?;
+        for _ in 0..10 {
+            let again = self.read_elements(info)?;
+            if again == last {
+                return Ok(again);
+            }
+            last = again;
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Err(NftError::Dump(format!(
+            "the elements of set {} kept changing while they were read",
+            info.name
+        )))
+    }
+
+    fn read_elements(&mut self, info: &SetInfo) -> Result<BTreeSet<Vec<u8>>, NftError> {
         let replies = match self.channel.dump(|seq| {
             let mut m = get(NFT_MSG_GETSETELEM, NLM_F_DUMP, seq);
             m.str(NFTA_SET_ELEM_LIST_TABLE, self.table)

@@ -18,6 +18,8 @@ mod expr;
 mod io;
 mod objects;
 mod probe;
+#[cfg(test)]
+mod tests;
 mod wire;
 
 pub use objects::element_bytes;
