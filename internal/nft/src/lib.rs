@@ -75,7 +75,9 @@ pub enum NftError {
     Rejected { what: String, reason: String },
     #[error("the kernel lacks a feature skein's ruleset needs: {0}")]
     Missing(String),
-    #[error("the ruleset changed while skein wrote it (generation {expected}, now {found}); retrying with a full sync")]
+    #[error(
+        "the ruleset changed while skein wrote it (generation {expected}, now {found}); retrying with a full sync"
+    )]
     Raced { expected: u32, found: u32 },
     #[error("cannot read skein's table back from the kernel: {0}")]
     Dump(String),

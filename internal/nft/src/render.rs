@@ -38,7 +38,11 @@ impl Transaction {
                 Op::FlushSet(name) => writeln!(out, "flush set {t} {name}"),
                 Op::DeleteSet(name) => writeln!(out, "delete set {t} {name}"),
                 Op::AddElements { set, elements } => {
-                    writeln!(out, "add element {t} {set} {{ {} }}", elements_text(elements))
+                    writeln!(
+                        out,
+                        "add element {t} {set} {{ {} }}",
+                        elements_text(elements)
+                    )
                 }
                 Op::DeleteElements { set, elements } => {
                     writeln!(

@@ -143,7 +143,11 @@ fn named_bits(f: Field) -> bool {
 
 fn match_text(m: &Match, l4: Option<L4Proto>) -> String {
     match m {
-        Match::Cmp { field, op, value: v } => format!(
+        Match::Cmp {
+            field,
+            op,
+            value: v,
+        } => format!(
             "{} {}{}",
             field_in(*field, l4),
             if *op == CmpOp::Neq { "!= " } else { "" },
@@ -155,13 +159,21 @@ fn match_text(m: &Match, l4: Option<L4Proto>) -> String {
             if *negate { "!= " } else { "" }
         ),
         // `ct state new,established`, `ct state ! untracked`, `tcp flags syn`.
-        Match::AnyBits { field, bits, negate } if named_bits(*field) => format!(
+        Match::AnyBits {
+            field,
+            bits,
+            negate,
+        } if named_bits(*field) => format!(
             "{} {}{}",
             field_in(*field, l4),
             if *negate { "! " } else { "" },
             bits_text(*field, *bits)
         ),
-        Match::AnyBits { field, bits, negate } => format!(
+        Match::AnyBits {
+            field,
+            bits,
+            negate,
+        } => format!(
             "{} & {} {} {}",
             field_in(*field, l4),
             hex(*field, *bits),
@@ -199,10 +211,22 @@ fn action_text(action: &Action, l4: Option<L4Proto>) -> Option<String> {
         Action::Continue => return None,
         Action::Verdict(v) => write!(out, "{}", verdict(v)),
         Action::Vmap { key, map } => write!(out, "{} vmap @{map}", fields(key, l4)),
-        Action::Dnat { addr: V4(a), port: Some(p) } => write!(out, "dnat ip to {a}:{p}"),
-        Action::Dnat { addr: V4(a), port: None } => write!(out, "dnat ip to {a}"),
-        Action::Dnat { addr: V6(a), port: Some(p) } => write!(out, "dnat ip6 to [{a}]:{p}"),
-        Action::Dnat { addr: V6(a), port: None } => write!(out, "dnat ip6 to {a}"),
+        Action::Dnat {
+            addr: V4(a),
+            port: Some(p),
+        } => write!(out, "dnat ip to {a}:{p}"),
+        Action::Dnat {
+            addr: V4(a),
+            port: None,
+        } => write!(out, "dnat ip to {a}"),
+        Action::Dnat {
+            addr: V6(a),
+            port: Some(p),
+        } => write!(out, "dnat ip6 to [{a}]:{p}"),
+        Action::Dnat {
+            addr: V6(a),
+            port: None,
+        } => write!(out, "dnat ip6 to {a}"),
         Action::Snat { addr: V4(a) } => write!(out, "snat ip to {a}"),
         Action::Snat { addr: V6(a) } => write!(out, "snat ip6 to {a}"),
         Action::Masquerade => write!(out, "masquerade"),

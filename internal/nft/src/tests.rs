@@ -35,8 +35,14 @@ fn masquerade_rebuilds_its_chain_in_one_transaction() {
 
 #[test]
 fn through_the_overlay_marked_traffic_takes_the_gateway_address() {
-    let mut p = plan(&["10.42.1.0/24", "fd42:1::/64"], &["10.42.0.0/16", "fd42::/48"]);
-    p.overlay = Some((wg(), vec!["10.42.1.1".parse().unwrap(), "fd42:1::1".parse().unwrap()]));
+    let mut p = plan(
+        &["10.42.1.0/24", "fd42:1::/64"],
+        &["10.42.0.0/16", "fd42::/48"],
+    );
+    p.overlay = Some((
+        wg(),
+        vec!["10.42.1.1".parse().unwrap(), "fd42:1::1".parse().unwrap()],
+    ));
     let script = masquerade(&p).script();
     let rules: Vec<&str> = script
         .lines()
@@ -65,11 +71,17 @@ fn no_pod_cidr_means_only_the_marked_rule() {
 fn each_chain_is_rebuilt_without_touching_the_others() {
     for tx in [masquerade(&plan(&[], &[])), overlay_mss_clamp(&wg())] {
         assert!(
-            !tx.ops.iter().any(|op| matches!(op, Op::DeleteTable | Op::DeleteChain(_))),
+            !tx.ops
+                .iter()
+                .any(|op| matches!(op, Op::DeleteTable | Op::DeleteChain(_))),
             "{}",
             tx.script()
         );
-        let flushed: Vec<&Op> = tx.ops.iter().filter(|op| matches!(op, Op::FlushChain(_))).collect();
+        let flushed: Vec<&Op> = tx
+            .ops
+            .iter()
+            .filter(|op| matches!(op, Op::FlushChain(_)))
+            .collect();
         assert_eq!(flushed.len(), 1, "{}", tx.script());
     }
 }
@@ -160,7 +172,10 @@ fn an_owned_chain_is_applied_once_and_repaired_only_when_it_drifts() {
     let mut chain = OwnedChain::new(CHAIN_POSTROUTING, tx.clone());
     assert_eq!(chain.reconcile(&mut kernel).unwrap(), ChainSync::Applied);
     assert_eq!(chain.reconcile(&mut kernel).unwrap(), ChainSync::Unchanged);
-    assert_eq!(kernel.applies, 1, "nothing re-applied while nothing changed");
+    assert_eq!(
+        kernel.applies, 1,
+        "nothing re-applied while nothing changed"
+    );
     // `nft flush ruleset`: the chain is gone.
     kernel.chains.clear();
     assert_eq!(chain.reconcile(&mut kernel).unwrap(), ChainSync::Repaired);
@@ -179,7 +194,10 @@ fn an_owned_chain_is_applied_once_and_repaired_only_when_it_drifts() {
     // A chain already as desired (left by an earlier run) is adopted without an apply.
     let applies = kernel.applies;
     let mut adopted = OwnedChain::new(CHAIN_POSTROUTING, masquerade(&plan(&[], &[])));
-    assert_eq!(adopted.reconcile(&mut kernel).unwrap(), ChainSync::Unchanged);
+    assert_eq!(
+        adopted.reconcile(&mut kernel).unwrap(),
+        ChainSync::Unchanged
+    );
     assert_eq!(kernel.applies, applies);
 }
 
@@ -192,7 +210,10 @@ fn element_bytes_pad_concatenations_and_keep_ranges() {
     ]);
     assert_eq!(element_bytes(&s, &e), [10, 0, 0, 1, 0, 80, 0, 0]);
     s.interval = true;
-    let r = Element::key(vec![Value::Net("10.0.0.0/8".parse().unwrap()), Value::Port(80)]);
+    let r = Element::key(vec![
+        Value::Net("10.0.0.0/8".parse().unwrap()),
+        Value::Port(80),
+    ]);
     assert_eq!(
         element_bytes(&s, &r),
         [10, 0, 0, 0, 0, 80, 0, 0, 10, 255, 255, 255, 0, 80, 0, 0]
@@ -208,7 +229,10 @@ fn element_bytes_pad_concatenations_and_keep_ranges() {
     let mut map = Set::new("m", vec![KeyType::InetService]);
     map.verdicts = true;
     let m = Element::mapped(vec![Value::Port(53)], Verdict::Jump("x".into()));
-    assert_eq!(element_bytes(&map, &m), [0, 53, 0xff, 0xff, 0xff, 0xfd, b'x']);
+    assert_eq!(
+        element_bytes(&map, &m),
+        [0, 53, 0xff, 0xff, 0xff, 0xfd, b'x']
+    );
 }
 
 /// One netlink message: header, then `payload`.

@@ -8,8 +8,8 @@ use super::Netlink;
 use super::consts::*;
 use super::objects::{self, fingerprint_of};
 use super::wire::{self, Msg, be_u32, be_u64, find, nft_attrs, nft_type, string};
-use crate::model::{ChainDump, RuleDump, SetDump, TableDump};
 use crate::NftError;
+use crate::model::{ChainDump, RuleDump, SetDump, TableDump};
 
 fn get(kind: u16, flags: u16, seq: u32) -> Msg {
     Msg::new(nft_type(kind), flags, seq, NFPROTO_INET, 0)
@@ -106,7 +106,10 @@ impl Netlink {
             Err(e) => return Err(refused("listing rules", e)),
         };
         let mut out = Vec::new();
-        for r in replies.iter().filter(|r| r.kind == nft_type(NFT_MSG_NEWRULE)) {
+        for r in replies
+            .iter()
+            .filter(|r| r.kind == nft_type(NFT_MSG_NEWRULE))
+        {
             let (mut chain, mut handle, mut fingerprint) = (None, None, None);
             for (ty, v) in nft_attrs(&r.payload) {
                 match ty {
@@ -133,7 +136,8 @@ impl Netlink {
     pub(crate) fn read_chain(&mut self, name: &str) -> Result<Option<ChainDump>, NftError> {
         let seq = self.channel.next_seq();
         let mut m = get(NFT_MSG_GETCHAIN, 0, seq);
-        m.str(NFTA_CHAIN_TABLE, self.table).str(NFTA_CHAIN_NAME, name);
+        m.str(NFTA_CHAIN_TABLE, self.table)
+            .str(NFTA_CHAIN_NAME, name);
         let base = match self.channel.request(m, seq)? {
             Ok(r) => find(r.payload.get(4..).unwrap_or_default(), NFTA_CHAIN_HOOK).is_some(),
             Err(libc::ENOENT) => return Ok(None),
@@ -217,7 +221,10 @@ impl Netlink {
     /// A set's elements, read until two reads agree: a hash set walk during the kernel's
     /// deferred resize (right after a large insert) can skip or repeat elements, and nothing in
     /// the dump says so.
-    pub(crate) fn stable_elements(&mut self, info: &SetInfo) -> Result<BTreeSet<Vec<u8>>, NftError> {
+    pub(crate) fn stable_elements(
+        &mut self,
+        info: &SetInfo,
+    ) -> Result<BTreeSet<Vec<u8>>, NftError> {
         let mut last = self.read_elements(info)?;
         for _ in 0..10 {
             let again = self.read_elements(info)?;
@@ -295,7 +302,9 @@ impl RawElement {
                 .and_then(|v| find(v, NFTA_VERDICT_CODE))
                 .and_then(be_u32)
                 .map(|c| c as i32),
-            chain: verdict.and_then(|v| find(v, NFTA_VERDICT_CHAIN)).map(string),
+            chain: verdict
+                .and_then(|v| find(v, NFTA_VERDICT_CHAIN))
+                .map(string),
         }
     }
 
@@ -327,7 +336,11 @@ fn pair_ranges(mut raw: Vec<RawElement>, host_order: bool) -> BTreeSet<Vec<u8>> 
     for e in &raw {
         if e.closing {
             if let Some(start) = open.take() {
-                out.insert(objects::canonical(&start.key, Some(&e.key), start.verdict()));
+                out.insert(objects::canonical(
+                    &start.key,
+                    Some(&e.key),
+                    start.verdict(),
+                ));
             }
         } else if let Some(start) = open.replace(e) {
             out.insert(objects::canonical(

@@ -60,7 +60,9 @@ pub(crate) fn value_bytes(field: Field, value: &Value) -> Result<Vec<u8>, String
         (Field::Ip6Saddr | Field::Ip6Daddr, Value::Addr(IpAddr::V6(a))) => a.octets().to_vec(),
         (Field::L4Proto, Value::Proto(p)) => vec![p.number()],
         (Field::ThSport | Field::ThDport, Value::Port(p)) => p.to_be_bytes().to_vec(),
-        (Field::Mark | Field::CtState | Field::CtStatus, Value::Mark(m)) => m.to_ne_bytes().to_vec(),
+        (Field::Mark | Field::CtState | Field::CtStatus, Value::Mark(m)) => {
+            m.to_ne_bytes().to_vec()
+        }
         (Field::TcpFlags, Value::Mark(m)) => vec![*m as u8],
         (Field::NfProto, Value::NfProto { ipv6 }) => vec![nfproto(*ipv6)],
         (Field::IifName | Field::OifName, Value::IfName(n)) => ifname(n)?,
@@ -189,7 +191,10 @@ impl Builder<'_> {
     fn load_key(&mut self, key: &[Field]) -> Result<u32, String> {
         let total: usize = key.iter().map(|f| super::wire::align4(field_len(*f))).sum();
         if key.is_empty() || total > REGISTER_BYTES {
-            return Err(format!("a key of {} bytes does not fit the registers", total));
+            return Err(format!(
+                "a key of {} bytes does not fit the registers",
+                total
+            ));
         }
         for f in key {
             self.dependency(*f);
@@ -273,14 +278,12 @@ impl Builder<'_> {
             }
             Match::Prefix { field, net, negate } => {
                 let (addr, mask) = match (field, net) {
-                    (Field::IpSaddr | Field::IpDaddr, ipnet::IpNet::V4(n)) => (
-                        n.network().octets().to_vec(),
-                        n.netmask().octets().to_vec(),
-                    ),
-                    (Field::Ip6Saddr | Field::Ip6Daddr, ipnet::IpNet::V6(n)) => (
-                        n.network().octets().to_vec(),
-                        n.netmask().octets().to_vec(),
-                    ),
+                    (Field::IpSaddr | Field::IpDaddr, ipnet::IpNet::V4(n)) => {
+                        (n.network().octets().to_vec(), n.netmask().octets().to_vec())
+                    }
+                    (Field::Ip6Saddr | Field::Ip6Daddr, ipnet::IpNet::V6(n)) => {
+                        (n.network().octets().to_vec(), n.netmask().octets().to_vec())
+                    }
                     _ => {
                         return Err(format!(
                             "{} cannot be compared with {net}",
@@ -372,9 +375,10 @@ impl Builder<'_> {
             Action::Reject(kind) => {
                 let (ty, code) = match kind {
                     Reject::TcpReset => (NFT_REJECT_TCP_RST, 0u8),
-                    Reject::PortUnreachable => {
-                        (NFT_REJECT_ICMPX_UNREACH, NFT_REJECT_ICMPX_PORT_UNREACH as u8)
-                    }
+                    Reject::PortUnreachable => (
+                        NFT_REJECT_ICMPX_UNREACH,
+                        NFT_REJECT_ICMPX_PORT_UNREACH as u8,
+                    ),
                 };
                 self.expr("reject", |m| {
                     m.u32(NFTA_REJECT_TYPE, ty)

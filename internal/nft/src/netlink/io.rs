@@ -183,9 +183,9 @@ impl Channel {
                 }
                 seen += 1;
                 if err != 0 {
-                    let earlier = outcome.error.is_none_or(|(s, _)| {
-                        seq.wrapping_sub(first) < s.wrapping_sub(first)
-                    });
+                    let earlier = outcome
+                        .error
+                        .is_none_or(|(s, _)| seq.wrapping_sub(first) < s.wrapping_sub(first));
                     if earlier {
                         outcome.error = Some((seq, err));
                     }

@@ -121,8 +121,9 @@ impl Netlink {
         if outcome.lost {
             return Err(NftError::Rejected {
                 what: format!("a batch of {} operations", ops.len()),
-                reason: "its acknowledgements were lost (receive buffer full); the outcome is unknown"
-                    .into(),
+                reason:
+                    "its acknowledgements were lost (receive buffer full); the outcome is unknown"
+                        .into(),
             });
         }
         Ok(())
@@ -140,18 +141,18 @@ impl Netlink {
                 Op::AddSet(set) => {
                     shapes.insert(set.name.clone(), objects::Shape::of(set));
                 }
-                Op::AddElements { set, elements } | Op::DeleteElements { set, elements } => {
-                    if !shapes.contains_key(set) {
-                        let shape = match self.set_info(set)? {
-                            Some(info) => info.shape(),
-                            // The kernel will refuse the op; guess so that it gets there.
-                            None => objects::Shape {
-                                interval: false,
-                                concat: elements.first().is_some_and(|e| e.key.len() > 1),
-                            },
-                        };
-                        shapes.insert(set.clone(), shape);
-                    }
+                Op::AddElements { set, elements } | Op::DeleteElements { set, elements }
+                    if !shapes.contains_key(set) =>
+                {
+                    let shape = match self.set_info(set)? {
+                        Some(info) => info.shape(),
+                        // The kernel will refuse the op; guess so that it gets there.
+                        None => objects::Shape {
+                            interval: false,
+                            concat: elements.first().is_some_and(|e| e.key.len() > 1),
+                        },
+                    };
+                    shapes.insert(set.clone(), shape);
                 }
                 _ => {}
             }

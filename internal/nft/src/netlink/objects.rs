@@ -145,12 +145,22 @@ pub(crate) fn encode(
             m.str(NFTA_SET_TABLE, table).str(NFTA_SET_NAME, name);
             one(m)
         }
-        Op::AddElements { set, elements } => {
-            elements_messages(NFT_MSG_NEWSETELEM, table, set, elements, shape(set), &mut next)
-        }
-        Op::DeleteElements { set, elements } => {
-            elements_messages(NFT_MSG_DELSETELEM, table, set, elements, shape(set), &mut next)
-        }
+        Op::AddElements { set, elements } => elements_messages(
+            NFT_MSG_NEWSETELEM,
+            table,
+            set,
+            elements,
+            shape(set),
+            &mut next,
+        ),
+        Op::DeleteElements { set, elements } => elements_messages(
+            NFT_MSG_DELSETELEM,
+            table,
+            set,
+            elements,
+            shape(set),
+            &mut next,
+        ),
     }
 }
 
@@ -377,11 +387,20 @@ pub(crate) fn encode_element(shape: Shape, element: &Element) -> Encoded {
 pub fn element_bytes(set: &Set, element: &Element) -> Vec<u8> {
     let e = encode_element(Shape::of(set), element);
     let single_interval = set.interval && set.key.len() == 1;
-    let closing = single_interval.then(|| e.closing.clone().unwrap_or_else(|| vec![0; e.key.len()]));
-    canonical(&e.key, e.key_end.as_deref().or(closing.as_deref()), e.verdict.as_ref().map(expr::verdict_code))
+    let closing =
+        single_interval.then(|| e.closing.clone().unwrap_or_else(|| vec![0; e.key.len()]));
+    canonical(
+        &e.key,
+        e.key_end.as_deref().or(closing.as_deref()),
+        e.verdict.as_ref().map(expr::verdict_code),
+    )
 }
 
-pub(crate) fn canonical(key: &[u8], end: Option<&[u8]>, verdict: Option<(i32, Option<&str>)>) -> Vec<u8> {
+pub(crate) fn canonical(
+    key: &[u8],
+    end: Option<&[u8]>,
+    verdict: Option<(i32, Option<&str>)>,
+) -> Vec<u8> {
     let mut out = key.to_vec();
     if let Some(end) = end {
         out.extend_from_slice(end);
@@ -393,7 +412,13 @@ pub(crate) fn canonical(key: &[u8], end: Option<&[u8]>, verdict: Option<(i32, Op
     out
 }
 
-fn element_attrs(m: &mut Msg, key: &[u8], key_end: Option<&[u8]>, closing: bool, verdict: Option<&Verdict>) {
+fn element_attrs(
+    m: &mut Msg,
+    key: &[u8],
+    key_end: Option<&[u8]>,
+    closing: bool,
+    verdict: Option<&Verdict>,
+) {
     m.begin(NFTA_LIST_ELEM).data_value(NFTA_SET_ELEM_KEY, key);
     if let Some(end) = key_end {
         m.data_value(NFTA_SET_ELEM_KEY_END, end);
@@ -417,7 +442,11 @@ fn elements_messages(
     shape: Shape,
     next: &mut impl FnMut() -> u32,
 ) -> Result<Vec<Piece>, String> {
-    let flags = if kind == NFT_MSG_NEWSETELEM { NLM_F_CREATE } else { 0 };
+    let flags = if kind == NFT_MSG_NEWSETELEM {
+        NLM_F_CREATE
+    } else {
+        0
+    };
     let start = |seq| {
         let mut m = msg(kind, flags, seq);
         m.str(NFTA_SET_ELEM_LIST_TABLE, table)
@@ -444,7 +473,13 @@ fn elements_messages(
             first = i;
         }
         let e = encode_element(shape, element);
-        element_attrs(&mut m, &e.key, e.key_end.as_deref(), false, e.verdict.as_ref());
+        element_attrs(
+            &mut m,
+            &e.key,
+            e.key_end.as_deref(),
+            false,
+            e.verdict.as_ref(),
+        );
         if let Some(closing) = &e.closing {
             element_attrs(&mut m, closing, None, true, None);
         }

@@ -83,15 +83,35 @@ fn kinds() -> Vec<(&'static str, Vec<Op>)> {
                     name: "jumped".into(),
                     hook: None,
                 }),
-                base("filter", ChainType::Filter, HookPoint::Forward, priority::MANGLE),
-                base("input", ChainType::Filter, HookPoint::Input, priority::FILTER),
+                base(
+                    "filter",
+                    ChainType::Filter,
+                    HookPoint::Forward,
+                    priority::MANGLE,
+                ),
+                base(
+                    "input",
+                    ChainType::Filter,
+                    HookPoint::Input,
+                    priority::FILTER,
+                ),
             ],
         ),
         (
             "nat chains (nft_chain_nat)",
             vec![
-                base("nat_pre", ChainType::Nat, HookPoint::Prerouting, priority::DSTNAT),
-                base("nat_post", ChainType::Nat, HookPoint::Postrouting, priority::SRCNAT),
+                base(
+                    "nat_pre",
+                    ChainType::Nat,
+                    HookPoint::Prerouting,
+                    priority::DSTNAT,
+                ),
+                base(
+                    "nat_post",
+                    ChainType::Nat,
+                    HookPoint::Postrouting,
+                    priority::SRCNAT,
+                ),
             ],
         ),
         (

@@ -49,7 +49,10 @@ fn listed_rules(listing: &str) -> BTreeMap<String, (Option<String>, Vec<String>)
     let mut out: BTreeMap<String, (Option<String>, Vec<String>)> = BTreeMap::new();
     let mut chain: Option<String> = None;
     for line in listing.lines().map(str::trim) {
-        if let Some(name) = line.strip_prefix("chain ").and_then(|l| l.strip_suffix(" {")) {
+        if let Some(name) = line
+            .strip_prefix("chain ")
+            .and_then(|l| l.strip_suffix(" {"))
+        {
             chain = Some(name.to_string());
             out.entry(name.to_string()).or_default();
             continue;
@@ -77,7 +80,10 @@ fn without_counter_values(line: &str) -> String {
     let mut i = 0;
     while i < words.len() {
         out.push(words[i]);
-        if words[i] == "counter" && words.get(i + 1) == Some(&"packets") && words.get(i + 3) == Some(&"bytes") {
+        if words[i] == "counter"
+            && words.get(i + 1) == Some(&"packets")
+            && words.get(i + 3) == Some(&"bytes")
+        {
             i += 5;
         } else {
             i += 1;
@@ -144,29 +150,51 @@ fn sample_sets() -> Vec<(Set, Vec<Element>)> {
                 s.comment = Some(crate::comment("service addresses"));
             }),
             vec![
-                Element::key(vec![v4("10.43.0.10"), Value::Proto(L4Proto::Udp), Value::Port(53)]),
-                Element::key(vec![v4("10.43.0.1"), Value::Proto(L4Proto::Tcp), Value::Port(443)]),
+                Element::key(vec![
+                    v4("10.43.0.10"),
+                    Value::Proto(L4Proto::Udp),
+                    Value::Port(53),
+                ]),
+                Element::key(vec![
+                    v4("10.43.0.1"),
+                    Value::Proto(L4Proto::Tcp),
+                    Value::Port(443),
+                ]),
             ],
         ),
         (
-            set("svc_map", vec![Ipv4Addr, InetService], |s| s.verdicts = true),
+            set("svc_map", vec![Ipv4Addr, InetService], |s| {
+                s.verdicts = true
+            }),
             vec![
                 Element::mapped(vec![v4("10.43.0.10"), Value::Port(53)], jump("svc-a")),
-                Element::mapped(vec![v4("10.43.0.11"), Value::Port(80)], Verdict::Goto("svc-b".into())),
+                Element::mapped(
+                    vec![v4("10.43.0.11"), Value::Port(80)],
+                    Verdict::Goto("svc-b".into()),
+                ),
                 Element::mapped(vec![v4("10.43.0.12"), Value::Port(81)], Verdict::Drop),
                 Element::mapped(vec![v4("10.43.0.13"), Value::Port(82)], Verdict::Accept),
             ],
         ),
         (
-            set("svc6_map", vec![Ipv6Addr, InetProto, InetService], |s| s.verdicts = true),
+            set("svc6_map", vec![Ipv6Addr, InetProto, InetService], |s| {
+                s.verdicts = true
+            }),
             vec![Element::mapped(
-                vec![Value::Addr("fd43::a".parse().expect("v6")), Value::Proto(L4Proto::Tcp), Value::Port(53)],
+                vec![
+                    Value::Addr("fd43::a".parse().expect("v6")),
+                    Value::Proto(L4Proto::Tcp),
+                    Value::Port(53),
+                ],
                 jump("svc-a"),
             )],
         ),
         (
             set("ports", vec![InetService], |_| {}),
-            vec![Element::key(vec![Value::Port(80)]), Element::key(vec![Value::Port(443)])],
+            vec![
+                Element::key(vec![Value::Port(80)]),
+                Element::key(vec![Value::Port(443)]),
+            ],
         ),
         (
             set("protos", vec![InetProto], |_| {}),
@@ -187,7 +215,10 @@ fn sample_sets() -> Vec<(Set, Vec<Element>)> {
         ),
         (
             set("marks", vec![Mark], |_| {}),
-            vec![Element::key(vec![Value::Mark(0x10)]), Element::key(vec![Value::Mark(0x4000)])],
+            vec![
+                Element::key(vec![Value::Mark(0x10)]),
+                Element::key(vec![Value::Mark(0x4000)]),
+            ],
         ),
         (
             set("ranges", vec![Ipv4Addr], |s| s.interval = true),
@@ -203,10 +234,20 @@ fn sample_sets() -> Vec<(Set, Vec<Element>)> {
             vec![Element::key(vec![net("fd00::/64")])],
         ),
         (
-            set("cranges", vec![Ipv4Addr, InetProto, InetService], |s| s.interval = true),
+            set("cranges", vec![Ipv4Addr, InetProto, InetService], |s| {
+                s.interval = true
+            }),
             vec![
-                Element::key(vec![net("10.42.0.0/16"), Value::Proto(L4Proto::Tcp), Value::Port(80)]),
-                Element::key(vec![v4("10.43.0.1"), Value::Proto(L4Proto::Udp), Value::Port(53)]),
+                Element::key(vec![
+                    net("10.42.0.0/16"),
+                    Value::Proto(L4Proto::Tcp),
+                    Value::Port(80),
+                ]),
+                Element::key(vec![
+                    v4("10.43.0.1"),
+                    Value::Proto(L4Proto::Udp),
+                    Value::Port(53),
+                ]),
             ],
         ),
         (
@@ -224,37 +265,321 @@ fn sample_rules() -> Vec<(&'static str, Rule)> {
     let verdict = |v| Action::Verdict(v);
     let key3 = vec![IpDaddr, L4Proto, ThDport];
     vec![
-        ("nat_pre", Rule::new(vec![Match::InSet { key: key3.clone(), set: "svc_ips".into(), negate: false }], verdict(Verdict::Jump("svc-a".into())))
-            .with_comment(crate::comment("services"))),
-        ("nat_pre", Rule::new(vec![], Action::Vmap { key: vec![IpDaddr, ThDport], map: "svc_map".into() })),
-        ("nat_pre", Rule::new(vec![], Action::Vmap { key: vec![Ip6Daddr, L4Proto, ThDport], map: "svc6_map".into() })),
-        ("nat_pre", Rule::new(vec![tcp(), cmp(IpDaddr, v4("10.43.0.10")), cmp(ThDport, Value::Port(53))], Action::Dnat { addr: "10.42.1.5".parse().expect("v4"), port: Some(5353) })),
-        ("nat_pre", Rule::new(vec![udp()], Action::Dnat { addr: "fd42::5".parse().expect("v6"), port: Some(53) })),
-        ("svc-a", Rule::new(vec![Match::Random { modulus: 3, value: 0 }], verdict(Verdict::Jump("svc-b".into())))),
-        ("svc-a", Rule::new(vec![], Action::Dnat { addr: "10.42.1.6".parse().expect("v4"), port: None })),
-        ("svc-b", Rule::new(vec![Match::Prefix { field: IpSaddr, net: "10.42.0.0/16".parse().expect("net"), negate: true }], Action::Continue)
-            .with_statement(Statement::SetMarkBits(crate::MASQUERADE_MARK))),
+        (
+            "nat_pre",
+            Rule::new(
+                vec![Match::InSet {
+                    key: key3.clone(),
+                    set: "svc_ips".into(),
+                    negate: false,
+                }],
+                verdict(Verdict::Jump("svc-a".into())),
+            )
+            .with_comment(crate::comment("services")),
+        ),
+        (
+            "nat_pre",
+            Rule::new(
+                vec![],
+                Action::Vmap {
+                    key: vec![IpDaddr, ThDport],
+                    map: "svc_map".into(),
+                },
+            ),
+        ),
+        (
+            "nat_pre",
+            Rule::new(
+                vec![],
+                Action::Vmap {
+                    key: vec![Ip6Daddr, L4Proto, ThDport],
+                    map: "svc6_map".into(),
+                },
+            ),
+        ),
+        (
+            "nat_pre",
+            Rule::new(
+                vec![
+                    tcp(),
+                    cmp(IpDaddr, v4("10.43.0.10")),
+                    cmp(ThDport, Value::Port(53)),
+                ],
+                Action::Dnat {
+                    addr: "10.42.1.5".parse().expect("v4"),
+                    port: Some(5353),
+                },
+            ),
+        ),
+        (
+            "nat_pre",
+            Rule::new(
+                vec![udp()],
+                Action::Dnat {
+                    addr: "fd42::5".parse().expect("v6"),
+                    port: Some(53),
+                },
+            ),
+        ),
+        (
+            "svc-a",
+            Rule::new(
+                vec![Match::Random {
+                    modulus: 3,
+                    value: 0,
+                }],
+                verdict(Verdict::Jump("svc-b".into())),
+            ),
+        ),
+        (
+            "svc-a",
+            Rule::new(
+                vec![],
+                Action::Dnat {
+                    addr: "10.42.1.6".parse().expect("v4"),
+                    port: None,
+                },
+            ),
+        ),
+        (
+            "svc-b",
+            Rule::new(
+                vec![Match::Prefix {
+                    field: IpSaddr,
+                    net: "10.42.0.0/16".parse().expect("net"),
+                    negate: true,
+                }],
+                Action::Continue,
+            )
+            .with_statement(Statement::SetMarkBits(crate::MASQUERADE_MARK)),
+        ),
         ("svc-b", Rule::new(vec![], verdict(Verdict::Return))),
-        ("fw", Rule::new(vec![Match::AnyBits { field: CtState, bits: crate::CtState::NEW, negate: false }, Match::InSet { key: vec![ThDport], set: "ports".into(), negate: true }], verdict(Verdict::Drop))),
-        ("fw", Rule::new(vec![Match::AnyBits { field: CtStatus, bits: crate::CtStatus::DNAT, negate: false }], verdict(Verdict::Accept))),
-        ("fw", Rule::new(vec![cmp(FibDaddrType, Value::AddrType(AddrType::Local)), tcp(), cmp(ThDport, Value::Port(30000))], verdict(Verdict::Accept))
-            .with_statement(Statement::Counter)),
-        ("fw", Rule::new(vec![Match::AnyBits { field: Mark, bits: 0x4000, negate: true }], verdict(Verdict::Return))),
-        ("fw", Rule::new(vec![cmp(IifName, Value::IfName("eth0".into())), neq(OifName, Value::IfName("lo".into())), Match::Prefix { field: Ip6Saddr, net: "fd00::/64".parse().expect("net"), negate: false }, Match::Prefix { field: Ip6Daddr, net: "fd01::/48".parse().expect("net"), negate: true }], verdict(Verdict::Goto("svc-b".into())))),
-        ("fw", Rule::new(vec![cmp(Mark, Value::Mark(0x10)), neq(ThSport, Value::Port(53))], Action::Continue).with_statement(Statement::SetMarkBits(0x4000))),
-        ("fw", Rule::new(vec![], Action::Continue).with_statement(Statement::UpdateSet { set: "recent".into(), key: vec![IpSaddr, ThDport] })),
-        ("fw", Rule::new(vec![cmp(NfProto, Value::NfProto { ipv6: true }), Match::InSet { key: vec![IifName], set: "ifaces".into(), negate: false }], verdict(Verdict::Accept))),
-        ("fw", Rule::new(vec![Match::InSet { key: vec![IpSaddr], set: "ranges".into(), negate: false }], verdict(Verdict::Drop))),
-        ("fw", Rule::new(vec![Match::InSet { key: vec![Ip6Saddr], set: "ranges6".into(), negate: true }], verdict(Verdict::Drop))),
-        ("fw", Rule::new(vec![Match::InSet { key: key3, set: "cranges".into(), negate: false }], verdict(Verdict::Accept))),
-        ("fw", Rule::new(vec![Match::InSet { key: vec![L4Proto], set: "protos".into(), negate: false }, Match::InSet { key: vec![Mark], set: "marks".into(), negate: false }], verdict(Verdict::Accept))),
-        ("fw", Rule::new(vec![Match::Masked { field: Mark, mask: 0xff00, value: 0x100 }], verdict(Verdict::Accept))),
-        ("fw", Rule::new(vec![Match::Masked { field: TcpFlags, mask: crate::TcpFlags::SYN | crate::TcpFlags::RST, value: crate::TcpFlags::SYN }], Action::Continue).with_statement(Statement::Counter)),
-        ("fw", Rule::new(vec![Match::AnyBits { field: CtState, bits: crate::CtState::ESTABLISHED | crate::CtState::RELATED, negate: false }], verdict(Verdict::Accept))),
-        ("fw", Rule::new(vec![Match::AnyBits { field: CtState, bits: crate::CtState::UNTRACKED, negate: true }, cmp(IpSaddr, v4("10.1.2.3")), cmp(Ip6Daddr, Value::Addr("fd00::1".parse().expect("v6")))], Action::Continue)),
-        ("inp", Rule::new(vec![tcp(), cmp(ThDport, Value::Port(31000))], Action::Reject(Reject::TcpReset))),
-        ("inp", Rule::new(vec![cmp(ThDport, Value::Port(31001))], Action::Reject(Reject::PortUnreachable))),
-        ("raw_out", Rule::new(vec![cmp(IpDaddr, v4("10.43.0.10")), udp(), cmp(ThDport, Value::Port(53))], Action::Notrack)),
+        (
+            "fw",
+            Rule::new(
+                vec![
+                    Match::AnyBits {
+                        field: CtState,
+                        bits: crate::CtState::NEW,
+                        negate: false,
+                    },
+                    Match::InSet {
+                        key: vec![ThDport],
+                        set: "ports".into(),
+                        negate: true,
+                    },
+                ],
+                verdict(Verdict::Drop),
+            ),
+        ),
+        (
+            "fw",
+            Rule::new(
+                vec![Match::AnyBits {
+                    field: CtStatus,
+                    bits: crate::CtStatus::DNAT,
+                    negate: false,
+                }],
+                verdict(Verdict::Accept),
+            ),
+        ),
+        (
+            "fw",
+            Rule::new(
+                vec![
+                    cmp(FibDaddrType, Value::AddrType(AddrType::Local)),
+                    tcp(),
+                    cmp(ThDport, Value::Port(30000)),
+                ],
+                verdict(Verdict::Accept),
+            )
+            .with_statement(Statement::Counter),
+        ),
+        (
+            "fw",
+            Rule::new(
+                vec![Match::AnyBits {
+                    field: Mark,
+                    bits: 0x4000,
+                    negate: true,
+                }],
+                verdict(Verdict::Return),
+            ),
+        ),
+        (
+            "fw",
+            Rule::new(
+                vec![
+                    cmp(IifName, Value::IfName("eth0".into())),
+                    neq(OifName, Value::IfName("lo".into())),
+                    Match::Prefix {
+                        field: Ip6Saddr,
+                        net: "fd00::/64".parse().expect("net"),
+                        negate: false,
+                    },
+                    Match::Prefix {
+                        field: Ip6Daddr,
+                        net: "fd01::/48".parse().expect("net"),
+                        negate: true,
+                    },
+                ],
+                verdict(Verdict::Goto("svc-b".into())),
+            ),
+        ),
+        (
+            "fw",
+            Rule::new(
+                vec![cmp(Mark, Value::Mark(0x10)), neq(ThSport, Value::Port(53))],
+                Action::Continue,
+            )
+            .with_statement(Statement::SetMarkBits(0x4000)),
+        ),
+        (
+            "fw",
+            Rule::new(vec![], Action::Continue).with_statement(Statement::UpdateSet {
+                set: "recent".into(),
+                key: vec![IpSaddr, ThDport],
+            }),
+        ),
+        (
+            "fw",
+            Rule::new(
+                vec![
+                    cmp(NfProto, Value::NfProto { ipv6: true }),
+                    Match::InSet {
+                        key: vec![IifName],
+                        set: "ifaces".into(),
+                        negate: false,
+                    },
+                ],
+                verdict(Verdict::Accept),
+            ),
+        ),
+        (
+            "fw",
+            Rule::new(
+                vec![Match::InSet {
+                    key: vec![IpSaddr],
+                    set: "ranges".into(),
+                    negate: false,
+                }],
+                verdict(Verdict::Drop),
+            ),
+        ),
+        (
+            "fw",
+            Rule::new(
+                vec![Match::InSet {
+                    key: vec![Ip6Saddr],
+                    set: "ranges6".into(),
+                    negate: true,
+                }],
+                verdict(Verdict::Drop),
+            ),
+        ),
+        (
+            "fw",
+            Rule::new(
+                vec![Match::InSet {
+                    key: key3,
+                    set: "cranges".into(),
+                    negate: false,
+                }],
+                verdict(Verdict::Accept),
+            ),
+        ),
+        (
+            "fw",
+            Rule::new(
+                vec![
+                    Match::InSet {
+                        key: vec![L4Proto],
+                        set: "protos".into(),
+                        negate: false,
+                    },
+                    Match::InSet {
+                        key: vec![Mark],
+                        set: "marks".into(),
+                        negate: false,
+                    },
+                ],
+                verdict(Verdict::Accept),
+            ),
+        ),
+        (
+            "fw",
+            Rule::new(
+                vec![Match::Masked {
+                    field: Mark,
+                    mask: 0xff00,
+                    value: 0x100,
+                }],
+                verdict(Verdict::Accept),
+            ),
+        ),
+        (
+            "fw",
+            Rule::new(
+                vec![Match::Masked {
+                    field: TcpFlags,
+                    mask: crate::TcpFlags::SYN | crate::TcpFlags::RST,
+                    value: crate::TcpFlags::SYN,
+                }],
+                Action::Continue,
+            )
+            .with_statement(Statement::Counter),
+        ),
+        (
+            "fw",
+            Rule::new(
+                vec![Match::AnyBits {
+                    field: CtState,
+                    bits: crate::CtState::ESTABLISHED | crate::CtState::RELATED,
+                    negate: false,
+                }],
+                verdict(Verdict::Accept),
+            ),
+        ),
+        (
+            "fw",
+            Rule::new(
+                vec![
+                    Match::AnyBits {
+                        field: CtState,
+                        bits: crate::CtState::UNTRACKED,
+                        negate: true,
+                    },
+                    cmp(IpSaddr, v4("10.1.2.3")),
+                    cmp(Ip6Daddr, Value::Addr("fd00::1".parse().expect("v6"))),
+                ],
+                Action::Continue,
+            ),
+        ),
+        (
+            "inp",
+            Rule::new(
+                vec![tcp(), cmp(ThDport, Value::Port(31000))],
+                Action::Reject(Reject::TcpReset),
+            ),
+        ),
+        (
+            "inp",
+            Rule::new(
+                vec![cmp(ThDport, Value::Port(31001))],
+                Action::Reject(Reject::PortUnreachable),
+            ),
+        ),
+        (
+            "raw_out",
+            Rule::new(
+                vec![
+                    cmp(IpDaddr, v4("10.43.0.10")),
+                    udp(),
+                    cmp(ThDport, Value::Port(53)),
+                ],
+                Action::Notrack,
+            ),
+        ),
     ]
 }
 
@@ -264,17 +589,38 @@ fn sample() -> Transaction {
     let mut tx = Transaction::default();
     tx.push(Op::AddTable);
     for name in ["svc-a", "svc-b"] {
-        tx.push(Op::AddChain(Chain { name: name.into(), hook: None }));
+        tx.push(Op::AddChain(Chain {
+            name: name.into(),
+            hook: None,
+        }));
     }
     tx.push(base("fw", ChainType::Filter, HookPoint::Prerouting, -110))
-        .push(base("nat_pre", ChainType::Nat, HookPoint::Prerouting, priority::DSTNAT))
-        .push(base("inp", ChainType::Filter, HookPoint::Input, priority::FILTER))
-        .push(base("raw_out", ChainType::Filter, HookPoint::Output, priority::RAW));
+        .push(base(
+            "nat_pre",
+            ChainType::Nat,
+            HookPoint::Prerouting,
+            priority::DSTNAT,
+        ))
+        .push(base(
+            "inp",
+            ChainType::Filter,
+            HookPoint::Input,
+            priority::FILTER,
+        ))
+        .push(base(
+            "raw_out",
+            ChainType::Filter,
+            HookPoint::Output,
+            priority::RAW,
+        ));
     for (s, elements) in sample_sets() {
         let name = s.name.clone();
         tx.push(Op::AddSet(s));
         if !elements.is_empty() {
-            tx.push(Op::AddElements { set: name, elements });
+            tx.push(Op::AddElements {
+                set: name,
+                elements,
+            });
         }
     }
     for (chain, rule) in sample_rules() {
@@ -282,9 +628,21 @@ fn sample() -> Transaction {
     }
     let wg = skein_names::IfName::new("skein-wg").expect("name");
     let plan = MasqueradePlan {
-        pod_cidrs: vec!["10.42.1.0/24".parse().expect("net"), "fd42:1::/64".parse().expect("net")],
-        cluster_cidrs: vec!["10.42.0.0/16".parse().expect("net"), "fd42::/48".parse().expect("net")],
-        overlay: Some((wg.clone(), vec!["10.42.1.1".parse().expect("v4"), "fd42:1::1".parse().expect("v6")])),
+        pod_cidrs: vec![
+            "10.42.1.0/24".parse().expect("net"),
+            "fd42:1::/64".parse().expect("net"),
+        ],
+        cluster_cidrs: vec![
+            "10.42.0.0/16".parse().expect("net"),
+            "fd42::/48".parse().expect("net"),
+        ],
+        overlay: Some((
+            wg.clone(),
+            vec![
+                "10.42.1.1".parse().expect("v4"),
+                "fd42:1::1".parse().expect("v6"),
+            ],
+        )),
     };
     tx.ops.extend(masquerade(&plan).ops);
     tx.ops.extend(overlay_mss_clamp(&wg).ops);
@@ -310,12 +668,19 @@ fn nft_lists_every_rule_as_skein_renders_it_and_dumps_read_back() {
     in_netns(|| {
         let mut nl = Netlink::new().expect("socket");
         let tx = sample();
-        nl.apply(&tx).unwrap_or_else(|e| panic!("{e}\n{}", tx.script()));
+        nl.apply(&tx)
+            .unwrap_or_else(|e| panic!("{e}\n{}", tx.script()));
         let listing = nft(&["list", "table", "inet", "skein"]);
+        if std::env::var_os("SKEIN_NFT_SHOW").is_some() {
+            eprintln!("{listing}");
+        }
         let listed = listed_rules(&listing);
         let mut differences = Vec::new();
         for (chain, rules) in rules_by_chain(&tx) {
-            let got = listed.get(&chain).map(|(_, r)| r.clone()).unwrap_or_default();
+            let got = listed
+                .get(&chain)
+                .map(|(_, r)| r.clone())
+                .unwrap_or_default();
             let want: Vec<String> = rules.iter().map(|r| r.to_string()).collect();
             for i in 0..got.len().max(want.len()) {
                 let (g, w) = (got.get(i), want.get(i));
@@ -326,22 +691,41 @@ fn nft_lists_every_rule_as_skein_renders_it_and_dumps_read_back() {
         }
         // Base chains' hook lines too: the same hook and priority as rendered.
         for op in &tx.ops {
-            if let Op::AddChain(Chain { name, hook: Some(_) }) = op {
-                let script = Transaction { ops: vec![op.clone()] }.script();
-                let ours = script.split(" { ").nth(1).map(|s| s.trim_end().trim_end_matches('}').trim().to_string());
+            if let Op::AddChain(Chain {
+                name,
+                hook: Some(_),
+            }) = op
+            {
+                let script = Transaction {
+                    ops: vec![op.clone()],
+                }
+                .script();
+                let ours = script
+                    .split(" { ")
+                    .nth(1)
+                    .map(|s| s.trim_end().trim_end_matches('}').trim().to_string());
                 let got = listed.get(name).and_then(|(h, _)| h.clone());
                 if got != ours {
                     differences.push(format!("chain {name}\n  nft:  {got:?}\n  ours: {ours:?}"));
                 }
             }
         }
-        assert!(differences.is_empty(), "{}\n\nnft listed:\n{listing}", differences.join("\n"));
+        assert!(
+            differences.is_empty(),
+            "{}\n\nnft listed:\n{listing}",
+            differences.join("\n")
+        );
 
         // The dump: every rule's fingerprint, every set's elements.
         let dump = nl.dump().expect("dump").expect("the table exists");
         for (chain, rules) in rules_by_chain(&tx) {
-            let got: Vec<Option<u64>> = dump.chains[&chain].rules.iter().map(|r| r.fingerprint).collect();
-            let want: Vec<Option<u64>> = rules.iter().map(|r| Some(crate::fingerprint(r))).collect();
+            let got: Vec<Option<u64>> = dump.chains[&chain]
+                .rules
+                .iter()
+                .map(|r| r.fingerprint)
+                .collect();
+            let want: Vec<Option<u64>> =
+                rules.iter().map(|r| Some(crate::fingerprint(r))).collect();
             assert_eq!(got, want, "fingerprints of {chain}");
         }
         assert!(dump.chains["fw"].base && !dump.chains["svc-a"].base);
@@ -355,23 +739,50 @@ fn nft_lists_every_rule_as_skein_renders_it_and_dumps_read_back() {
         assert_eq!(nl.chain("none").expect("chain"), None);
 
         // Applying it again changes nothing but the rules, which are appended again.
-        nl.apply(&masquerade(&MasqueradePlan::default())).expect("re-apply");
+        nl.apply(&masquerade(&MasqueradePlan::default()))
+            .expect("re-apply");
 
         // Deleting a rule by handle, then elements, then flushing and deleting.
         let victim = dump.chains["svc-b"].rules[0].handle;
         let mut tx = Transaction::default();
-        tx.push(Op::DeleteRule { chain: "svc-b".into(), handle: victim });
-        let (ranges, range_elements) = sample_sets().into_iter().find(|(s, _)| s.name == "ranges").expect("ranges");
-        tx.push(Op::DeleteElements { set: "ranges".into(), elements: range_elements[..2].to_vec() });
-        let (cranges, crange_elements) = sample_sets().into_iter().find(|(s, _)| s.name == "cranges").expect("cranges");
-        tx.push(Op::DeleteElements { set: "cranges".into(), elements: crange_elements[..1].to_vec() });
+        tx.push(Op::DeleteRule {
+            chain: "svc-b".into(),
+            handle: victim,
+        });
+        let (ranges, range_elements) = sample_sets()
+            .into_iter()
+            .find(|(s, _)| s.name == "ranges")
+            .expect("ranges");
+        tx.push(Op::DeleteElements {
+            set: "ranges".into(),
+            elements: range_elements[..2].to_vec(),
+        });
+        let (cranges, crange_elements) = sample_sets()
+            .into_iter()
+            .find(|(s, _)| s.name == "cranges")
+            .expect("cranges");
+        tx.push(Op::DeleteElements {
+            set: "cranges".into(),
+            elements: crange_elements[..1].to_vec(),
+        });
         nl.apply(&tx).expect("deletes");
         let after = nl.dump().expect("dump").expect("table");
         assert_eq!(after.chains["svc-b"].rules.len(), 1);
-        assert!(after.chains["svc-b"].rules.iter().all(|r| r.handle != victim));
-        let left: BTreeSet<Vec<u8>> = range_elements[2..].iter().map(|e| element_bytes(&ranges, e)).collect();
+        assert!(
+            after.chains["svc-b"]
+                .rules
+                .iter()
+                .all(|r| r.handle != victim)
+        );
+        let left: BTreeSet<Vec<u8>> = range_elements[2..]
+            .iter()
+            .map(|e| element_bytes(&ranges, e))
+            .collect();
         assert_eq!(after.sets["ranges"].elements, left);
-        let left: BTreeSet<Vec<u8>> = crange_elements[1..].iter().map(|e| element_bytes(&cranges, e)).collect();
+        let left: BTreeSet<Vec<u8>> = crange_elements[1..]
+            .iter()
+            .map(|e| element_bytes(&cranges, e))
+            .collect();
         assert_eq!(after.sets["cranges"].elements, left);
 
         let mut tx = Transaction::default();
@@ -388,7 +799,10 @@ fn nft_lists_every_rule_as_skein_renders_it_and_dumps_read_back() {
         assert!(after.sets["svc_ips"].elements.is_empty());
         assert!(!after.sets.contains_key("svc_map"));
 
-        nl.apply(&Transaction { ops: vec![Op::DeleteTable] }).expect("delete table");
+        nl.apply(&Transaction {
+            ops: vec![Op::DeleteTable],
+        })
+        .expect("delete table");
         assert_eq!(nl.dump().expect("dump"), None);
         assert_eq!(nl.chain("fw").expect("chain"), None);
     });
@@ -403,11 +817,20 @@ fn a_refused_op_is_named_in_nft_syntax_and_nothing_of_its_batch_applies() {
         let mut nl = Netlink::new().expect("socket");
         let mut tx = Transaction::default();
         tx.push(Op::AddTable)
-            .push(Op::AddChain(Chain { name: "ok".into(), hook: None }))
-            .push(add("ok", Rule::new(vec![], Action::Verdict(Verdict::Jump("missing".into())))));
+            .push(Op::AddChain(Chain {
+                name: "ok".into(),
+                hook: None,
+            }))
+            .push(add(
+                "ok",
+                Rule::new(vec![], Action::Verdict(Verdict::Jump("missing".into()))),
+            ));
         let err = nl.apply(&tx).expect_err("a jump to a missing chain");
         let text = err.to_string();
-        assert!(text.contains("add rule inet skein ok jump missing"), "{text}");
+        assert!(
+            text.contains("add rule inet skein ok jump missing"),
+            "{text}"
+        );
         assert!(text.contains("No such file or directory"), "{text}");
         assert_eq!(nl.dump().expect("dump"), None, "the batch applied nothing");
 
@@ -415,19 +838,41 @@ fn a_refused_op_is_named_in_nft_syntax_and_nothing_of_its_batch_applies() {
         tx.ops.pop();
         tx.push(Op::AddSet(Set::new("s", vec![KeyType::Ipv4Addr])));
         nl.apply(&tx).expect("table and set");
-        let elements: Vec<Element> = (0..10u8).map(|i| Element::key(vec![v4(&format!("10.0.0.{i}"))])).collect();
+        let elements: Vec<Element> = (0..10u8)
+            .map(|i| Element::key(vec![v4(&format!("10.0.0.{i}"))]))
+            .collect();
         let err = nl
-            .apply(&Transaction { ops: vec![Op::AddElements { set: "nope".into(), elements }] })
+            .apply(&Transaction {
+                ops: vec![Op::AddElements {
+                    set: "nope".into(),
+                    elements,
+                }],
+            })
             .expect_err("a missing set");
         let text = err.to_string();
-        assert!(text.contains("add element inet skein nope { 10.0.0.0, 10.0.0.1, 10.0.0.2, 10.0.0.3 } (and 6 more"), "{text}");
+        assert!(
+            text.contains(
+                "add element inet skein nope { 10.0.0.0, 10.0.0.1, 10.0.0.2, 10.0.0.3 } (and 6 more"
+            ),
+            "{text}"
+        );
 
         // A generation that moved on is a race, not a refusal.
         let generation = nl.generation().expect("generation");
         // (A batch that changes nothing commits nothing, and leaves the generation.)
-        nl.apply(&Transaction { ops: vec![Op::AddChain(Chain { name: "other".into(), hook: None })] })
-            .expect("a commit");
-        match nl.apply_at(&Transaction { ops: vec![Op::AddTable] }, generation) {
+        nl.apply(&Transaction {
+            ops: vec![Op::AddChain(Chain {
+                name: "other".into(),
+                hook: None,
+            })],
+        })
+        .expect("a commit");
+        match nl.apply_at(
+            &Transaction {
+                ops: vec![Op::AddTable],
+            },
+            generation,
+        ) {
             Err(NftError::Raced { expected, found }) => {
                 assert_eq!(expected, generation);
                 assert_ne!(found, generation);
@@ -435,7 +880,13 @@ fn a_refused_op_is_named_in_nft_syntax_and_nothing_of_its_batch_applies() {
             other => panic!("expected a race, got {other:?}"),
         }
         let now = nl.generation().expect("generation");
-        nl.apply_at(&Transaction { ops: vec![Op::AddTable] }, now).expect("at the current generation");
+        nl.apply_at(
+            &Transaction {
+                ops: vec![Op::AddTable],
+            },
+            now,
+        )
+        .expect("at the current generation");
     });
 }
 
@@ -448,12 +899,20 @@ fn apply_bounded_writes_fifty_thousand_elements_in_order() {
         let mut nl = Netlink::new().expect("socket");
         let s = Set::new("big", vec![KeyType::Ipv4Addr, KeyType::InetService]);
         let elements: Vec<Element> = (0..50_000u32)
-            .map(|i| Element::key(vec![Value::Addr(IpAddr::V4((0x0a00_0000 + i).into())), Value::Port((i % 60_000) as u16)]))
+            .map(|i| {
+                Element::key(vec![
+                    Value::Addr(IpAddr::V4((0x0a00_0000 + i).into())),
+                    Value::Port((i % 60_000) as u16),
+                ])
+            })
             .collect();
         let mut tx = Transaction::default();
         tx.push(Op::AddTable)
             .push(Op::AddSet(s.clone()))
-            .push(Op::AddElements { set: "big".into(), elements: elements.clone() });
+            .push(Op::AddElements {
+                set: "big".into(),
+                elements: elements.clone(),
+            });
         let start = Instant::now();
         nl.apply_bounded(&tx, 5_000).expect("bounded apply");
         eprintln!("50,000 elements in batches of 5,000: {:?}", start.elapsed());
@@ -463,10 +922,15 @@ fn apply_bounded_writes_fifty_thousand_elements_in_order() {
         assert_eq!(dump.sets["big"].elements, want);
         // The same as one batch: one transaction of 50,000 elements in one datagram.
         let mut tx = Transaction::default();
-        tx.push(Op::FlushSet("big".into()))
-            .push(Op::AddElements { set: "big".into(), elements });
+        tx.push(Op::FlushSet("big".into())).push(Op::AddElements {
+            set: "big".into(),
+            elements,
+        });
         nl.apply(&tx).expect("one batch");
-        assert_eq!(nl.dump().expect("dump").expect("table").sets["big"].elements, want);
+        assert_eq!(
+            nl.dump().expect("dump").expect("table").sets["big"].elements,
+            want
+        );
     });
 }
 
@@ -477,12 +941,18 @@ fn the_probe_passes_and_leaves_no_table() {
     }
     in_netns(|| {
         let mut nl = Netlink::new().expect("socket");
-        nl.apply(&Transaction { ops: vec![Op::AddTable] }).expect("skein's table");
+        nl.apply(&Transaction {
+            ops: vec![Op::AddTable],
+        })
+        .expect("skein's table");
         probe(&mut nl).expect("the probe");
         // Only skein's own table is left.
         assert!(nl.table_exists().expect("table"));
         nl.table = "skein_probe";
-        assert!(!nl.table_exists().expect("probe table"), "the probe left its table");
+        assert!(
+            !nl.table_exists().expect("probe table"),
+            "the probe left its table"
+        );
         nl.table = crate::TABLE;
     });
 }
@@ -492,38 +962,105 @@ fn the_probe_passes_and_leaves_no_table() {
 fn large(chains: usize, elements: usize) -> Transaction {
     use Field::*;
     let mut tx = Transaction::default();
-    let mut map = Set::new("svc", vec![KeyType::Ipv4Addr, KeyType::InetProto, KeyType::InetService]);
+    let mut map = Set::new(
+        "svc",
+        vec![KeyType::Ipv4Addr, KeyType::InetProto, KeyType::InetService],
+    );
     map.verdicts = true;
     tx.push(Op::AddTable)
-        .push(base("nat_pre", ChainType::Nat, HookPoint::Prerouting, priority::DSTNAT))
+        .push(base(
+            "nat_pre",
+            ChainType::Nat,
+            HookPoint::Prerouting,
+            priority::DSTNAT,
+        ))
         .push(Op::AddSet(map));
     for c in 0..chains {
         let name = format!("svc-{c}");
-        tx.push(Op::AddChain(Chain { name: name.clone(), hook: None }));
+        tx.push(Op::AddChain(Chain {
+            name: name.clone(),
+            hook: None,
+        }));
         let ep = |k: u32| IpAddr::V4((0x0a2a_0000 + (c as u32 * 4 + k) % 65_000).into());
         let tcp = || cmp(L4Proto, Value::Proto(crate::L4Proto::Tcp));
         let rules = [
-            Rule::new(vec![Match::Prefix { field: IpSaddr, net: "10.42.0.0/16".parse().expect("net"), negate: true }], Action::Continue)
-                .with_statement(Statement::SetMarkBits(crate::MASQUERADE_MARK)),
-            Rule::new(vec![Match::Random { modulus: 3, value: 0 }, tcp()], Action::Dnat { addr: ep(0), port: Some(8080) }),
-            Rule::new(vec![Match::Random { modulus: 2, value: 0 }, tcp()], Action::Dnat { addr: ep(1), port: Some(8080) }),
-            Rule::new(vec![tcp()], Action::Dnat { addr: ep(2), port: Some(8080) }),
+            Rule::new(
+                vec![Match::Prefix {
+                    field: IpSaddr,
+                    net: "10.42.0.0/16".parse().expect("net"),
+                    negate: true,
+                }],
+                Action::Continue,
+            )
+            .with_statement(Statement::SetMarkBits(crate::MASQUERADE_MARK)),
+            Rule::new(
+                vec![
+                    Match::Random {
+                        modulus: 3,
+                        value: 0,
+                    },
+                    tcp(),
+                ],
+                Action::Dnat {
+                    addr: ep(0),
+                    port: Some(8080),
+                },
+            ),
+            Rule::new(
+                vec![
+                    Match::Random {
+                        modulus: 2,
+                        value: 0,
+                    },
+                    tcp(),
+                ],
+                Action::Dnat {
+                    addr: ep(1),
+                    port: Some(8080),
+                },
+            ),
+            Rule::new(
+                vec![tcp()],
+                Action::Dnat {
+                    addr: ep(2),
+                    port: Some(8080),
+                },
+            ),
             Rule::new(vec![], Action::Verdict(Verdict::Return)).with_statement(Statement::Counter),
         ];
         for rule in rules {
-            tx.push(add(&name, rule.with_comment(crate::comment("default/service:http"))));
+            tx.push(add(
+                &name,
+                rule.with_comment(crate::comment("default/service:http")),
+            ));
         }
     }
-    tx.push(add("nat_pre", Rule::new(vec![], Action::Vmap { key: vec![IpDaddr, L4Proto, ThDport], map: "svc".into() })));
+    tx.push(add(
+        "nat_pre",
+        Rule::new(
+            vec![],
+            Action::Vmap {
+                key: vec![IpDaddr, L4Proto, ThDport],
+                map: "svc".into(),
+            },
+        ),
+    ));
     let elements: Vec<Element> = (0..elements as u32)
         .map(|i| {
             Element::mapped(
-                vec![Value::Addr(IpAddr::V4((0x0a2b_0000 + i).into())), Value::Proto(crate::L4Proto::Tcp), Value::Port(80)],
+                vec![
+                    Value::Addr(IpAddr::V4((0x0a2b_0000 + i).into())),
+                    Value::Proto(crate::L4Proto::Tcp),
+                    Value::Port(80),
+                ],
                 Verdict::Goto(format!("svc-{}", i as usize % chains.max(1))),
             )
         })
         .collect();
-    tx.push(Op::AddElements { set: "svc".into(), elements });
+    tx.push(Op::AddElements {
+        set: "svc".into(),
+        elements,
+    });
     tx
 }
 
@@ -535,7 +1072,8 @@ fn timing_of_a_large_ruleset_by_batch_size() {
     }
     let tx = large(10_000, 60_000);
     eprintln!("{} ops, weight {}", tx.ops.len(), tx.weight());
-    for max in [1_000, 5_000, 20_000] {
+    // usize::MAX: the whole transaction as one batch.
+    for max in [1_000, 5_000, 20_000, usize::MAX] {
         let tx = tx.clone();
         let took = in_netns(move || {
             let mut nl = Netlink::new().expect("socket");
@@ -547,6 +1085,15 @@ fn timing_of_a_large_ruleset_by_batch_size() {
             assert_eq!(dump.sets["svc"].elements.len(), 60_000);
             (took, dump_start.elapsed())
         });
-        eprintln!("10,000 chains x 5 rules + 60,000 map elements, batches of {max}: apply {:?}, dump {:?}", took.0, took.1);
+        eprintln!(
+            "10,000 chains x 5 rules + 60,000 map elements, batches of {}: apply {:?}, dump {:?}",
+            if max == usize::MAX {
+                "everything".to_string()
+            } else {
+                max.to_string()
+            },
+            took.0,
+            took.1
+        );
     }
 }
