@@ -33,9 +33,10 @@
 //!
 //! Each chain is rebuilt by its own transaction (add, flush, fill), so the parts that own
 //! different chains never undo each other's rules. An [`OwnedChain`] keeps one chain as it
-//! should be: it compares the kernel's listing with the one it saw after its last apply and
+//! should be: it compares the fingerprints the kernel's rules carry with the desired rules' and
 //! re-applies only when they differ; [`RulesetChanges`] (the nftables netlink group) tells the
-//! owner when to look.
+//! owner when to look. [`netlink::probe`] names, at start, a kernel feature the rules need and
+//! the kernel lacks.
 
 use std::net::IpAddr;
 

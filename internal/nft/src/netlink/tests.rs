@@ -674,6 +674,10 @@ fn nft_lists_every_rule_as_skein_renders_it_and_dumps_read_back() {
         if std::env::var_os("SKEIN_NFT_SHOW").is_some() {
             eprintln!("{listing}");
         }
+        // The other listings read the same user data: handles, and JSON.
+        nft(&["-a", "list", "table", "inet", "skein"]);
+        let json = nft(&["-j", "list", "table", "inet", "skein"]);
+        assert!(json.contains("\"comment\": \"services\""), "{json}");
         let listed = listed_rules(&listing);
         let mut differences = Vec::new();
         for (chain, rules) in rules_by_chain(&tx) {
