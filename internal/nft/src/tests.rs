@@ -112,6 +112,91 @@ fn comments_cannot_break_out_of_their_quotes() {
     );
 }
 
+#[test]
+fn rules_render_as_nft_lists_them() {
+    let tcp = Match::Cmp {
+        field: Field::L4Proto,
+        op: CmpOp::Eq,
+        value: Value::Proto(L4Proto::Tcp),
+    };
+    let dport = Match::Cmp {
+        field: Field::ThDport,
+        op: CmpOp::Eq,
+        value: Value::Port(80),
+    };
+    let ipv4 = Match::Cmp {
+        field: Field::NfProto,
+        op: CmpOp::Eq,
+        value: Value::NfProto { ipv6: false },
+    };
+    let saddr = Match::Cmp {
+        field: Field::IpSaddr,
+        op: CmpOp::Eq,
+        value: Value::Addr("10.0.0.1".parse().unwrap()),
+    };
+    let accept = || Action::Verdict(Verdict::Accept);
+    let text = |m: Vec<Match>, a: Action| Rule::new(m, a).to_string();
+    // A transport field after `meta l4proto` makes it nft's implicit dependency.
+    assert_eq!(
+        text(vec![tcp.clone(), dport.clone()], accept()),
+        "tcp dport 80 accept"
+    );
+    assert_eq!(
+        text(vec![dport.clone(), tcp.clone()], accept()),
+        "th dport 80 meta l4proto tcp accept"
+    );
+    assert_eq!(text(vec![dport.clone()], accept()), "th dport 80 accept");
+    assert_eq!(
+        text(vec![ipv4.clone(), saddr.clone()], accept()),
+        "ip saddr 10.0.0.1 accept"
+    );
+    assert_eq!(
+        text(
+            vec![
+                ipv4,
+                Match::AnyBits {
+                    field: Field::Mark,
+                    bits: 0x4000,
+                    negate: false
+                }
+            ],
+            Action::Masquerade
+        ),
+        "meta nfproto ipv4 meta mark & 0x00004000 != 0x00000000 masquerade"
+    );
+    assert_eq!(
+        text(
+            vec![tcp.clone()],
+            Action::Vmap {
+                key: vec![Field::IpDaddr, Field::ThDport],
+                map: "m".into()
+            }
+        ),
+        "ip daddr . tcp dport vmap @m"
+    );
+    assert_eq!(
+        text(
+            vec![tcp],
+            Action::Dnat {
+                addr: "10.0.0.2".parse().unwrap(),
+                port: Some(8080)
+            }
+        ),
+        "meta l4proto tcp dnat ip to 10.0.0.2:8080"
+    );
+    assert_eq!(
+        text(
+            vec![Match::AnyBits {
+                field: Field::CtState,
+                bits: CtState::NEW | CtState::UNTRACKED,
+                negate: true
+            }],
+            Action::Reject(Reject::PortUnreachable)
+        ),
+        "ct state ! new,untracked reject"
+    );
+}
+
 /// A table in memory: chains of rule fingerprints, filled by the transactions it is given.
 #[derive(Default)]
 struct FakeKernel {

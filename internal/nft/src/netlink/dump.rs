@@ -220,12 +220,16 @@ impl Netlink {
 
     /// A set's elements, read until two reads agree: a hash set walk during the kernel's
     /// deferred resize (right after a large insert) can skip or repeat elements, and nothing in
-    /// the dump says so.
+    /// the dump says so. Dynamic sets are read once.
     pub(crate) fn stable_elements(
         &mut self,
         info: &SetInfo,
     ) -> Result<BTreeSet<Vec<u8>>, NftError> {
         let mut last = self.read_elements(info)?;
+        // A set the packet path adds to never holds still; one read is the best there is.
+        if info.flags & NFT_SET_EVAL != 0 {
+            return Ok(last);
+        }
         for _ in 0..10 {
             let again = self.read_elements(info)?;
             if again == last {

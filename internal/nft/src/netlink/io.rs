@@ -154,7 +154,8 @@ impl Channel {
         // nfnetlink handles the batch within the send, so its acks are queued by now; a
         // blocking read covers only what is still missing.
         loop {
-            let wait = outcome.error.is_none() && seen < acks;
+            // Once acks were dropped, the missing ones never come.
+            let wait = !outcome.lost && outcome.error.is_none() && seen < acks;
             let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
             let n = match self.recv(flags) {
                 Ok(n) => n,
