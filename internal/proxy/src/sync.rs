@@ -450,7 +450,7 @@ impl ProxyState {
                             key: k.clone(),
                             verdict: v.clone(),
                         };
-                        (element_bytes(def, &e), e)
+                        (skein_nft::element_bytes(def, &e), e)
                     })
                     .collect();
                 let extra = dumped.iter().any(|b| !want_bytes.contains_key(b));
@@ -669,12 +669,3 @@ pub fn chain_of(spec: &ChainSpec) -> &Chain {
     &spec.chain
 }
 
-// MERGE: replaced by skein_nft's netlink element_bytes.
-fn element_bytes(def: &Set, e: &Element) -> Vec<u8> {
-    format!("{def:?}{e:?}").into_bytes()
-}
-
-/// The pointer first: an object the API did not change is the same allocation.
-fn same_arc<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
-    Arc::ptr_eq(a, b) || a == b
-}
