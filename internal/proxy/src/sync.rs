@@ -492,7 +492,7 @@ impl ProxyState {
                             key: k.clone(),
                             verdict: v.clone(),
                         };
-                        (element_bytes(def, &e), e)
+                        (skein_nft::element_bytes(def, &e), e)
                     })
                     .collect();
                 let extra = dumped.iter().any(|b| !want_bytes.contains_key(b));
@@ -710,11 +710,6 @@ fn key_text(key: &[Value]) -> String {
 /// The chain model of a [`ChainSpec`], for callers that need it plain.
 pub fn chain_of(spec: &ChainSpec) -> &Chain {
     &spec.chain
-}
-
-// MERGE: replaced by skein_nft's netlink element_bytes.
-fn element_bytes(def: &Set, e: &Element) -> Vec<u8> {
-    format!("{def:?}{e:?}").into_bytes()
 }
 
 /// The pointer first: an object the API did not change is the same allocation.
