@@ -26,6 +26,7 @@ use crate::sections::Reporting;
 use crate::{Part, PartError, PartResult};
 
 mod health;
+mod host_ports;
 pub mod section;
 
 use health::{Health, HealthServers};
@@ -152,6 +153,7 @@ fn sync(
 pub async fn run(
     settings: Settings,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    mut host_ports: watch::Receiver<Arc<Vec<skein_store::HostPortTarget>>>,
     part: Part,
     report: Reporting,
 ) -> PartResult {
@@ -200,6 +202,7 @@ pub async fn run(
     let mut error: Option<String> = None;
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
+        state.set_host_ports(host_ports::for_proxy(&host_ports.borrow_and_update()));
         if snapshot.version > 0 {
             let ctx = node_context(&settings, &snapshot);
             let full = full_due;
@@ -296,6 +299,7 @@ pub async fn run(
                         problem: u.reason.clone(),
                     })
                     .collect();
+                problems.extend(host_ports::problems(&computation));
                 for bind in health.update(&part, &want) {
                     problems.push(ProblemRow {
                         service: String::new(),
@@ -344,6 +348,11 @@ pub async fn run(
                     if !wait.is_zero() {
                         tokio::time::sleep(wait).await;
                     }
+                }
+            }
+            changed = host_ports.changed() => {
+                if changed.is_err() {
+                    return Err(PartError::ViewClosed);
                 }
             }
             _ = resync.tick() => full_due = true,
