@@ -59,7 +59,7 @@ pub struct HostPort {
 impl HostPort {
     /// The host IP the mapping is bound to, if it names one the packet's destination is
     /// compared with (an unspecified one is no destination).
-    fn bound_to(&self) -> Option<IpAddr> {
+    pub fn bound_to(&self) -> Option<IpAddr> {
         self.host_ip.filter(|ip| !ip.is_unspecified())
     }
 
@@ -114,11 +114,13 @@ pub struct HostPortClash {
     pub reason: String,
 }
 
-/// The node's host ports as last set: the input, its fragment, and the mappings left out.
+/// The node's host ports as last set: the input, its fragment, the mappings it programs and
+/// those left out.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostPorts {
     pub ports: Vec<HostPort>,
     pub fragment: Fragment,
+    pub programmed: Vec<HostPort>,
     pub clashes: Vec<HostPortClash>,
 }
 
@@ -128,6 +130,7 @@ impl HostPorts {
     /// forwards nothing (the store never pairs them).
     pub fn new(ports: Vec<HostPort>) -> Self {
         let mut fragment = Fragment::default();
+        let mut programmed = Vec::new();
         let mut clashes = Vec::new();
         let mut claimed: BTreeMap<(String, Vec<Value>), &HostPort> = BTreeMap::new();
         for p in &ports {
@@ -157,10 +160,12 @@ impl HostPorts {
                 .or_default()
                 .insert(Element::mapped(key, Verdict::Goto(chain)));
             claimed.insert(claim, p);
+            programmed.push(p.clone());
         }
         Self {
             ports,
             fragment,
+            programmed,
             clashes,
         }
     }

@@ -177,7 +177,7 @@ pub struct ProxyState {
 pub struct Computation<'a> {
     pub ports: Vec<&'a ServicePort>,
     pub problems: Vec<Unprogrammable>,
-    /// The host ports given, and those left out because another pod holds their port.
+    /// The host ports programmed, and those left out because another pod holds their port.
     pub host_ports: &'a [HostPort],
     pub host_port_clashes: &'a [HostPortClash],
 }
@@ -197,7 +197,7 @@ impl ProxyState {
     /// Every programmed Service port, and every Service that could not be programmed and why.
     pub fn computation(&self) -> Computation<'_> {
         let mut c = Computation {
-            host_ports: &self.host_ports.ports,
+            host_ports: &self.host_ports.programmed,
             host_port_clashes: &self.host_ports.clashes,
             ..Computation::default()
         };

@@ -1106,3 +1106,54 @@ fn a_restart_adopting_the_kernels_host_ports_keeps_them() {
         .script();
     assert!(script.contains("flush chain inet skein hp_"), "{script}");
 }
+
+#[test]
+fn udp_flows_of_a_host_port_are_cleared_when_it_appears_and_when_its_pod_changes() {
+    use crate::stale_flows::{StaleFlow, host_udp_ports, stale_flows};
+    let programmed = |ports: Vec<HostPort>| host_udp_ports(&HostPorts::new(ports).programmed);
+    let none = programmed(vec![]);
+    let a = programmed(vec![
+        udp(host_port("a", "10.42.1.5", 5353, None)),
+        udp(host_port("a", "10.42.1.5", 514, Some(NODE_IP))),
+        host_port("a", "10.42.1.5", 8080, None),
+    ]);
+    // New ports: the flows that reached the node unNATed before them (as portmap clears).
+    assert_eq!(
+        stale_flows(&none, &a),
+        [
+            StaleFlow::Unnated {
+                dst: "198.18.0.11:514".parse().unwrap()
+            },
+            StaleFlow::PortUnnated { port: 5353 },
+        ]
+        .into()
+    );
+    assert!(stale_flows(&a, &a).is_empty());
+    // Another pod takes the port: the flows DNATed to the first one go.
+    let b = programmed(vec![udp(host_port("b", "10.42.1.6", 5353, None))]);
+    assert_eq!(
+        stale_flows(&a, &b),
+        [
+            StaleFlow::Nat {
+                dst: "198.18.0.11:514".parse().unwrap(),
+                endpoint: ip("10.42.1.5")
+            },
+            StaleFlow::PortNat {
+                port: 5353,
+                endpoint: ip("10.42.1.5")
+            },
+        ]
+        .into()
+    );
+    // A port left out in a clash is no flow of its pod's.
+    let clash = programmed(vec![
+        udp(host_port("a", "10.42.1.5", 5353, None)),
+        udp(host_port("b", "10.42.1.6", 5353, None)),
+    ]);
+    assert_eq!(clash.len(), 1);
+    assert!(
+        stale_flows(&a, &clash)
+            .iter()
+            .all(|f| !matches!(f, StaleFlow::PortNat { .. }))
+    );
+}

@@ -252,7 +252,10 @@ pub async fn run(
                     // UDP flows to endpoints that left, and those that bypassed a port's
                     // (new) endpoints.
                     let computation = state.computation();
-                    let udp_after = udp_ports(computation.ports.iter().copied());
+                    let mut udp_after = udp_ports(computation.ports.iter().copied());
+                    udp_after.extend(skein_proxy::stale_flows::host_udp_ports(
+                        computation.host_ports,
+                    ));
                     let flows = stale_flows(&udp_before, &udp_after);
                     udp_before = udp_after;
                     if !flows.is_empty() {
