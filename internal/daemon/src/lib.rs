@@ -63,8 +63,12 @@ pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
     let start_id = store.record_start(env!("CARGO_PKG_VERSION")).await?;
     tracing::info!(path = %store.path().display(), "state store open");
     // The host ports of the last run, for the proxy's first sync: it adopts the kernel's table
-    // and would otherwise remove them until the cni part publishes its own.
-    let host_ports = store.host_ports().await?;
+    // and would otherwise remove them until the cni part publishes its own. Unreadable, they
+    // wait for the cni part (which says why in the log); the daemon starts all the same.
+    let host_ports = store.host_ports().await.unwrap_or_else(|e| {
+        tracing::warn!("cannot read the host ports from the store: {e}");
+        Vec::new()
+    });
 
     let listen = settings.dashboard.listen;
     let listener = std::net::TcpListener::bind(listen)
