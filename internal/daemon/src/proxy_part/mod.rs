@@ -26,6 +26,8 @@ use crate::sections::Reporting;
 use crate::{Part, PartError, PartResult};
 
 mod health;
+#[cfg(test)]
+mod tests;
 pub mod section;
 
 use health::{Health, HealthServers};
