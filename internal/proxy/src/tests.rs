@@ -631,7 +631,7 @@ fn one_endpoint_change_touches_only_its_service() {
         .map(Arc::make_mut)
         .unwrap()
         .endpoints
-        .pop();
+        .remove(0); // the local one, which has a chain of its own
     next.reindex();
     let plan = state.plan(&next, &ctx(), false);
     let script = plan.transaction().script();

@@ -26,9 +26,9 @@ use crate::sections::Reporting;
 use crate::{Part, PartError, PartResult};
 
 mod health;
+pub mod section;
 #[cfg(test)]
 mod tests;
-pub mod section;
 
 use health::{Health, HealthServers};
 use section::{ProblemRow, ServiceRow, ServicesBoard, ServicesSection, SyncRow};

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use skein_cluster::{
-    AddressType, Endpoint, EndpointPort, EndpointSlice, ObjectKey, Protocol, Service,
-    ServicePort, ServiceType, SessionAffinity, Snapshot, TargetPort, TrafficPolicy,
+    AddressType, Endpoint, EndpointPort, EndpointSlice, ObjectKey, Protocol, Service, ServicePort,
+    ServiceType, SessionAffinity, Snapshot, TargetPort, TrafficPolicy,
 };
 use skein_nft::{Backend, Netlink};
 use skein_proxy::{Mirror, NodeContext, ProxyState};
@@ -159,9 +159,15 @@ fn a_restart_adopts_the_kernels_table_unchanged_and_one_endpoint_changes_one_ser
         return;
     }
     let (_, restart_changes, _, changed, _) = run(50);
-    assert_eq!(restart_changes, 0, "a restart with nothing new changes nothing");
+    assert_eq!(
+        restart_changes, 0,
+        "a restart with nothing new changes nothing"
+    );
     // The Service chain rewritten, the gone endpoint's chain flushed.
-    assert!((1..=3).contains(&changed), "{changed} changes for one endpoint");
+    assert!(
+        (1..=3).contains(&changed),
+        "{changed} changes for one endpoint"
+    );
 }
 
 #[test]
