@@ -407,9 +407,16 @@ pub fn service_fragment(p: &ServicePort, ctx: &NodeContext) -> Fragment {
         );
         f.element(&set_name(SERVICE_PORTS, p.ipv6), Element::key(key.clone()));
         if internal.is_empty() {
+            // As kube-proxy: a Service without any endpoint rejects; one whose endpoints are
+            // all elsewhere under internalTrafficPolicy Local drops.
+            let verdict = if p.cluster.is_empty() {
+                Verdict::Goto(CHAIN_REJECT.into())
+            } else {
+                Verdict::Drop
+            };
             f.element(
                 &set_name(NO_ENDPOINT_IPS, p.ipv6),
-                Element::mapped(key, Verdict::Goto(CHAIN_REJECT.into())),
+                Element::mapped(key, verdict),
             );
         } else {
             f.element(

@@ -319,6 +319,29 @@ fn internal_traffic_policy_local_uses_local_endpoints_only() {
 }
 
 #[test]
+fn internal_traffic_policy_local_without_a_local_endpoint_drops() {
+    let mut w = World::new().with(
+        service("web", "10.43.0.20", &[("http", TCP, 80)]),
+        vec![slice(
+            "web",
+            "web-1",
+            &[ep("10.42.2.6", "n2")],
+            &[("http", TCP, 8080)],
+        )],
+    );
+    w.snapshot
+        .services
+        .get_mut(&ObjectKey::new("default", "web"))
+        .map(Arc::make_mut)
+        .unwrap()
+        .internal_traffic_policy = TrafficPolicy::Local;
+    assert_eq!(
+        w.trace(Packet::tcp("10.42.1.9", "10.43.0.20", 80)),
+        [Fate::Dropped].into()
+    );
+}
+
+#[test]
 fn load_balancer_ips_and_external_ips_with_source_ranges() {
     let mut w = nodeport(web(), TrafficPolicy::Cluster);
     {
