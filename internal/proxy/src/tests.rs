@@ -334,6 +334,29 @@ fn internal_traffic_policy_local_uses_local_endpoints_only() {
 }
 
 #[test]
+fn internal_traffic_policy_local_without_a_local_endpoint_drops() {
+    let mut w = World::new().with(
+        service("web", "10.43.0.20", &[("http", TCP, 80)]),
+        vec![slice(
+            "web",
+            "web-1",
+            &[ep("10.42.2.6", "n2")],
+            &[("http", TCP, 8080)],
+        )],
+    );
+    w.snapshot
+        .services
+        .get_mut(&ObjectKey::new("default", "web"))
+        .map(Arc::make_mut)
+        .unwrap()
+        .internal_traffic_policy = TrafficPolicy::Local;
+    assert_eq!(
+        w.trace(Packet::tcp("10.42.1.9", "10.43.0.20", 80)),
+        [Fate::Dropped].into()
+    );
+}
+
+#[test]
 fn load_balancer_ips_and_external_ips_with_source_ranges() {
     let mut w = nodeport(web(), TrafficPolicy::Cluster);
     {
@@ -646,7 +669,7 @@ fn one_endpoint_change_touches_only_its_service() {
         .map(Arc::make_mut)
         .unwrap()
         .endpoints
-        .pop();
+        .remove(0); // the local one, which has a chain of its own
     next.reindex();
     let plan = state.plan(&next, &ctx(), false);
     let script = plan.transaction().script();

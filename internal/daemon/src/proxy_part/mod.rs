@@ -28,6 +28,8 @@ use crate::{Part, PartError, PartResult};
 mod health;
 mod host_ports;
 pub mod section;
+#[cfg(test)]
+mod tests;
 
 use health::{Health, HealthServers};
 use section::{ProblemRow, ServiceRow, ServicesBoard, ServicesSection, SyncRow};
