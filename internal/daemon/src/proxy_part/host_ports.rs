@@ -100,4 +100,72 @@ mod tests {
             ]
         );
     }
+
+    /// The host ports' rules as the kernel takes them (the fib, nfproto and port-only map
+    /// expressions), a restart adopting them unchanged, and one mapping going.
+    #[test]
+    fn host_ports_land_in_the_kernel_and_a_restart_adopts_them_unchanged() {
+        use skein_nft::{Backend, Netlink};
+        use skein_proxy::{Mirror, NodeContext, ProxyState};
+        if !skein_lab::skip::require_root("nftables in a private network namespace") {
+            return;
+        }
+        let port = |pod: &str, addr: &str, host_port, protocol, host_ip: Option<&str>| HostPort {
+            pod: ObjectKey::new("default", pod),
+            addr: addr.parse().expect("ip"),
+            port: 8080,
+            host_port,
+            protocol,
+            host_ip: host_ip.map(|ip| ip.parse().expect("ip")),
+        };
+        let ports = vec![
+            port("a", "10.42.1.5", 80, L4Proto::Tcp, None),
+            port("a", "fd42::1:5", 80, L4Proto::Tcp, None),
+            port("b", "10.42.1.6", 53, L4Proto::Udp, Some("127.0.0.1")),
+            port("c", "10.42.1.7", 9000, L4Proto::Sctp, Some("0.0.0.0")),
+        ];
+        let (restart_changes, removal_changes) =
+            crate::proxy_part::tests::in_private_netns(move || {
+                let ctx = NodeContext {
+                    node: "n1".into(),
+                    ..NodeContext::default()
+                };
+                let snapshot = skein_cluster::Snapshot::default();
+                let mut nl = Netlink::new().expect("netlink");
+                let mut state = ProxyState::new(ctx.clone());
+                state.set_host_ports(ports.clone());
+                for tx in state
+                    .plan(&snapshot, &ctx, true)
+                    .transactions(super::super::MAX_TRANSACTION)
+                {
+                    nl.apply(&tx).expect("the kernel takes the host port rules");
+                }
+
+                let mut again = ProxyState::new(ctx.clone());
+                again.adopt(Mirror::from_dump(&nl.dump().expect("dump").expect("table")));
+                again.set_host_ports(ports.clone());
+                let restart = again.plan(&snapshot, &ctx, true);
+
+                again.set_host_ports(ports[1..].to_vec());
+                let removal = again.plan(&snapshot, &ctx, false);
+                for tx in removal.transactions(super::super::MAX_TRANSACTION) {
+                    nl.apply(&tx).expect("apply the removal");
+                }
+                nl.apply(&again.deletions(&removal.delete_later))
+                    .expect("delete the flushed chain");
+                (
+                    restart.changed,
+                    (removal.changed, removal.delete_later.len()),
+                )
+            });
+        assert_eq!(
+            restart_changes, 0,
+            "a restart with the same host ports changes nothing"
+        );
+        assert_eq!(
+            removal_changes,
+            (1, 1),
+            "one element out, one chain flushed and deleted"
+        );
+    }
 }

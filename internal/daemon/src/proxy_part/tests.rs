@@ -101,7 +101,7 @@ pub fn services(n: usize, per: usize) -> Snapshot {
 }
 
 /// Runs `work` on a thread of its own in a fresh network namespace.
-fn in_private_netns<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+pub(super) fn in_private_netns<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
         work()
