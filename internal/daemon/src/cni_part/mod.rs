@@ -1,10 +1,9 @@
 //! The daemon's `cni` part: serves the CNI plugin's requests on `cni.socket` (`handler.rs`),
 //! reclaims leases of pods that are gone (`gc.rs`), publishes the node's host ports for the
 //! proxy (from the store, at start and after each ADD, DEL and GC), installs the plugin and its
-//! conflist, and
-//! keeps the node's side of pod networking as it should be (`node.rs`): at start, whenever the
-//! kernel announces a change to the bridge or its ports or the ruleset changes, and on the
-//! resync timer, repairing only the difference and saying so on the page.
+//! conflist, and keeps the node's side of pod networking as it should be (`node.rs`): at start,
+//! whenever the kernel announces a change to the bridge or its ports or the ruleset changes, and
+//! on the resync timer, repairing only the difference and saying so on the page.
 
 use std::path::PathBuf;
 use std::sync::Arc;
