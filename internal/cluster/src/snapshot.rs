@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use crate::objects::{EndpointSlice, Namespace, NetworkPolicy, Node, Pod, Service};
 
@@ -38,13 +39,45 @@ pub struct Snapshot {
     pub nodes: BTreeMap<String, Node>,
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<ObjectKey, Pod>,
-    pub services: BTreeMap<ObjectKey, Service>,
-    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+    pub services: BTreeMap<ObjectKey, Arc<Service>>,
+    pub endpoint_slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
+    /// The EndpointSlices of each Service (by their `kubernetes.io/service-name` label), in
+    /// slice-name order.
+    pub slices_by_service: BTreeMap<ObjectKey, Vec<Arc<EndpointSlice>>>,
     pub network_policies: BTreeMap<ObjectKey, NetworkPolicy>,
+    /// When the first change this snapshot carries arrived from the API (before the debounce
+    /// window): where the service proxy's network-programming latency starts.
+    pub changed_at: Option<std::time::Instant>,
 }
 
 impl Snapshot {
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.get(name)
+    }
+
+    /// The EndpointSlices of Service `key`.
+    pub fn slices_of(&self, key: &ObjectKey) -> &[Arc<EndpointSlice>] {
+        self.slices_by_service.get(key).map_or(&[], Vec::as_slice)
+    }
+
+    /// The index behind [`Snapshot::slices_of`].
+    pub fn index_slices(
+        slices: &BTreeMap<ObjectKey, Arc<EndpointSlice>>,
+    ) -> BTreeMap<ObjectKey, Vec<Arc<EndpointSlice>>> {
+        let mut index: BTreeMap<ObjectKey, Vec<Arc<EndpointSlice>>> = BTreeMap::new();
+        for slice in slices.values() {
+            if let Some(service) = &slice.service_name {
+                index
+                    .entry(ObjectKey::new(&slice.namespace, service))
+                    .or_default()
+                    .push(slice.clone());
+            }
+        }
+        index
+    }
+
+    /// Recomputes the slice index after changing `endpoint_slices` by hand (tests).
+    pub fn reindex(&mut self) {
+        self.slices_by_service = Snapshot::index_slices(&self.endpoint_slices);
     }
 }

@@ -111,8 +111,10 @@ pub(crate) struct ClusterState {
     nodes: Table<String, Node>,
     namespaces: Table<String, Namespace>,
     pods: Table<ObjectKey, Pod>,
-    services: Table<ObjectKey, Service>,
-    endpoint_slices: Table<ObjectKey, EndpointSlice>,
+    // Behind an Arc: a snapshot at 10,000 Services copies pointers, and a consumer tells an
+    // unchanged object by the pointer.
+    services: Table<ObjectKey, Arc<Service>>,
+    endpoint_slices: Table<ObjectKey, Arc<EndpointSlice>>,
     network_policies: Table<ObjectKey, NetworkPolicy>,
     /// Version of the last snapshot handed out; 0 before the first.
     version: u64,
@@ -161,13 +163,14 @@ impl ClusterState {
             Report::Service(e) => (
                 Kind::Service,
                 answered(&e),
-                self.services.fold(e, object_key, Service::from_api),
+                self.services
+                    .fold(e, object_key, |o| Service::from_api(o).map(Arc::new)),
             ),
             Report::EndpointSlice(e) => (
                 Kind::EndpointSlice,
                 answered(&e),
                 self.endpoint_slices
-                    .fold(e, object_key, EndpointSlice::from_api),
+                    .fold(e, object_key, |o| EndpointSlice::from_api(o).map(Arc::new)),
             ),
             Report::NetworkPolicy(e) => (
                 Kind::NetworkPolicy,
@@ -228,7 +231,9 @@ impl ClusterState {
             pods: self.pods.live.clone(),
             services: self.services.live.clone(),
             endpoint_slices: self.endpoint_slices.live.clone(),
+            slices_by_service: Snapshot::index_slices(&self.endpoint_slices.live),
             network_policies: self.network_policies.live.clone(),
+            changed_at: None,
         }
     }
 

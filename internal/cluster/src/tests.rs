@@ -244,8 +244,16 @@ fn service_distillation() {
             ],
             "externalTrafficPolicy": "Local",
             "sessionAffinity": "ClientIP",
-            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}
-        }
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+            "externalIPs": ["203.0.113.9"],
+            "healthCheckNodePort": 31000,
+            "loadBalancerSourceRanges": ["198.51.100.0/24"]
+        },
+        "status": {"loadBalancer": {"ingress": [
+            {"ip": "203.0.113.5"},
+            {"ip": "203.0.113.6", "ipMode": "Proxy"},
+            {"hostname": "lb.example"}
+        ]}}
     }));
     assert_eq!(
         Service::from_api(&svc),
@@ -285,7 +293,35 @@ fn service_distillation() {
             session_affinity: SessionAffinity::ClientIp {
                 timeout: Duration::from_secs(60)
             },
+            external_ips: vec![ip("203.0.113.9")],
+            // ipMode Proxy: the load balancer keeps the destination, the node must not DNAT.
+            load_balancer_ips: vec![ip("203.0.113.5")],
+            load_balancer_source_ranges: vec!["198.51.100.0/24".parse().unwrap()],
+            health_check_node_port: Some(31000),
+            problems: vec![],
         })
+    );
+}
+
+#[test]
+fn a_service_value_that_does_not_parse_is_named_by_its_field() {
+    let svc: core::Service = api(json!({
+        "metadata": {"namespace": "default", "name": "web"},
+        "spec": {
+            "clusterIP": "10.43.0.20",
+            "ports": [{"port": 80}],
+            "externalIPs": ["203.0.113.9", "not-an-ip"],
+            "loadBalancerSourceRanges": ["198.51.100.0/33"]
+        }
+    }));
+    let got = Service::from_api(&svc).expect("service");
+    assert_eq!(got.external_ips, vec![ip("203.0.113.9")]);
+    assert_eq!(
+        got.problems,
+        vec![
+            "spec.externalIPs[1] \"not-an-ip\" is not an IP address".to_string(),
+            "spec.loadBalancerSourceRanges[0] \"198.51.100.0/33\" is not a CIDR".to_string(),
+        ]
     );
 }
 
@@ -406,6 +442,8 @@ fn endpoint_slice_distillation() {
                     node_name: Some("n1".into()),
                     pod_name: Some("web-0".into()),
                     hostname: Some("web-0".into()),
+                    zone: None,
+                    hints: None,
                 },
                 Endpoint {
                     addresses: vec![ip("10.42.2.6")],
@@ -415,6 +453,8 @@ fn endpoint_slice_distillation() {
                     node_name: None,
                     pod_name: None,
                     hostname: None,
+                    zone: None,
+                    hints: None,
                 },
             ],
             ports: vec![

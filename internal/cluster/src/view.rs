@@ -136,6 +136,11 @@ impl Debounce {
         self.due
     }
 
+    /// When the pending batch's first change arrived.
+    pub fn first_change(&self) -> Option<Instant> {
+        self.due.map(|due| due - self.window)
+    }
+
     pub fn fired(&mut self) {
         self.due = None;
     }
@@ -160,8 +165,12 @@ pub(crate) async fn run<S>(
             biased;
             () = cancel.cancelled() => return,
             () = sleep_until(due), if due.is_some() => {
+                let first = debounce.first_change();
                 debounce.fired();
-                if let Some(snapshot) = state.publish() {
+                if let Some(mut snapshot) = state.publish() {
+                    if let Some(snap) = Arc::get_mut(&mut snapshot) {
+                        snap.changed_at = first.map(Instant::into_std);
+                    }
                     tracing::debug!(version = snapshot.version, "snapshot published");
                     // send_replace: nobody listening is not a reason to stop watching.
                     outputs.snapshots.send_replace(snapshot);

@@ -115,13 +115,15 @@ impl Default for Overlay {
 pub struct Proxy {
     pub enabled: bool,
     pub nodeport_addresses: Vec<String>,
+    pub min_sync_interval: String,
 }
 
 impl Default for Proxy {
     fn default() -> Self {
         Self {
             enabled: true,
-            nodeport_addresses: Vec::new(),
+            nodeport_addresses: vec!["primary".into()],
+            min_sync_interval: "10ms".into(),
         }
     }
 }

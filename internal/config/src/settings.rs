@@ -121,7 +121,20 @@ impl OverlaySettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxySettings {
     pub enabled: bool,
-    pub nodeport_addresses: Vec<IpNet>,
+    /// Where NodePorts answer; never empty (an empty list in the file means `primary`).
+    pub nodeport_addresses: Vec<NodePortAddresses>,
+    /// The shortest time between two syncs of the rules: changes that arrive closer together
+    /// are programmed together.
+    pub min_sync_interval: Duration,
+}
+
+/// One entry of `proxy.nodeport_addresses`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodePortAddresses {
+    /// The Node's InternalIPs (kube-proxy's nftables default).
+    Primary,
+    /// The node's addresses within this CIDR.
+    Cidr(IpNet),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,10 +343,30 @@ fn build(config: &Config, c: &mut Checker) -> Option<Settings> {
         }),
     );
 
-    let nodeport_addresses = c.list(
-        "proxy.nodeport_addresses",
-        &config.proxy.nodeport_addresses,
-        parse_cidr,
+    let nodeport_addresses = c
+        .list(
+            "proxy.nodeport_addresses",
+            &config.proxy.nodeport_addresses,
+            parse_nodeport_addresses,
+        )
+        .map(|list| {
+            if list.is_empty() {
+                vec![NodePortAddresses::Primary]
+            } else {
+                list
+            }
+        });
+    let msi = &config.proxy.min_sync_interval;
+    let min_sync_interval = c.take(
+        "proxy.min_sync_interval",
+        msi,
+        parse_duration(msi).and_then(|d| {
+            if d > Duration::from_secs(10) {
+                Err("at most 10s (the rules would lag the cluster)")
+            } else {
+                Ok(d)
+            }
+        }),
     );
 
     let dns = &config.dns;
@@ -411,6 +444,7 @@ fn build(config: &Config, c: &mut Checker) -> Option<Settings> {
         proxy: ProxySettings {
             enabled: config.proxy.enabled,
             nodeport_addresses: nodeport_addresses?,
+            min_sync_interval: min_sync_interval?,
         },
         dns: DnsSettings {
             enabled: dns.enabled,
@@ -444,6 +478,15 @@ fn parse_cidr(s: &str) -> Result<IpNet, &'static str> {
         return Err("host bits are set (the network address is expected)");
     }
     Ok(net)
+}
+
+fn parse_nodeport_addresses(s: &str) -> Result<NodePortAddresses, &'static str> {
+    if s == "primary" {
+        return Ok(NodePortAddresses::Primary);
+    }
+    parse_cidr(s).map(NodePortAddresses::Cidr).map_err(
+        |_| "expected \"primary\" (the Node's InternalIPs) or a CIDR such as 198.18.0.0/24",
+    )
 }
 
 fn parse_mtu(s: &str) -> Result<Mtu, &'static str> {

@@ -15,6 +15,7 @@ mod cni_install;
 mod cni_part;
 pub mod control;
 mod overlay_part;
+mod proxy_part;
 mod sections;
 pub mod supervisor;
 #[cfg(test)]
@@ -206,10 +207,12 @@ fn spawn_parts(
         mtu: settings.cni.mtu,
         portmap: settings.cni.portmap,
         overlay_mtu,
+        overlay: Some(settings.overlay.interface.clone()),
         cluster_cidrs: vec![settings.cluster.pod_cidr],
         gc_interval: settings.ipam.gc_interval,
         resync,
     };
+    let proxy_snapshots = snapshots.clone();
     let (cni_store, cni_report) = (store.clone(), reporting.clone());
     parts.spawn("cni", move |part| {
         cni_part::run(
@@ -220,6 +223,29 @@ fn spawn_parts(
             cni_report.clone(),
         )
     });
+
+    if settings.proxy.enabled {
+        let proxy = proxy_part::Settings {
+            node: node.to_string(),
+            cluster_cidrs: vec![settings.cluster.pod_cidr],
+            service_cidrs: vec![settings.cluster.service_cidr],
+            nodeport_addresses: settings.proxy.nodeport_addresses.clone(),
+            // Until skein answers DNS itself, the DNS address is a Service like any other (a
+            // cluster may still run CoreDNS behind it).
+            exempt_ips: Vec::new(),
+            min_sync_interval: settings.proxy.min_sync_interval,
+            resync,
+        };
+        let (proxy_snapshots, proxy_report) = (proxy_snapshots, reporting.clone());
+        parts.spawn("proxy", move |part| {
+            proxy_part::run(
+                proxy.clone(),
+                proxy_snapshots.clone(),
+                part,
+                proxy_report.clone(),
+            )
+        });
+    }
 
     let store = store.clone();
     parts.spawn("store", move |part| store_part(store.clone(), part));

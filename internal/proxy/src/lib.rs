@@ -14,6 +14,7 @@
 
 pub mod ruleset;
 pub mod service_map;
+pub mod stale_flows;
 pub mod sync;
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -118,26 +119,12 @@ pub struct ServiceMap {
     pub problems: Vec<Unprogrammable>,
 }
 
-/// The EndpointSlices of each Service, found by their `kubernetes.io/service-name` label.
-pub fn slices_by_service(snapshot: &Snapshot) -> BTreeMap<ObjectKey, Vec<&EndpointSlice>> {
-    let mut index: BTreeMap<ObjectKey, Vec<&EndpointSlice>> = BTreeMap::new();
-    for slice in snapshot.endpoint_slices.values() {
-        if let Some(service) = &slice.service_name {
-            index
-                .entry(ObjectKey::new(&slice.namespace, service))
-                .or_default()
-                .push(slice);
-        }
-    }
-    index
-}
-
 /// The service map of one Service: every port in every family it has (headless and
 /// ExternalName Services have none).
 pub fn service_ports(
     key: &ObjectKey,
     service: &Service,
-    slices: &[&EndpointSlice],
+    slices: &[Arc<EndpointSlice>],
     ctx: &NodeContext,
 ) -> Result<Vec<ServicePort>, Vec<String>> {
     if service.headless || service.service_type == ServiceType::ExternalName {
@@ -235,7 +222,7 @@ fn backends(
     port_name: &str,
     protocol: Protocol,
     ipv6: bool,
-    slices: &[&EndpointSlice],
+    slices: &[Arc<EndpointSlice>],
     ctx: &NodeContext,
 ) -> Vec<Backend> {
     let want = if ipv6 {
@@ -290,7 +277,7 @@ fn backends(
 /// this node's endpoints.
 fn categorize(
     all: &[Backend],
-    slices: &[&EndpointSlice],
+    slices: &[Arc<EndpointSlice>],
     port_name: &str,
     ctx: &NodeContext,
 ) -> (Vec<Backend>, Vec<Backend>) {
@@ -325,7 +312,7 @@ fn categorize(
 /// ready endpoint lacks hints, or none is for this node (by `forNodes`) or its zone.
 fn topology_filter(
     all: &[Backend],
-    slices: &[&EndpointSlice],
+    slices: &[Arc<EndpointSlice>],
     _port_name: &str,
     ctx: &NodeContext,
 ) -> Option<Vec<IpAddr>> {
@@ -373,12 +360,9 @@ fn topology_filter(
 /// destination (an externalIP and port another Service also lists, a NodePort twice): the first
 /// in namespace/name order keeps it, the other is reported by name.
 pub fn service_map(snapshot: &Snapshot, ctx: &NodeContext) -> ServiceMap {
-    let slices = slices_by_service(snapshot);
     let mut map = ServiceMap::default();
     for (key, service) in &snapshot.services {
-        let empty = Vec::new();
-        let own = slices.get(key).unwrap_or(&empty);
-        match service_ports(key, service, own, ctx) {
+        match service_ports(key, service, snapshot.slices_of(key), ctx) {
             Ok(ports) => map.ports.extend(ports),
             Err(reasons) => map
                 .problems

@@ -10,6 +10,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::sync::Arc;
+
 use skein_cluster::{EndpointSlice, ObjectKey, Service, Snapshot};
 use skein_nft::{Chain, Element, Op, Set, Transaction, Value, Verdict, fingerprint};
 
@@ -18,9 +20,7 @@ use crate::ruleset::{
     CHAIN_SERVICES, ChainSpec, Fragment, GENERATED_PREFIXES, SetSpec, Tier, service_fragment,
     static_fragment,
 };
-use crate::service_map::{
-    NodeContext, ServicePort, Unprogrammable, service_ports, slices_by_service,
-};
+use crate::service_map::{NodeContext, ServicePort, Unprogrammable, service_ports};
 
 /// Who owns a fragment.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -32,8 +32,8 @@ enum Owner {
 /// A Service as last computed: its inputs (to skip it when they did not change) and output.
 #[derive(Debug, Clone)]
 struct Computed {
-    service: Service,
-    slices: Vec<EndpointSlice>,
+    service: Arc<Service>,
+    slices: Vec<Arc<EndpointSlice>>,
     ports: Vec<ServicePort>,
     fragment: Fragment,
     problems: Vec<String>,
@@ -214,17 +214,15 @@ impl ProxyState {
     pub fn plan(&mut self, snapshot: &Snapshot, ctx: &NodeContext, full: bool) -> Plan {
         let full = full || *ctx != self.ctx;
         self.ctx = ctx.clone();
-        let slices = slices_by_service(snapshot);
         let mut changed: BTreeSet<ObjectKey> = BTreeSet::new();
         let mut old: Vec<Fragment> = Vec::new();
-        let empty = Vec::new();
         for (key, service) in &snapshot.services {
-            let own = slices.get(key).unwrap_or(&empty);
+            let own = snapshot.slices_of(key);
             let same = !full
                 && self.computed.get(key).is_some_and(|c| {
-                    c.service == *service
+                    same_arc(&c.service, service)
                         && c.slices.len() == own.len()
-                        && c.slices.iter().zip(own.iter()).all(|(a, b)| a == *b)
+                        && c.slices.iter().zip(own.iter()).all(|(a, b)| same_arc(a, b))
                 });
             if same {
                 continue;
@@ -246,7 +244,7 @@ impl ProxyState {
                 key.clone(),
                 Computed {
                     service: service.clone(),
-                    slices: own.iter().map(|s| (*s).clone()).collect(),
+                    slices: own.to_vec(),
                     ports,
                     fragment,
                     problems,
@@ -418,7 +416,25 @@ impl ProxyState {
                 .map(|(n, s)| ((*n).to_string(), s.set.clone()))
                 .collect()
         };
+        // Sets the kernel fills (affinity): their elements are never skein's to compare; a
+        // restart keeps them, with their timeouts.
+        // (Only a full plan meets them: no fragment lists elements for them.)
+        let unmanaged: BTreeSet<&str> = if full {
+            self.static_fragment
+                .sets
+                .iter()
+                .chain(self.computed.values().flat_map(|c| c.fragment.sets.iter()))
+                .filter(|s| !s.managed)
+                .map(|s| s.set.name.as_str())
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
         for set in sets {
+            if unmanaged.contains(set.as_str()) {
+                self.mirror.dumped.remove(&set);
+                continue;
+            }
             let want = want_elements.remove(&set).unwrap_or_default();
             if let Some(dumped) = self.mirror.dumped.remove(&set) {
                 // Known only as bytes: add what is missing; if the kernel holds anything else,
@@ -434,7 +450,7 @@ impl ProxyState {
                             key: k.clone(),
                             verdict: v.clone(),
                         };
-                        (element_bytes(def, &e), e)
+                        (skein_nft::element_bytes(def, &e), e)
                     })
                     .collect();
                 let extra = dumped.iter().any(|b| !want_bytes.contains_key(b));
@@ -653,7 +669,3 @@ pub fn chain_of(spec: &ChainSpec) -> &Chain {
     &spec.chain
 }
 
-// MERGE: replaced by skein_nft's netlink element_bytes.
-fn element_bytes(def: &Set, e: &Element) -> Vec<u8> {
-    format!("{def:?}{e:?}").into_bytes()
-}

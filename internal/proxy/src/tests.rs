@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use skein_cluster::{
@@ -147,11 +148,12 @@ impl World {
         for sl in slices {
             self.snapshot
                 .endpoint_slices
-                .insert(ObjectKey::new(&sl.namespace, &sl.name), sl);
+                .insert(ObjectKey::new(&sl.namespace, &sl.name), Arc::new(sl));
         }
         self.snapshot
             .services
-            .insert(ObjectKey::new(&s.namespace, &s.name), s);
+            .insert(ObjectKey::new(&s.namespace, &s.name), Arc::new(s));
+        self.snapshot.reindex();
         self
     }
     fn fragments(&self) -> Vec<Fragment> {
@@ -238,7 +240,12 @@ fn the_kubernetes_service_reaches_the_api_server_off_the_pod_network() {
 
 fn nodeport(mut w: World, etp: TrafficPolicy) -> World {
     let key = ObjectKey::new("default", "web");
-    let s = w.snapshot.services.get_mut(&key).unwrap();
+    let s = w
+        .snapshot
+        .services
+        .get_mut(&key)
+        .map(Arc::make_mut)
+        .unwrap();
     s.service_type = ServiceType::NodePort;
     s.ports[0].node_port = Some(30080);
     s.external_traffic_policy = etp;
@@ -302,6 +309,7 @@ fn internal_traffic_policy_local_uses_local_endpoints_only() {
     w.snapshot
         .services
         .get_mut(&ObjectKey::new("default", "web"))
+        .map(Arc::make_mut)
         .unwrap()
         .internal_traffic_policy = TrafficPolicy::Local;
     assert_eq!(
@@ -318,6 +326,7 @@ fn load_balancer_ips_and_external_ips_with_source_ranges() {
             .snapshot
             .services
             .get_mut(&ObjectKey::new("default", "web"))
+            .map(Arc::make_mut)
             .unwrap();
         s.service_type = ServiceType::LoadBalancer;
         s.load_balancer_ips = vec![ip("203.0.113.5")];
@@ -421,7 +430,12 @@ fn no_endpoints_rejects_a_wrong_port_rejects_and_an_unallocated_address_drops() 
         )
         .with(
             service("web", "10.43.0.20", &[("http", TCP, 80)]),
-            web().snapshot.endpoint_slices.into_values().collect(),
+            web()
+                .snapshot
+                .endpoint_slices
+                .into_values()
+                .map(|s| (*s).clone())
+                .collect(),
         );
     assert_eq!(
         w.trace(Packet::tcp("10.42.1.9", "10.43.0.30", 80)),
@@ -536,6 +550,7 @@ fn client_ip_affinity_records_and_follows_the_client() {
     w.snapshot
         .services
         .get_mut(&ObjectKey::new("default", "web"))
+        .map(Arc::make_mut)
         .unwrap()
         .session_affinity = SessionAffinity::ClientIp {
         timeout: Duration::from_secs(600),
@@ -613,9 +628,11 @@ fn one_endpoint_change_touches_only_its_service() {
     let mut next = w.snapshot.clone();
     next.endpoint_slices
         .get_mut(&ObjectKey::new("default", "web-1"))
+        .map(Arc::make_mut)
         .unwrap()
         .endpoints
         .pop();
+    next.reindex();
     let plan = state.plan(&next, &ctx(), false);
     let script = plan.transaction().script();
     assert!(!script.contains("other"), "{script}");
@@ -638,6 +655,7 @@ fn a_service_without_endpoints_moves_from_the_dispatch_map_to_the_reject_map() {
     state.plan(&w.snapshot, &ctx(), true);
     let mut next = w.snapshot.clone();
     next.endpoint_slices.clear();
+    next.reindex();
     let script = state.plan(&next, &ctx(), false).transaction().script();
     assert!(
         script
@@ -726,4 +744,65 @@ fn the_tracer_refuses_a_rule_shape_it_does_not_know() {
         .trace(&Packet::tcp("10.42.1.9", "10.43.0.20", 80))
         .expect_err("unknown shape");
     assert!(err.to_string().contains("does not know"), "{err}");
+}
+
+fn udp_world(endpoints: &[&'static str]) -> World {
+    let eps: Vec<Ep> = endpoints.iter().map(|a| ep(a, "n1")).collect();
+    let mut s = service("dns", "10.43.0.53", &[("dns", UDP, 53)]);
+    s.service_type = ServiceType::NodePort;
+    s.ports[0].node_port = Some(30053);
+    let slices = if eps.is_empty() {
+        vec![]
+    } else {
+        vec![slice("dns", "dns-1", &eps, &[("dns", UDP, 5353)])]
+    };
+    World::new().with(s, slices)
+}
+
+fn udp_of(w: &World) -> crate::stale_flows::UdpPorts {
+    let map = crate::service_map(&w.snapshot, &ctx());
+    crate::stale_flows::udp_ports(map.ports.iter())
+}
+
+#[test]
+fn a_udp_endpoint_that_leaves_has_its_flows_cleared() {
+    use crate::stale_flows::{StaleFlow, stale_flows};
+    let before = udp_of(&udp_world(&["10.42.1.5", "10.42.2.6"]));
+    let after = udp_of(&udp_world(&["10.42.2.6"]));
+    let flows = stale_flows(&before, &after);
+    assert_eq!(
+        flows,
+        [
+            StaleFlow::Nat {
+                dst: "10.43.0.53:53".parse().unwrap(),
+                endpoint: ip("10.42.1.5")
+            },
+            StaleFlow::PortNat {
+                port: 30053,
+                endpoint: ip("10.42.1.5")
+            },
+        ]
+        .into()
+    );
+    assert!(stale_flows(&after, &after).is_empty());
+}
+
+#[test]
+fn a_udp_port_that_gets_its_first_endpoint_has_its_unnated_flows_cleared() {
+    use crate::stale_flows::{StaleFlow, stale_flows};
+    let before = udp_of(&udp_world(&[]));
+    let after = udp_of(&udp_world(&["10.42.1.5"]));
+    assert_eq!(
+        stale_flows(&before, &after),
+        [
+            StaleFlow::Unnated {
+                dst: "10.43.0.53:53".parse().unwrap()
+            },
+            StaleFlow::PortUnnated { port: 30053 },
+        ]
+        .into()
+    );
+    // TCP ports are left alone: their connections end on their own.
+    let tcp = udp_of(&web());
+    assert!(tcp.is_empty());
 }
