@@ -918,11 +918,22 @@ fn a_killed_daemon_comes_back_to_the_same_ruleset_without_breaking_a_connection(
         .expect("kill");
     assert!(killed.success());
     lab.must(&["start", "node-1"]);
-    // The proxy's first sync after the restart: it found the kernel as it wanted it.
+    // The proxy's first sync after the restart (a full one, against the kernel's table): it
+    // found the kernel as it wanted it. The section is written right after the first sync and
+    // then at most once a second while nothing changes, so it is caught with `syncs` at 1.
     let section = lab.wait(
         "node-1's proxy to report its first sync after the restart",
         Duration::from_secs(60),
         || services_section(&lab, "node-1").filter(|s| s["last_sync"].is_object()),
+    );
+    assert_eq!(
+        section["syncs"], 1,
+        "the report read is the first sync's: {section}"
+    );
+    assert_eq!(
+        section["last_sync"]["full"], true,
+        "{}",
+        section["last_sync"]
     );
     assert_eq!(
         section["last_sync"]["changed"], 0,
