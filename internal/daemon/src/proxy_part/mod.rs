@@ -159,7 +159,7 @@ pub async fn run(
     let board = ServicesBoard::register(&report);
     let mut nl = tokio::task::spawn_blocking(|| {
         let mut nl = Netlink::new()?;
-        skein_nft::probe(&mut nl)?;
+        skein_nft::netlink::probe(&mut nl)?;
         Ok::<_, NftError>(nl)
     })
     .await
