@@ -273,7 +273,8 @@ fn a_node_port_answers_on_every_nodes_address_from_another_node_and_from_outside
             service(
                 "np",
                 "np",
-                "type: NodePort, ports: [{name: tcp, port: 80, targetPort: 8080, nodePort: 30080, protocol: TCP}, \
+                "type: NodePort, externalIPs: [203.0.113.10], \
+                 ports: [{name: tcp, port: 80, targetPort: 8080, nodePort: 30080, protocol: TCP}, \
                  {name: udp, port: 80, targetPort: 8080, nodePort: 30080, protocol: UDP}]",
             ),
         ],
@@ -299,6 +300,23 @@ fn a_node_port_answers_on_every_nodes_address_from_another_node_and_from_outside
                 assert!(
                     backends.contains(&name),
                     "{from} -> {target_node}'s NodePort over {protocol}: {name}"
+                );
+            }
+        }
+    }
+
+    // The external IP, routed by the outside machine through a node with an endpoint and
+    // through one without.
+    for via in ["node-1", "node-3"] {
+        let route = ["ip", "route", "replace", "203.0.113.10/32", "via"];
+        let (ok, out) = lab.exec(&outside, &[&route[..], &[&lab.address(via)]].concat());
+        assert!(ok, "{out}");
+        for protocol in ["tcp", "udp"] {
+            first_answer(&lab, &outside, protocol, "203.0.113.10:80");
+            for (name, _) in answers(&lab, &outside, protocol, "203.0.113.10:80", 5) {
+                assert!(
+                    backends.contains(&name),
+                    "outside -> the external IP via {via} over {protocol}: {name}"
                 );
             }
         }
@@ -498,12 +516,13 @@ fn internal_traffic_policy_local_reaches_only_the_clients_own_node() {
         );
     }
     // node-3 has no endpoint of its own: its pods' connections are dropped, as kube-proxy
-    // drops them (the Service has endpoints, just none here).
+    // drops them (the Service has endpoints, just none here; kube-proxy rejects only a
+    // Service without any endpoint).
     let p = lab.probe_outcome(&pods[4].0, "tcp", &vip, &["--timeout", "2s"]);
     assert_eq!(
         p.error_kind.as_deref(),
         Some("timeout"),
-        "iTP Local without a local endpoint drops: {p:?}"
+        "iTP Local without a local endpoint drops, as kube-proxy does: {p:?}"
     );
 }
 
