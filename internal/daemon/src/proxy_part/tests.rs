@@ -144,11 +144,20 @@ fn run(n: usize) -> (f64, usize, f64, usize, f64) {
         next.reindex();
         let started = Instant::now();
         let plan = again.plan(&next, &ctx(), false);
+        let planned = started.elapsed();
         let changed = plan.changed;
         for tx in plan.transactions(super::MAX_TRANSACTION) {
             nl.apply(&tx).expect("apply");
         }
         let one = started.elapsed().as_secs_f64();
+        if n >= 1000 {
+            println!(
+                "  one endpoint at {n}: plan {:.2} ms, kernel {:.2} ms: {}",
+                planned.as_secs_f64() * 1000.0,
+                (started.elapsed() - planned).as_secs_f64() * 1000.0,
+                plan.transaction().script().replace('\n', "; ")
+            );
+        }
         (full, restart_changes, restart, changed, one)
     })
 }
