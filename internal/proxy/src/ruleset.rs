@@ -5,9 +5,7 @@
 //!
 //! - `proxy_filter_pre` / `proxy_filter_out` (filter, prerouting / output, -110), new
 //!   connections only → `proxy_firewall`: exempt addresses return; load-balancer source ranges
-//!   (`firewall_ips` → `fw_…` chains); Service ports without endpoints (`no_endpoint_ips`,
-//!   `no_endpoint_nodeports` → `proxy_reject` or drop); a live ClusterIP on a port it does not
-//!   serve is rejected; any other address of the service CIDR is dropped.
+//!   (`firewall_ips` → `fw_…` chains), checked on the load balancer's own address.
 //! - `proxy_nat_pre` / `proxy_nat_out` (nat, prerouting / output, -100) → `proxy_services`:
 //!   `service_ips` (ClusterIPs → `svc_…`, external IPs → `ext_…`); for the node's own
 //!   addresses the pods' host ports (`host_ip_ports`, `host_ports` → `hp_…`, see
@@ -22,6 +20,11 @@
 //!   local endpoint.
 //! - `ep_…` (local endpoints, and all with affinity): the endpoint reaching itself (hairpin) is
 //!   marked for masquerade; affinity recorded; DNAT.
+//! - `proxy_check_in` / `_fwd` / `_out` (filter, input / forward / output, -10: after DNAT,
+//!   as kube-proxy's), new connections only → `proxy_checks`: what is still addressed to a
+//!   Service was not DNATed: ports without endpoints (`no_endpoint_ips`,
+//!   `no_endpoint_nodeports` → `proxy_reject`, or drop under a Local traffic policy), a live
+//!   ClusterIP on a port it does not serve (reject), any other service address (drop).
 //! - `postrouting` (the CNI part's chain) masquerades what is marked.
 //!
 //! Every chain and set a Service port owns carries a hash of the port's identity in its name,
@@ -43,14 +46,24 @@ use crate::service_map::{Backend, NodeContext, ServicePort};
 pub const CHAIN_FILTER_PRE: &str = "proxy_filter_pre";
 pub const CHAIN_FILTER_OUT: &str = "proxy_filter_out";
 pub const CHAIN_FIREWALL: &str = "proxy_firewall";
+pub const CHAIN_CHECK_IN: &str = "proxy_check_in";
+pub const CHAIN_CHECK_FWD: &str = "proxy_check_fwd";
+pub const CHAIN_CHECK_OUT: &str = "proxy_check_out";
+pub const CHAIN_CHECKS: &str = "proxy_checks";
 pub const CHAIN_REJECT: &str = "proxy_reject";
 pub const CHAIN_NAT_PRE: &str = "proxy_nat_pre";
 pub const CHAIN_NAT_OUT: &str = "proxy_nat_out";
 pub const CHAIN_SERVICES: &str = "proxy_services";
 
-/// The priority of the proxy's filter chains: before DNAT (-100), so a check sees the
-/// Service's own address.
+/// The priority of the proxy's firewall chains: before DNAT (-100), so the source-range check
+/// sees the load balancer's own address.
 pub const PRIORITY_FILTER: i32 = -110;
+
+/// The priority of the proxy's checks: after DNAT, in input, forward and output (kube-proxy's
+/// `filter - 10`), so they see only what nothing DNATed: a packet a Service chain sent on
+/// (a pod's short-circuit to every endpoint under eTP Local) is no longer addressed to the
+/// Service.
+pub const PRIORITY_CHECKS: i32 = -10;
 
 /// The shared sets and maps, per family (`false` IPv4, `true` IPv6).
 pub fn set_name(base: &str, ipv6: bool) -> String {
@@ -64,7 +77,6 @@ pub const SERVICE_IPS: &str = "service_ips";
 pub const SERVICE_NODEPORTS: &str = "service_nodeports";
 pub const NODEPORT_IPS: &str = "nodeport_ips";
 pub const CLUSTER_IPS: &str = "cluster_ips";
-pub const SERVICE_PORTS: &str = "service_ports";
 pub const NO_ENDPOINT_IPS: &str = "no_endpoint_ips";
 pub const NO_ENDPOINT_NODEPORTS: &str = "no_endpoint_nodeports";
 pub const FIREWALL_IPS: &str = "firewall_ips";
@@ -407,7 +419,6 @@ pub fn service_fragment(p: &ServicePort, ctx: &NodeContext) -> Fragment {
             &set_name(CLUSTER_IPS, p.ipv6),
             Element::key(vec![Value::Addr(*ip)]),
         );
-        f.element(&set_name(SERVICE_PORTS, p.ipv6), Element::key(key.clone()));
         if internal.is_empty() {
             // As kube-proxy: a Service without any endpoint rejects; one whose endpoints are
             // all elsewhere under internalTrafficPolicy Local drops.
@@ -492,15 +503,20 @@ pub fn service_fragment(p: &ServicePort, ctx: &NodeContext) -> Fragment {
     });
     // No external endpoint: eTP Local drops (as kube-proxy does: no reset, the client's
     // load balancer moves on by health check), eTP Cluster rejects.
+    // As kube-proxy: without any endpoint, external traffic is rejected; with endpoints but
+    // none for external traffic (eTP Local, none on this node), what the external chain does
+    // not send on (pods and the node itself are short-circuited to every endpoint) is dropped
+    // after DNAT, with no reset, so the client's load balancer moves on by its health check.
     let dead = if external.is_empty() {
-        Some(if p.external_local {
-            Verdict::Drop
-        } else {
+        Some(if p.cluster.is_empty() {
             Verdict::Goto(CHAIN_REJECT.into())
+        } else {
+            Verdict::Drop
         })
     } else {
         None
     };
+    let dispatch = !p.cluster.is_empty();
     let firewall = if p.source_ranges.is_empty() || p.load_balancer_ips.is_empty() {
         None
     } else {
@@ -537,15 +553,17 @@ pub fn service_fragment(p: &ServicePort, ctx: &NodeContext) -> Fragment {
     };
     for ip in &p.external_ips {
         let key = vec![Value::Addr(*ip), proto.clone(), port.clone()];
-        match &dead {
-            Some(v) => f.element(
+        if let Some(v) = &dead {
+            f.element(
                 &set_name(NO_ENDPOINT_IPS, p.ipv6),
                 Element::mapped(key.clone(), v.clone()),
-            ),
-            None => f.element(
+            );
+        }
+        if dispatch {
+            f.element(
                 &set_name(SERVICE_IPS, p.ipv6),
                 Element::mapped(key.clone(), Verdict::Goto(ext.clone())),
-            ),
+            );
         }
         if let Some(fw) = &firewall
             && p.load_balancer_ips.contains(ip)
@@ -558,15 +576,17 @@ pub fn service_fragment(p: &ServicePort, ctx: &NodeContext) -> Fragment {
     }
     if let Some(node_port) = p.node_port {
         let key = vec![proto.clone(), Value::Port(node_port)];
-        match &dead {
-            Some(v) => f.element(
+        if let Some(v) = &dead {
+            f.element(
                 &set_name(NO_ENDPOINT_NODEPORTS, p.ipv6),
-                Element::mapped(key, v.clone()),
-            ),
-            None => f.element(
+                Element::mapped(key.clone(), v.clone()),
+            );
+        }
+        if dispatch {
+            f.element(
                 &set_name(SERVICE_NODEPORTS, p.ipv6),
                 Element::mapped(key, Verdict::Goto(ext.clone())),
-            ),
+            );
         }
     }
     f
@@ -592,9 +612,24 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
         negate: false,
     };
     let to_firewall = Rule::new(
-        vec![new_only],
+        vec![new_only.clone()],
         Action::Verdict(Verdict::Jump(CHAIN_FIREWALL.into())),
     );
+    let to_checks = Rule::new(
+        vec![new_only],
+        Action::Verdict(Verdict::Jump(CHAIN_CHECKS.into())),
+    );
+    for (name, hook) in [
+        (CHAIN_CHECK_IN, HookPoint::Input),
+        (CHAIN_CHECK_FWD, HookPoint::Forward),
+        (CHAIN_CHECK_OUT, HookPoint::Output),
+    ] {
+        f.chains.push(ChainSpec {
+            chain: base(name, ChainType::Filter, hook, PRIORITY_CHECKS),
+            tier: Tier::Static,
+            rules: vec![to_checks.clone()],
+        });
+    }
     for (name, hook) in [
         (CHAIN_FILTER_PRE, HookPoint::Prerouting),
         (CHAIN_FILTER_OUT, HookPoint::Output),
@@ -639,6 +674,7 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
     });
 
     let mut firewall = Vec::new();
+    let mut checks = Vec::new();
     let mut services = Vec::new();
     for ipv6 in [false, true] {
         let (_, daddr) = fields(ipv6);
@@ -657,10 +693,20 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
         map(NO_ENDPOINT_IPS, full.clone(), true);
         map(NO_ENDPOINT_NODEPORTS, ports, true);
         map(FIREWALL_IPS, full.clone(), true);
-        map(SERVICE_PORTS, full, false);
         map(CLUSTER_IPS, vec![at], false);
         map(NODEPORT_IPS, vec![at], false);
         for ip in ctx.exempt_ips.iter().filter(|ip| ip.is_ipv6() == ipv6) {
+            checks.push(
+                Rule::new(
+                    vec![Match::Cmp {
+                        field: daddr,
+                        op: CmpOp::Eq,
+                        value: Value::Addr(*ip),
+                    }],
+                    Action::Verdict(Verdict::Return),
+                )
+                .with_comment(comment("answered on the node itself")),
+            );
             firewall.push(
                 Rule::new(
                     vec![Match::Cmp {
@@ -680,7 +726,7 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
                 map: set_name(FIREWALL_IPS, ipv6),
             },
         ));
-        firewall.push(Rule::new(
+        checks.push(Rule::new(
             Vec::new(),
             Action::Vmap {
                 key: svc_key.clone(),
@@ -692,45 +738,31 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
             set: set_name(NODEPORT_IPS, ipv6),
             negate: false,
         };
-        firewall.push(Rule::new(
+        checks.push(Rule::new(
             vec![on_nodeport_ip.clone()],
             Action::Vmap {
                 key: port_key.clone(),
                 map: set_name(NO_ENDPOINT_NODEPORTS, ipv6),
             },
         ));
-        firewall.push(
+        // Still addressed to a live ClusterIP after DNAT: a port it does not serve.
+        checks.push(
             Rule::new(
-                vec![
-                    Match::InSet {
-                        key: vec![daddr],
-                        set: set_name(CLUSTER_IPS, ipv6),
-                        negate: false,
-                    },
-                    Match::InSet {
-                        key: svc_key.clone(),
-                        set: set_name(SERVICE_PORTS, ipv6),
-                        negate: true,
-                    },
-                ],
+                vec![Match::InSet {
+                    key: vec![daddr],
+                    set: set_name(CLUSTER_IPS, ipv6),
+                    negate: false,
+                }],
                 goto(CHAIN_REJECT),
             )
             .with_comment(comment("a ClusterIP on a port it does not serve")),
         );
-        firewall.push(Rule::new(
-            vec![Match::InSet {
-                key: vec![daddr],
-                set: set_name(CLUSTER_IPS, ipv6),
-                negate: false,
-            }],
-            Action::Verdict(Verdict::Return),
-        ));
         for cidr in ctx
             .service_cidrs
             .iter()
             .filter(|c| c.addr().is_ipv6() == ipv6)
         {
-            firewall.push(
+            checks.push(
                 Rule::new(
                     vec![Match::Prefix {
                         field: daddr,
@@ -790,6 +822,14 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
         },
         tier: Tier::Static,
         rules: firewall,
+    });
+    f.chains.push(ChainSpec {
+        chain: Chain {
+            name: CHAIN_CHECKS.into(),
+            hook: None,
+        },
+        tier: Tier::Static,
+        rules: checks,
     });
     f.chains.push(ChainSpec {
         chain: Chain {

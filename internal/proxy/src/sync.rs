@@ -78,21 +78,24 @@ impl Mirror {
 
 /// Whether a chain or set name is the proxy's: a static name of its own or a generated one.
 pub fn is_proxy_object(name: &str) -> bool {
-    const STATIC: [&str; 7] = [
+    const STATIC: [&str; 11] = [
         CHAIN_FILTER_PRE,
         CHAIN_FILTER_OUT,
         CHAIN_FIREWALL,
+        crate::ruleset::CHAIN_CHECK_IN,
+        crate::ruleset::CHAIN_CHECK_FWD,
+        crate::ruleset::CHAIN_CHECK_OUT,
+        crate::ruleset::CHAIN_CHECKS,
         CHAIN_REJECT,
         CHAIN_NAT_PRE,
         CHAIN_NAT_OUT,
         CHAIN_SERVICES,
     ];
-    const SETS: [&str; 10] = [
+    const SETS: [&str; 9] = [
         crate::ruleset::SERVICE_IPS,
         crate::ruleset::SERVICE_NODEPORTS,
         crate::ruleset::NODEPORT_IPS,
         crate::ruleset::CLUSTER_IPS,
-        crate::ruleset::SERVICE_PORTS,
         crate::ruleset::NO_ENDPOINT_IPS,
         crate::ruleset::NO_ENDPOINT_NODEPORTS,
         crate::ruleset::FIREWALL_IPS,

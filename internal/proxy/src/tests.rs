@@ -316,6 +316,12 @@ fn external_traffic_policy_local_keeps_the_source_and_stays_on_the_node() {
         remote_only.trace(Packet::tcp("198.51.100.7", NODE_IP, 30080)),
         [Fate::Dropped].into()
     );
+    // Pods are still short-circuited to every endpoint there: the no-endpoint check runs
+    // after DNAT, as kube-proxy's does.
+    assert_eq!(
+        remote_only.trace(Packet::tcp("10.42.1.9", NODE_IP, 30080)),
+        reached(&[("10.42.2.6", 8080)], false)
+    );
 }
 
 #[test]
@@ -773,7 +779,12 @@ fn big_plans_are_cut_into_bounded_transactions_at_group_boundaries() {
 #[test]
 fn the_tracer_refuses_a_rule_shape_it_does_not_know() {
     let mut f = static_fragment(&ctx());
-    f.chains[0].rules.insert(
+    let nat = f
+        .chains
+        .iter()
+        .position(|c| c.chain.name == crate::ruleset::CHAIN_NAT_PRE)
+        .expect("the nat chain");
+    f.chains[nat].rules.insert(
         0,
         skein_nft::Rule::new(Vec::new(), skein_nft::Action::MssClampToRouteMtu),
     );
