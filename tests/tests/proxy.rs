@@ -147,7 +147,8 @@ fn first_answer(lab: &Lab, netns: &str, protocol: &str, target: &str) -> (String
     )
 }
 
-/// `count` probes from `netns`: every answer (pod, source seen); panics on one without.
+/// `count` probes from `netns`: every answer (pod, source seen); panics on one without, or on
+/// a UDP answer from another address than the one asked (its NAT not undone).
 fn answers(
     lab: &Lab,
     netns: &str,
@@ -158,9 +159,15 @@ fn answers(
     (0..count)
         .map(|i| {
             let outcome = lab.probe_outcome(netns, protocol, target, &[]);
-            outcome.workload().unwrap_or_else(|| {
+            let answer = outcome.workload().unwrap_or_else(|| {
                 panic!("probe {i} of {protocol} {target} from {netns} got no answer: {outcome:?}")
-            })
+            });
+            assert_eq!(
+                outcome.from.as_deref(),
+                Some(target),
+                "the answer comes from the address asked: {outcome:?}"
+            );
+            answer
         })
         .collect()
 }
