@@ -9,16 +9,19 @@
 //!   `no_endpoint_nodeports` → `proxy_reject` or drop); a live ClusterIP on a port it does not
 //!   serve is rejected; any other address of the service CIDR is dropped.
 //! - `proxy_nat_pre` / `proxy_nat_out` (nat, prerouting / output, -100) → `proxy_services`:
-//!   `service_ips` (ClusterIPs → `svc_…`, external IPs → `ext_…`) and, for the node's NodePort
-//!   addresses, `service_nodeports` (→ `ext_…`).
-//! - `svc_…`: off-cluster sources marked for masquerade; ClientIP affinity (`aff_…` sets);
-//!   one endpoint drawn (`numgen random mod k` per rule, k = endpoints left, which is uniform);
-//!   `goto ep_…`.
+//!   `service_ips` (ClusterIPs → `svc_…`, external IPs → `ext_…`); for the node's own
+//!   addresses the pods' host ports (`host_ip_ports`, `host_ports` → `hp_…`, see
+//!   [`crate::host_ports`]); and, for the node's NodePort addresses, `service_nodeports`
+//!   (→ `ext_…`).
+//! - `proxy_services` also marks ClusterIP traffic from off the pod network for masquerade.
+//! - `svc_…`: ClientIP affinity (`aff_…` sets); one endpoint drawn (`numgen random mod k` per
+//!   rule, k = endpoints left, which is uniform), DNATed by that rule, or `goto ep_…` for a
+//!   local endpoint (hairpin) or with affinity.
 //! - `ext_…`: eTP Cluster marks for masquerade and goes to `svc_…`; eTP Local sends pod and
 //!   node traffic to `svc_…` (node traffic masqueraded) and the rest, with its source kept, to a
 //!   local endpoint.
-//! - `ep_…`: the endpoint reaching itself (hairpin) is marked for masquerade; affinity
-//!   recorded; DNAT.
+//! - `ep_…` (local endpoints, and all with affinity): the endpoint reaching itself (hairpin) is
+//!   marked for masquerade; affinity recorded; DNAT.
 //! - `postrouting` (the CNI part's chain) masquerades what is marked.
 //!
 //! Every chain and set a Service port owns carries a hash of the port's identity in its name,
@@ -125,7 +128,7 @@ pub fn short_hash(identity: &str) -> String {
 
 /// `prefix_hash_readable`, cut to the longest name skein generates; characters nft names
 /// cannot hold become `_`.
-fn generated_name(prefix: &str, identity: &str, readable: &str) -> String {
+pub(crate) fn generated_name(prefix: &str, identity: &str, readable: &str) -> String {
     let readable: String = readable
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
@@ -137,7 +140,7 @@ fn generated_name(prefix: &str, identity: &str, readable: &str) -> String {
 
 /// Every generated name starts with one of these; anything else in the table with such a
 /// prefix that no Service wants is stale.
-pub const GENERATED_PREFIXES: [&str; 6] = ["svc_", "ext_", "ep_", "fw_", "aff_", "src_"];
+pub const GENERATED_PREFIXES: [&str; 7] = ["svc_", "ext_", "ep_", "fw_", "aff_", "src_", "hp_"];
 
 /// The names of one Service port's objects.
 #[derive(Debug, Clone)]
@@ -199,7 +202,7 @@ impl Names {
     }
 }
 
-fn fields(ipv6: bool) -> (Field, Field) {
+pub(crate) fn fields(ipv6: bool) -> (Field, Field) {
     if ipv6 {
         (Field::Ip6Saddr, Field::Ip6Daddr)
     } else {
@@ -207,7 +210,7 @@ fn fields(ipv6: bool) -> (Field, Field) {
     }
 }
 
-fn addr_type(ipv6: bool) -> KeyType {
+pub(crate) fn addr_type(ipv6: bool) -> KeyType {
     if ipv6 {
         KeyType::Ipv6Addr
     } else {
@@ -215,7 +218,7 @@ fn addr_type(ipv6: bool) -> KeyType {
     }
 }
 
-fn marked_for_masquerade(matches: Vec<Match>) -> Rule {
+pub(crate) fn marked_for_masquerade(matches: Vec<Match>) -> Rule {
     Rule::new(matches, Action::Continue).with_statement(Statement::SetMarkBits(MASQUERADE_MARK))
 }
 
@@ -272,6 +275,33 @@ fn endpoint_chain(p: &ServicePort, names: &Names, b: &Backend) -> ChainSpec {
     }
 }
 
+/// Whether an endpoint gets a chain of its own: only when something must happen besides the
+/// DNAT. A local endpoint may be the client itself (hairpin: a pod on this node reaching itself
+/// through its Service; a remote one never sends through this node's prerouting), and affinity
+/// records the client. Every other endpoint is DNATed by the rule that draws it, which keeps a
+/// Service with remote endpoints at one chain.
+fn has_chain(p: &ServicePort, b: &Backend) -> bool {
+    b.local || p.affinity.is_some()
+}
+
+/// What the rule that picks `b` does: go to its chain, or DNAT to it.
+fn to_endpoint(p: &ServicePort, names: &Names, b: &Backend) -> (Vec<Match>, Action) {
+    if has_chain(p, b) {
+        return (Vec::new(), goto(&names.ep(b)));
+    }
+    (
+        vec![Match::Cmp {
+            field: Field::L4Proto,
+            op: CmpOp::Eq,
+            value: Value::Proto(p.protocol),
+        }],
+        Action::Dnat {
+            addr: b.addr,
+            port: Some(b.port),
+        },
+    )
+}
+
 /// Rules that pick one of `endpoints`: affinity first (a client with a live entry goes back
 /// to its endpoint), then a uniform draw.
 fn pick_rules(p: &ServicePort, names: &Names, endpoints: &[Backend]) -> Vec<Rule> {
@@ -292,15 +322,22 @@ fn pick_rules(p: &ServicePort, names: &Names, endpoints: &[Backend]) -> Vec<Rule
     let n = endpoints.len();
     for (i, b) in endpoints.iter().enumerate() {
         let left = (n - i) as u32;
-        let matches = if left > 1 {
-            vec![Match::Random {
+        let (mut matches, action) = to_endpoint(p, names, b);
+        if left > 1 {
+            matches.push(Match::Random {
                 modulus: left,
                 value: 0,
-            }]
-        } else {
-            Vec::new()
-        };
-        rules.push(Rule::new(matches, goto(&names.ep(b))));
+            });
+        }
+        let mut rule = Rule::new(matches, action);
+        if matches!(rule.action, Action::Dnat { .. }) {
+            rule.comment = Some(NftComment::lossy(&format!(
+                "{} -> {}",
+                p.display(),
+                b.pod.as_deref().unwrap_or("endpoint")
+            )));
+        }
+        rules.push(rule);
     }
     rules
 }
@@ -332,7 +369,7 @@ pub fn service_fragment(p: &ServicePort, ctx: &NodeContext) -> Fragment {
         reached.extend(external.iter());
         reached.extend(p.cluster.iter());
     }
-    for b in &reached {
+    for b in reached.iter().filter(|b| has_chain(p, b)) {
         f.chains.push(endpoint_chain(p, &names, b));
         if let Some(timeout) = p.affinity {
             let mut set = Set::new(names.aff(b, timeout), vec![addr_type(p.ipv6)]);
@@ -345,22 +382,9 @@ pub fn service_fragment(p: &ServicePort, ctx: &NodeContext) -> Fragment {
     }
 
     // The service chain: ClusterIP traffic (internal policy).
+    // (Off-cluster sources are marked for masquerade by one static rule in `proxy_services`.)
     let svc = names.svc();
-    let mut rules = Vec::new();
-    for cidr in &family_cidrs {
-        rules.push(
-            marked_for_masquerade(vec![Match::Prefix {
-                field: saddr,
-                net: *cidr,
-                negate: true,
-            }])
-            .with_comment(NftComment::lossy(&format!(
-                "{} from off the pod network",
-                p.display()
-            ))),
-        );
-    }
-    rules.extend(pick_rules(p, &names, internal));
+    let mut rules = pick_rules(p, &names, internal);
     if let Some(first) = rules.first_mut()
         && first.comment.is_none()
     {
@@ -385,9 +409,16 @@ pub fn service_fragment(p: &ServicePort, ctx: &NodeContext) -> Fragment {
         );
         f.element(&set_name(SERVICE_PORTS, p.ipv6), Element::key(key.clone()));
         if internal.is_empty() {
+            // As kube-proxy: a Service without any endpoint rejects; one whose endpoints are
+            // all elsewhere under internalTrafficPolicy Local drops.
+            let verdict = if p.cluster.is_empty() {
+                Verdict::Goto(CHAIN_REJECT.into())
+            } else {
+                Verdict::Drop
+            };
             f.element(
                 &set_name(NO_ENDPOINT_IPS, p.ipv6),
-                Element::mapped(key, Verdict::Goto(CHAIN_REJECT.into())),
+                Element::mapped(key, verdict),
             );
         } else {
             f.element(
@@ -711,6 +742,28 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
                 .with_comment(comment("an unallocated service address")),
             );
         }
+        let (saddr, _) = fields(ipv6);
+        for cidr in ctx
+            .cluster_cidrs
+            .iter()
+            .filter(|c| c.addr().is_ipv6() == ipv6)
+        {
+            services.push(
+                marked_for_masquerade(vec![
+                    Match::InSet {
+                        key: vec![daddr],
+                        set: set_name(CLUSTER_IPS, ipv6),
+                        negate: false,
+                    },
+                    Match::Prefix {
+                        field: saddr,
+                        net: *cidr,
+                        negate: true,
+                    },
+                ])
+                .with_comment(comment("ClusterIP traffic from off the pod network")),
+            );
+        }
         services.push(Rule::new(
             Vec::new(),
             Action::Vmap {
@@ -718,6 +771,10 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
                 map: set_name(SERVICE_IPS, ipv6),
             },
         ));
+        // Host ports before NodePorts: a pod's hostPort is the node's port too.
+        let (host_port_maps, host_port_rules) = crate::host_ports::dispatch(ipv6);
+        f.sets.extend(host_port_maps);
+        services.extend(host_port_rules);
         services.push(Rule::new(
             vec![on_nodeport_ip],
             Action::Vmap {
