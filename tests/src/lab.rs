@@ -258,6 +258,7 @@ impl Lab {
         });
         Probe {
             answer: json["answer"].as_str().map(str::to_string),
+            from: json["from"].as_str().map(str::to_string),
             status: json["status"].as_u64().map(|s| s as u16),
             error_kind: json["error_kind"].as_str().map(str::to_string),
             error: json["error"].as_str().map(str::to_string),
@@ -536,6 +537,8 @@ impl Drop for Lab {
 pub struct Probe {
     /// TCP: the first line; UDP: the datagram; HTTP(S): the body.
     pub answer: Option<String>,
+    /// Where the answer came from: UDP, the datagram's source; otherwise the target.
+    pub from: Option<String>,
     /// HTTP(S): the status code.
     pub status: Option<u16>,
     /// Without an answer: `refused`, `reset`, `timeout`, `unreachable` or `other`.

@@ -266,6 +266,8 @@ impl Default for ProbeOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub answer: Option<String>,
+    /// Where the answer came from (UDP: the datagram's source; else the target).
+    pub from: Option<SocketAddr>,
     pub status: Option<u16>,
     /// `refused`, `reset`, `timeout`, `unreachable` or `other`, with the error's text.
     pub error: Option<(&'static str, String)>,
@@ -277,6 +279,7 @@ impl Outcome {
         serde_json::json!({
             "ok": self.answer.is_some(),
             "answer": self.answer,
+            "from": self.from.map(|a| a.to_string()),
             "status": self.status,
             "error_kind": self.error.as_ref().map(|(k, _)| *k),
             "error": self.error.as_ref().map(|(_, e)| e),
@@ -324,18 +327,23 @@ async fn tcp_connect(target: SocketAddr, source_port: Option<u16>) -> std::io::R
     socket.connect(target).await
 }
 
-/// A UDP socket on `source_port` (any when `None`), connected to `target`: the kernel reports
-/// an ICMP refusal to it.
-async fn udp_socket(target: SocketAddr, source_port: Option<u16>) -> anyhow::Result<UdpSocket> {
+/// A UDP socket on `source_port` (any when `None`) of `target`'s family.
+async fn udp_bind(target: SocketAddr, source_port: Option<u16>) -> anyhow::Result<UdpSocket> {
     let port = source_port.unwrap_or(0);
     let bind: SocketAddr = if target.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, port).into()
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, port).into()
     };
-    let socket = UdpSocket::bind(bind)
+    UdpSocket::bind(bind)
         .await
-        .with_context(|| format!("binding udp {bind}"))?;
+        .with_context(|| format!("binding udp {bind}"))
+}
+
+/// A UDP socket on `source_port` (any when `None`), connected to `target`, as a long-lived UDP
+/// client's is: only `target`'s answers arrive, and the kernel reports an ICMP refusal to it.
+async fn udp_socket(target: SocketAddr, source_port: Option<u16>) -> anyhow::Result<UdpSocket> {
+    let socket = udp_bind(target, source_port).await?;
     socket.connect(target).await?;
     Ok(socket)
 }
@@ -400,19 +408,35 @@ pub async fn probe(protocol: &str, target: SocketAddr, options: &ProbeOptions) -
                 while conn.read(&mut byte).await? == 1 && byte[0] != b'\n' {
                     line.push(byte[0]);
                 }
-                Ok((String::from_utf8_lossy(&line).into_owned(), None))
+                Ok((String::from_utf8_lossy(&line).into_owned(), target, None))
             }
             "udp" => {
-                let socket = udp_socket(target, options.source_port).await?;
-                socket.send(b"probe").await?;
+                // Not connected: a server bound to a wildcard address (a workload on a node)
+                // may answer from another of its addresses, and that is still its answer.
+                // IP_RECVERR makes the kernel report an ICMP refusal to it all the same.
+                let socket = udp_bind(target, options.source_port).await?;
+                if target.is_ipv4() {
+                    nix::sys::socket::setsockopt(
+                        &socket,
+                        nix::sys::socket::sockopt::Ipv4RecvErr,
+                        &true,
+                    )?;
+                } else {
+                    nix::sys::socket::setsockopt(
+                        &socket,
+                        nix::sys::socket::sockopt::Ipv6RecvErr,
+                        &true,
+                    )?;
+                }
+                socket.send_to(b"probe", target).await?;
                 let mut buf = vec![0u8; 65536];
-                let n = socket.recv(&mut buf).await?;
-                Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), None))
+                let (n, from) = socket.recv_from(&mut buf).await?;
+                Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from, None))
             }
             "http" => {
                 let conn = tcp_connect(target, options.source_port).await?;
                 let (status, body) = http_get(conn, &target.to_string(), &options.path).await?;
-                Ok((body, Some(status)))
+                Ok((body, target, Some(status)))
             }
             "https" => {
                 let ca = options
@@ -425,12 +449,12 @@ pub async fn probe(protocol: &str, target: SocketAddr, options: &ProbeOptions) -
                     tokio_rustls::rustls::pki_types::ServerName::IpAddress(target.ip().into());
                 let tls = connector.connect(name, conn).await?;
                 let (status, body) = http_get(tls, &target.to_string(), &options.path).await?;
-                Ok((body, Some(status)))
+                Ok((body, target, Some(status)))
             }
             other => bail!("unknown protocol {other:?} (tcp, udp, http or https)"),
         }
     };
-    let result: anyhow::Result<(String, Option<u16>)> =
+    let result: anyhow::Result<(String, SocketAddr, Option<u16>)> =
         match tokio::time::timeout(options.timeout, attempt).await {
             Ok(result) => result,
             Err(_) => Err(anyhow::Error::new(std::io::Error::new(
@@ -443,14 +467,16 @@ pub async fn probe(protocol: &str, target: SocketAddr, options: &ProbeOptions) -
         };
     let elapsed = started.elapsed();
     match result {
-        Ok((answer, status)) => Outcome {
+        Ok((answer, from, status)) => Outcome {
             answer: Some(answer),
+            from: Some(from),
             status,
             error: None,
             elapsed,
         },
         Err(e) => Outcome {
             answer: None,
+            from: None,
             status: None,
             error: Some((error_kind(&e), format!("{protocol} {target}: {e:#}"))),
             elapsed,
