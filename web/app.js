@@ -8,7 +8,7 @@ const REFRESH_MS = 3000;
 /// Rows per list and request; the API pages longer lists.
 const PAGE_LIMIT = 50;
 /// Known sections first, in this order; the others follow by name.
-const ORDER = ["cluster", "peers", "ipam"];
+const ORDER = ["cluster", "services", "peers", "ipam"];
 let lastOk = null;
 /// The offset each section is paged to, by section name.
 const offsets = {};
@@ -184,7 +184,42 @@ function renderGeneric(name, section, details) {
   return out;
 }
 
-const RENDERERS = { cluster: renderCluster, peers: renderPeers, ipam: renderIpam };
+/// One endpoint as the services table shows it: address, pod, and what it is to this node.
+function endpointText(e) {
+  const marks = [];
+  if (e.local) marks.push("local");
+  if (e.terminating) marks.push(e.serving ? "terminating, serving" : "terminating");
+  else if (!e.ready) marks.push("not ready");
+  if (!e.in_use) marks.push("not used");
+  return `${e.address}${e.pod ? ` (${e.pod})` : ""}${marks.length ? ` [${marks.join(", ")}]` : ""}`;
+}
+
+function renderServices(name, section, v) {
+  if (!v) return [el("p", "api", "The service proxy has not synced yet.")];
+  const sync = v.last_sync;
+  const head = el("p", "api", sync
+    ? `Last sync ${ago(Math.max(0, Math.floor(Date.now() / 1000) - sync.at))} ago: ` +
+      `${sync.full ? "full (compared with the kernel's table)" : "partial"}, ` +
+      `${sync.duration_ms.toFixed(1)} ms, ${sync.changed} change${sync.changed === 1 ? "" : "s"} ` +
+      `in ${sync.transactions} transaction${sync.transactions === 1 ? "" : "s"} · ${v.syncs} syncs` +
+      (v.failures ? ` · ${v.failures} refused by the kernel` : "")
+    : "No sync yet.");
+  head.id = "proxy-sync";
+  const rows = table("services", ["Service", "Port", "Addresses", "Policies", "Endpoints"], v.services, (s) => [
+    ["", `${s.namespace}/${s.name}`],
+    ["", `${s.port}/${s.protocol}${s.port_name ? ` (${s.port_name})` : ""}${s.node_port ? ` · NodePort ${s.node_port}` : ""}`],
+    ["", [...s.cluster_ips, ...s.external_ips].join(", ")],
+    ["", `external ${s.external_traffic_policy} · internal ${s.internal_traffic_policy}` +
+      (s.affinity_seconds ? ` · affinity ${s.affinity_seconds}s` : "")],
+    [s.verdict ? "no-endpoints" : "", s.verdict || s.endpoints.map(endpointText).join("; ")],
+  ], (s) => ({ service: `${s.namespace}/${s.name}`, port: String(s.port) }));
+  const problems = el("ul", "skipped");
+  problems.id = "service-problems";
+  problems.append(...v.problems.map((p) => el("li", "", `${p.service || "proxy"}: not programmed; ${p.problem}`)));
+  return [head, rows, ...pager(name, v, "services"), problems];
+}
+
+const RENDERERS = { cluster: renderCluster, services: renderServices, peers: renderPeers, ipam: renderIpam };
 
 function sectionOrder(a, b) {
   const ia = ORDER.indexOf(a) < 0 ? ORDER.length : ORDER.indexOf(a);

@@ -207,6 +207,7 @@ fn spawn_parts(
         mtu: settings.cni.mtu,
         portmap: settings.cni.portmap,
         overlay_mtu,
+        overlay: Some(settings.overlay.interface.clone()),
         cluster_cidrs: vec![settings.cluster.pod_cidr],
         gc_interval: settings.ipam.gc_interval,
         resync,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use skein_cluster::Snapshot;
-use skein_nft::{ChainSync, OwnedChain};
+use skein_nft::{ChainSync, Netlink, OwnedChain};
 use skein_overlay::PeerChange;
 use skein_overlay::{
     Backend, DeviceChange, DeviceState, NodeKey, Overlay, PeerSpec, Skipped, desired_peers,
@@ -98,9 +98,12 @@ pub async fn run(
         Err::<(), _>("the netlink socket closed")
     });
     let mut ruleset = skein_nft::RulesetChanges::subscribe()?;
-    let mut mss = Some(OwnedChain::new(
-        skein_nft::CHAIN_OVERLAY_MSS,
-        skein_nft::overlay_mss_clamp(&settings.interface),
+    let mut mss = Some((
+        OwnedChain::new(
+            skein_nft::CHAIN_OVERLAY_MSS,
+            skein_nft::overlay_mss_clamp(&settings.interface),
+        ),
+        None,
     ));
     let mut mss_due = true;
 
@@ -271,18 +274,26 @@ async fn rotate(
 const SETTLE: Duration = Duration::from_millis(100);
 
 /// Compares the MSS clamp chain with what was applied and repairs it; `Some` says what it did.
-async fn reconcile_mss(chain: &mut Option<OwnedChain>) -> Result<Option<String>, String> {
-    let Some(mut owned) = chain.take() else {
+/// The chain travels with its nftables socket (opened on first use, in the daemon's network
+/// namespace, and again after a failure to open) into a blocking task and back.
+async fn reconcile_mss(
+    chain: &mut Option<(OwnedChain, Option<Netlink>)>,
+) -> Result<Option<String>, String> {
+    let Some((mut owned, netlink)) = chain.take() else {
         return Ok(None);
     };
-    let (owned, result) = tokio::task::spawn_blocking(move || {
-        let r = owned.reconcile(&skein_nft::NftProgram);
-        (owned, r)
+    let (owned, netlink, result) = tokio::task::spawn_blocking(move || {
+        let mut netlink = match netlink.map_or_else(Netlink::new, Ok) {
+            Ok(n) => n,
+            Err(e) => return (owned, None, Err(e)),
+        };
+        let r = owned.reconcile(&mut netlink);
+        (owned, Some(netlink), r)
     })
     .await
     .map_err(|e| e.to_string())?;
     let name = owned.name().to_string();
-    *chain = Some(owned);
+    *chain = Some((owned, netlink));
     match result.map_err(|e| e.to_string())? {
         ChainSync::Repaired => Ok(Some(format!("nftables chain {name} restored"))),
         _ => Ok(None),

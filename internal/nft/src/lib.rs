@@ -33,9 +33,10 @@
 //!
 //! Each chain is rebuilt by its own transaction (add, flush, fill), so the parts that own
 //! different chains never undo each other's rules. An [`OwnedChain`] keeps one chain as it
-//! should be: it compares the kernel's listing with the one it saw after its last apply and
+//! should be: it compares the fingerprints the kernel's rules carry with the desired rules' and
 //! re-applies only when they differ; [`RulesetChanges`] (the nftables netlink group) tells the
-//! owner when to look.
+//! owner when to look. [`netlink::probe`] names, at start, a kernel feature the rules need and
+//! the kernel lacks.
 
 use std::net::IpAddr;
 
@@ -44,13 +45,16 @@ use skein_names::{IfName, NftComment};
 
 pub mod model;
 mod monitor;
+pub mod netlink;
 mod owned;
 pub mod render;
+mod rule_text;
 #[cfg(test)]
 mod tests;
 
 pub use model::*;
 pub use monitor::RulesetChanges;
+pub use netlink::{Netlink, element_bytes};
 pub use owned::{ChainSync, OwnedChain};
 pub use render::fingerprint;
 

@@ -1,5 +1,6 @@
 //! The transaction model in nft's syntax (`nft -f`): for people reading what skein does, and
 //! for golden tests. The kernel never receives this text; the netlink backend encodes the model.
+//! A rule prints as `nft list` prints the rule the backend wrote ([`crate::rule_text`]).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -183,20 +184,14 @@ pub fn field(f: Field) -> &'static str {
     }
 }
 
-fn fields(key: &[Field]) -> String {
-    key.iter()
-        .map(|f| field(*f))
-        .collect::<Vec<_>>()
-        .join(" . ")
-}
-
 pub fn value(v: &Value) -> String {
     match v {
         Value::Addr(a) => a.to_string(),
         Value::Net(n) => n.to_string(),
         Value::Proto(p) => p.name().to_string(),
         Value::Port(p) => p.to_string(),
-        Value::Mark(m) => format!("{m:#x}"),
+        // nft prints marks as 32-bit hex.
+        Value::Mark(m) => format!("{m:#010x}"),
         // NftComment-like: interface names hold no quote (IfName refuses them).
         Value::IfName(n) => format!("\"{n}\""),
         Value::AddrType(AddrType::Local) => "local".to_string(),
@@ -205,7 +200,7 @@ pub fn value(v: &Value) -> String {
     }
 }
 
-fn bits_text(field: Field, bits: u32) -> String {
+pub(crate) fn bits_text(field: Field, bits: u32) -> String {
     let names: &[(u32, &str)] = match field {
         Field::CtState => &[
             (CtState::INVALID, "invalid"),
@@ -236,115 +231,13 @@ fn bits_text(field: Field, bits: u32) -> String {
     }
 }
 
-fn verdict(v: &Verdict) -> String {
+pub(crate) fn verdict(v: &Verdict) -> String {
     match v {
         Verdict::Accept => "accept".into(),
         Verdict::Drop => "drop".into(),
         Verdict::Return => "return".into(),
         Verdict::Jump(c) => format!("jump {c}"),
         Verdict::Goto(c) => format!("goto {c}"),
-    }
-}
-
-impl std::fmt::Display for Rule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut parts: Vec<String> = Vec::new();
-        for m in &self.matches {
-            parts.push(match m {
-                Match::Cmp {
-                    field: fld,
-                    op: CmpOp::Eq,
-                    value: v,
-                } => format!("{} {}", field(*fld), value(v)),
-                Match::Cmp {
-                    field: fld,
-                    op: CmpOp::Neq,
-                    value: v,
-                } => format!("{} != {}", field(*fld), value(v)),
-                Match::Prefix {
-                    field: fld,
-                    net,
-                    negate,
-                } => format!(
-                    "{} {}{}",
-                    field(*fld),
-                    if *negate { "!= " } else { "" },
-                    net
-                ),
-                Match::AnyBits {
-                    field: fld @ (Field::CtState | Field::CtStatus),
-                    bits,
-                    negate: false,
-                } => format!("{} {}", field(*fld), bits_text(*fld, *bits)),
-                Match::AnyBits {
-                    field: fld,
-                    bits,
-                    negate,
-                } => format!(
-                    "{} & {:#x} {} 0",
-                    field(*fld),
-                    bits,
-                    if *negate { "==" } else { "!=" }
-                ),
-                Match::InSet { key, set, negate } => {
-                    format!("{} {}@{set}", fields(key), if *negate { "!= " } else { "" })
-                }
-                Match::Random { modulus, value } => {
-                    format!("numgen random mod {modulus} {value}")
-                }
-                Match::Masked {
-                    field: Field::TcpFlags,
-                    mask,
-                    value,
-                } => format!(
-                    "tcp flags {} / {}",
-                    bits_text(Field::TcpFlags, *value),
-                    bits_text(Field::TcpFlags, *mask)
-                ),
-                Match::Masked {
-                    field: fld,
-                    mask,
-                    value,
-                } => {
-                    format!("{} & {mask:#x} == {value:#x}", field(*fld))
-                }
-            });
-        }
-        for s in &self.statements {
-            parts.push(match s {
-                Statement::SetMarkBits(bits) => format!("meta mark set meta mark | {bits:#x}"),
-                Statement::UpdateSet { set, key } => format!("update @{set} {{ {} }}", fields(key)),
-                Statement::Counter => "counter".to_string(),
-            });
-        }
-        let action = match &self.action {
-            Action::Continue => None,
-            Action::Verdict(v) => Some(verdict(v)),
-            Action::Vmap { key, map } => Some(format!("{} vmap @{map}", fields(key))),
-            Action::Dnat { addr, port } => Some(match (addr, port) {
-                (std::net::IpAddr::V4(a), Some(p)) => format!("dnat ip to {a}:{p}"),
-                (std::net::IpAddr::V4(a), None) => format!("dnat ip to {a}"),
-                (std::net::IpAddr::V6(a), Some(p)) => format!("dnat ip6 to [{a}]:{p}"),
-                (std::net::IpAddr::V6(a), None) => format!("dnat ip6 to {a}"),
-            }),
-            Action::Snat { addr } => Some(match addr {
-                std::net::IpAddr::V4(a) => format!("snat ip to {a}"),
-                std::net::IpAddr::V6(a) => format!("snat ip6 to {a}"),
-            }),
-            Action::Masquerade => Some("masquerade".into()),
-            Action::Reject(Reject::TcpReset) => Some("reject with tcp reset".into()),
-            Action::Reject(Reject::PortUnreachable) => {
-                Some("reject with icmpx port-unreachable".into())
-            }
-            Action::Notrack => Some("notrack".into()),
-            Action::MssClampToRouteMtu => Some("tcp option maxseg size set rt mtu".into()),
-        };
-        parts.extend(action);
-        if let Some(c) = &self.comment {
-            // NftComment holds no quote or backslash, so it cannot end the string.
-            parts.push(format!("comment \"{c}\""));
-        }
-        write!(f, "{}", parts.join(" "))
     }
 }
 

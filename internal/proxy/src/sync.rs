@@ -416,7 +416,25 @@ impl ProxyState {
                 .map(|(n, s)| ((*n).to_string(), s.set.clone()))
                 .collect()
         };
+        // Sets the kernel fills (affinity): their elements are never skein's to compare; a
+        // restart keeps them, with their timeouts.
+        // (Only a full plan meets them: no fragment lists elements for them.)
+        let unmanaged: BTreeSet<&str> = if full {
+            self.static_fragment
+                .sets
+                .iter()
+                .chain(self.computed.values().flat_map(|c| c.fragment.sets.iter()))
+                .filter(|s| !s.managed)
+                .map(|s| s.set.name.as_str())
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
         for set in sets {
+            if unmanaged.contains(set.as_str()) {
+                self.mirror.dumped.remove(&set);
+                continue;
+            }
             let want = want_elements.remove(&set).unwrap_or_default();
             if let Some(dumped) = self.mirror.dumped.remove(&set) {
                 // Known only as bytes: add what is missing; if the kernel holds anything else,
@@ -432,7 +450,7 @@ impl ProxyState {
                             key: k.clone(),
                             verdict: v.clone(),
                         };
-                        (element_bytes(def, &e), e)
+                        (skein_nft::element_bytes(def, &e), e)
                     })
                     .collect();
                 let extra = dumped.iter().any(|b| !want_bytes.contains_key(b));
@@ -651,12 +669,3 @@ pub fn chain_of(spec: &ChainSpec) -> &Chain {
     &spec.chain
 }
 
-// MERGE: replaced by skein_nft's netlink element_bytes.
-fn element_bytes(def: &Set, e: &Element) -> Vec<u8> {
-    format!("{def:?}{e:?}").into_bytes()
-}
-
-/// The pointer first: an object the API did not change is the same allocation.
-fn same_arc<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
-    Arc::ptr_eq(a, b) || a == b
-}

@@ -49,6 +49,9 @@ pub struct Settings {
     pub portmap: bool,
     /// The overlay link's MTU; pods never get a larger one.
     pub overlay_mtu: u32,
+    /// The overlay interface, when there is one: service traffic the proxy marked for
+    /// masquerade leaves through it with the pod gateway address.
+    pub overlay: Option<IfName>,
     pub cluster_cidrs: Vec<IpNet>,
     pub gc_interval: std::time::Duration,
     /// `daemon.resync_interval`.
@@ -178,7 +181,7 @@ pub async fn run(
     let mut snapshots = snapshots;
     let mut gc = tokio::time::interval(settings.gc_interval);
     let mut resync = tokio::time::interval(settings.resync);
-    let mut masquerade = None;
+    let mut masquerade = node::Masquerade::default();
     // The CIDRs of the last pass, clean or not: a pass for new CIDRs is preparation, a later
     // difference is drift.
     let mut attempted_cidrs: Option<Vec<IpNet>> = None;

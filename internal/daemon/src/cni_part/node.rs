@@ -4,7 +4,7 @@
 //! difference; the part runs it at start, on kernel notifications and on the resync timer.
 
 use ipnet::IpNet;
-use skein_nft::{ChainSync, NftProgram, OwnedChain};
+use skein_nft::{ChainSync, MasqueradePlan, Netlink, OwnedChain};
 
 use super::handler::{PodNetwork, bridge_addresses};
 
@@ -24,6 +24,14 @@ const BRIDGE_NF: [(&str, &str); 2] = [
     ("net.bridge.bridge-nf-call-ip6tables", "1"),
 ];
 
+/// The masquerade chain kept as it should be, and the nftables socket it is written with
+/// (opened on first use, in the daemon's network namespace; reopened after a failure to open).
+#[derive(Debug, Default)]
+pub(super) struct Masquerade {
+    chain: Option<OwnedChain>,
+    netlink: Option<Netlink>,
+}
+
 /// What one pass found and did.
 #[derive(Debug, Default)]
 pub(super) struct NodeSync {
@@ -39,19 +47,20 @@ impl PodNetwork {
     pub(super) async fn reconcile_node(
         &self,
         cidrs: &[IpNet],
-        masquerade: &mut Option<OwnedChain>,
+        masquerade: &mut Masquerade,
     ) -> NodeSync {
         let mut out = NodeSync::default();
         let bridge = self.settings.bridge.as_str();
         // Exclusive of ADD and DEL, for the bridge and its ports only: a pod half-way through
         // its attach is not a stray port. Sysctls and rules need no lock, so ADDs wait little.
         let exclusive = self.gc_lock.write().await;
-        match Self::gateways(cidrs) {
+        let gateways = Self::gateways(cidrs);
+        match &gateways {
             Err(e) => out.warnings.push(e.to_string()),
             Ok(gateways) => {
                 let mut ensured = self.ensured.lock().await;
                 *ensured = None;
-                let addresses = bridge_addresses(&gateways);
+                let addresses = bridge_addresses(gateways);
                 match self.net.ensure_bridge(bridge, &addresses, self.mtu).await {
                     Err(e) => out.warnings.push(e.to_string()),
                     Ok((index, mut repair)) => {
@@ -92,17 +101,34 @@ impl PodNetwork {
                 Err(e) => out.warnings.push(e.to_string()),
             }
         }
-        let desired = skein_nft::masquerade(cidrs, &self.settings.cluster_cidrs);
+        let plan = MasqueradePlan {
+            pod_cidrs: cidrs.to_vec(),
+            cluster_cidrs: self.settings.cluster_cidrs.clone(),
+            // The bridge's gateway addresses: the overlay's peers accept only pod-CIDR sources.
+            overlay: self.settings.overlay.clone().map(|ifname| {
+                let addresses = gateways.iter().flatten().map(|(_, gw)| *gw).collect();
+                (ifname, addresses)
+            }),
+        };
+        let desired = skein_nft::masquerade(&plan);
         let mut chain = masquerade
+            .chain
             .take()
             .unwrap_or_else(|| OwnedChain::new(skein_nft::CHAIN_POSTROUTING, desired.clone()));
         chain.set_desired(desired);
-        let (chain, synced) = tokio::task::spawn_blocking(move || {
-            let r = chain.reconcile(&NftProgram);
-            (chain, r)
+        let netlink = masquerade.netlink.take();
+        let (chain, netlink, synced) = tokio::task::spawn_blocking(move || {
+            let mut netlink = match netlink.map_or_else(Netlink::new, Ok) {
+                Ok(n) => n,
+                Err(e) => return (chain, None, Err(e)),
+            };
+            let r = chain.reconcile(&mut netlink);
+            (chain, Some(netlink), r)
         })
         .await
         .unwrap_or_else(|e| panic!("the masquerade reconcile panicked: {e}"));
+        masquerade.chain = Some(chain);
+        masquerade.netlink = netlink;
         match synced {
             Ok(ChainSync::Repaired) => out.repairs.push(format!(
                 "nftables chain {} restored",
@@ -111,7 +137,6 @@ impl PodNetwork {
             Ok(_) => {}
             Err(e) => out.warnings.push(format!("masquerade rules: {e}")),
         }
-        *masquerade = Some(chain);
         out
     }
 }
