@@ -370,6 +370,8 @@ mod pure {
             uid: "u".into(),
             pod_cidrs: vec![],
             internal_ip: None,
+            internal_ips: Vec::new(),
+            zone: None,
             ready: Some(true),
             skein: desired.clone(),
             unschedulable: false,

@@ -36,6 +36,8 @@ fn node(name: &str, cidr: &str, key: Option<&Key>, endpoint: &str) -> Node {
             vec![cidr.parse().expect("cidr")]
         },
         internal_ip: None,
+        internal_ips: Vec::new(),
+        zone: None,
         ready: Some(true),
         skein,
         unschedulable: false,

@@ -335,7 +335,7 @@ fn topology_filter(
         if h.for_zones.is_empty() && h.for_nodes.is_empty() {
             return None;
         }
-        if h.for_nodes.iter().any(|n| *n == ctx.node) {
+        if h.for_nodes.contains(&ctx.node) {
             by_node.push(*addr);
         }
         if ctx

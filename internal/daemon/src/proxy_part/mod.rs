@@ -26,6 +26,8 @@ use crate::sections::Reporting;
 use crate::{Part, PartError, PartResult};
 
 mod health;
+#[cfg(test)]
+mod tests;
 pub mod section;
 
 use health::{Health, HealthServers};
@@ -159,7 +161,7 @@ pub async fn run(
     let board = ServicesBoard::register(&report);
     let mut nl = tokio::task::spawn_blocking(|| {
         let mut nl = Netlink::new()?;
-        skein_nft::probe(&mut nl)?;
+        skein_nft::netlink::probe(&mut nl)?;
         Ok::<_, NftError>(nl)
     })
     .await

@@ -58,9 +58,10 @@ impl Netlink {
     /// Every table in the ruleset, as (family, name): names only, nothing of their content
     /// (the service proxy looks for kube-proxy's by name and reads nothing else).
     pub fn table_names(&mut self) -> Result<Vec<(String, String)>, NftError> {
-        let tables = match self.channel.dump(|seq| {
-            Msg::new(nft_type(NFT_MSG_GETTABLE), NLM_F_DUMP, seq, 0, 0)
-        })? {
+        let tables = match self
+            .channel
+            .dump(|seq| Msg::new(nft_type(NFT_MSG_GETTABLE), NLM_F_DUMP, seq, 0, 0))?
+        {
             Ok(r) => r,
             Err(e) => return Err(refused("listing tables", e)),
         };

@@ -11,7 +11,10 @@ use crate::model::*;
 
 /// Where a field comes from and how long it is in a register.
 enum Source {
-    Payload { base: u32, offset: u32 },
+    Payload {
+        base: u32,
+        offset: u32,
+    },
     Meta(u32),
     Ct(u32),
     /// `fib daddr type` or, with `NFTA_FIB_F_SADDR`, `fib saddr type`.
