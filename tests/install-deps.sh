@@ -14,7 +14,8 @@
 #                   wireguard-go, python3, procps
 #   bench-cni       bench/cni/run.sh: iproute2, bc, the reference CNI plugins
 #   bench-proxy     bench/proxy/run.sh: the lab's set (kube-proxy is built with the control
-#                   plane, so Go), curl, python3, procps, coreutils' timeout
+#                   plane, so Go), curl, python3, procps, coreutils' timeout, util-linux'
+#                   taskset and chrt
 set -euo pipefail
 
 # Every program a set runs (on PATH, or an absolute path) -> the Debian package with it.
@@ -22,7 +23,7 @@ declare -A package=(
     [ip]=iproute2 [ss]=iproute2 [nft]=nftables [wg]=wireguard-tools
     [chromium]=chromium [rpm]=rpm [systemd-analyze]=systemd [curl]=curl
     [wireguard-go]=wireguard-go [tcpdump]=tcpdump [iperf3]=iperf3 [ping]=iputils-ping
-    [python3]=python3 [sysctl]=procps [awk]=mawk [bc]=bc [xargs]=findutils [timeout]=coreutils
+    [python3]=python3 [sysctl]=procps [awk]=mawk [bc]=bc [xargs]=findutils [timeout]=coreutils [taskset]=util-linux [chrt]=util-linux
     [/usr/lib/cni/bridge]=containernetworking-plugins
     [/usr/lib/cni/host-local]=containernetworking-plugins
 )
@@ -33,7 +34,7 @@ tests=(chromium rpm systemd-analyze curl wireguard-go tcpdump iperf3)
 bench_overlay=(ip ss iperf3 ping wg wireguard-go python3 sysctl awk)
 bench_cni=(ip bc xargs /usr/lib/cni/bridge /usr/lib/cni/host-local)
 # kube-proxy's nftables mode runs nft itself; the script reads metrics with curl and python3.
-bench_proxy=(ip nft wg curl python3 awk sysctl timeout)
+bench_proxy=(ip nft wg curl python3 awk sysctl timeout taskset chrt)
 
 sets=("$@")
 ((${#sets[@]})) || sets=(tests)

@@ -62,7 +62,10 @@ trap cleanup EXIT
 
 log "lab up (1 node)"
 "$skein_lab" --name "$lab" up --nodes 1 --controlplane-bin "$cp_bin" >/dev/null
-work=/run/skein-lab/$lab/bench
+log "lab is up"
+# Logs, scrapes and the raw results, kept after the lab is gone.
+work=$result.d
+rm -rf "$work"
 mkdir -p "$work" "$cgroups"
 status=$("$skein_lab" --name "$lab" status --json)
 field() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)" <<<"$status"; }
@@ -98,6 +101,20 @@ kp_scrape() { ip netns exec "$kp_ns" curl -sf --max-time 5 http://127.0.0.1:1024
 skein_scrape() { curl -sf --max-time 5 "$page/metrics" >"$1"; }
 services_json() { curl -sf --max-time 5 "$page/api/v1/services?limit=1"; }
 ge() { python3 -c "import sys; sys.exit(0 if float('$1') >= float('$2') else 1)"; }
+# The address change number $1 gives an endpoint (objects::changed_ip).
+changed_ip() { local g=$(($1 % 7500)); echo "10.42.$((210 + g / 250)).$((1 + g % 250))"; }
+# change_e2e NS INDEX GENERATION OUT: changes one endpoint through the API and writes
+# "trigger seen" (Unix times: the change's trigger time, and when its address first appeared
+# in NS's ruleset, from nft monitor) to OUT.
+change_e2e() {
+    local ns=$1 index=$2 generation=$3 out=$4 watcher trigger
+    ip netns exec "$ns" python3 bench/proxy/first_seen.py "$(changed_ip "$generation")" 30 >"$out.seen" 2>"$out.ready" &
+    watcher=$!
+    wait_for 10 grep -qs ready "$out.ready"
+    trigger=$("$bench" change --kubeconfig "$kubeconfig" --index "$index" --generation "$generation")
+    wait "$watcher" || true
+    echo "$trigger $(cat "$out.seen")" >"$out"
+}
 
 # --- connection setup: a client and a server namespace routed through the node's ----------------
 conn_setup() {
@@ -114,7 +131,13 @@ conn_setup() {
         ip -n "$ns" route add default via "$addr.1"
     done
     ip netns exec "$node_ns" sysctl -qw net.ipv4.ip_forward=1
-    ip netns exec "$server_ns" "$bench" serve --listen 0.0.0.0:8080 >"$work/server.log" 2>&1 &
+    # Client and server each on a CPU of its own, at a real-time priority: with other work on the
+    # same 2 CPUs the rate otherwise swings several-fold between runs, and a server that shares
+    # the client's CPU is starved until its accept queue overflows. The client's CPU does the
+    # whole packet path (both veths and the node's rules run in its softirq context); the server
+    # only empties its accept queue.
+    ip netns exec "$server_ns" sysctl -qw net.core.somaxconn=4096
+    taskset -c 1 chrt -f 10 ip netns exec "$server_ns" "$bench" serve --listen 0.0.0.0:8080 >"$work/server.log" 2>&1 &
     "$bench" target --kubeconfig "$kubeconfig" --cluster-ip "$cluster_ip" --endpoint "$server_ip"
 }
 conn_reaches() { timeout 3 ip netns exec "$client_ns" "$bench" rate "$1" --seconds 0.2 2>/dev/null | grep -q '"connections":[1-9]'; }
@@ -126,7 +149,7 @@ conn_rounds() {
     for r in 1 2 3 4 5; do
         for kind in direct clusterip; do
             [[ $kind = direct ]] && target=$server_ip:8080 || target=$cluster_ip:80
-            out=$(ip netns exec "$client_ns" "$bench" rate "$target" --seconds 3)
+            out=$(taskset -c 0 chrt -f 10 ip netns exec "$client_ns" "$bench" rate "$target" --seconds 3)
             log "connections, $n Services, $kind, round $r: $out"
             record "conn-$kind" "$n" "$out"
         done
@@ -164,7 +187,7 @@ kube_proxy_run() {
     sleep 3
     kp_scrape "$m1"
     local t_change; t_change=$(now)
-    "$bench" change --kubeconfig "$kubeconfig" --index $((n / 2)) --generation "$n"
+    change_e2e "$kp_ns" $((n / 2)) "$n" "$work/kp-$n-e2e"
     local partial0; partial0=$(value "$m1" kubeproxy_sync_partial_proxy_rules_duration_seconds_count)
     kp_changed() { kp_scrape "$m2" && ! ge "$partial0" "$(value "$m2" kubeproxy_sync_partial_proxy_rules_duration_seconds_count)"; }
     wait_for 60 kp_changed || { log "kube-proxy made no partial sync"; return 1; }
@@ -177,12 +200,29 @@ kube_proxy_run() {
     kp_pid=
     sleep 1
     local held; held=$(kmem_kb "$cg")
-    record kube-proxy "$n" "$(python3 - "$metrics" "$m0" "$m1" "$m2" <<PY
-import json, subprocess, sys
-m, m0, m1, m2 = sys.argv[1:]
+    record kube-proxy "$n" "$(python3 - "$metrics" "$m0" "$m1" "$m2" "$work/kube-proxy-$n.log" <<PY
+import json, re, subprocess, sys
+m, m0, m1, m2, kplog = sys.argv[1:]
 def delta(a, b, name): return json.loads(subprocess.check_output(["python3", m, "delta", a, b, name]))
 empty = "/dev/null"
+# Every sync from kube-proxy's own log (--v=2): whether it was full, and how long it took.
+units = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+def seconds(go):
+    return sum(float(v) * units[u] for v, u in re.findall(r"([0-9.]+)(ns|µs|us|ms|s|m|h)", go))
+syncs, full = [], None
+for line in open(kplog, errors="replace"):
+    if '"Syncing nftables rules"' in line:
+        full = "fullSync=true" in line
+    elif '"SyncProxyRules complete"' in line:
+        e = re.search(r'elapsed="([^"]+)"', line)
+        if e:
+            syncs.append([full, seconds(e.group(1))])
+def e2e(path):
+    v = open(path).read().split()
+    return float(v[1]) - float(v[0]) if len(v) == 2 else None
 print(json.dumps({
+    "end_to_end_change_s": e2e("$work/kp-$n-e2e"),
+    "syncs_from_log": syncs,
     "first_sync_after_start_s": $first_sync_at - $t0,
     "service_ips_elements": $elements,
     "full": delta(empty, m1, "kubeproxy_sync_full_proxy_rules_duration_seconds"),
@@ -210,7 +250,10 @@ skein_run() {
     # parts put their chains back at start.
     ip netns exec "$node_ns" nft delete table inet skein 2>/dev/null || true
     s0=$(slab_kb) k0=$(kmalloc_kb) t0=$(now)
-    "$skein_lab" --name "$lab" start node-1 2>/dev/null
+    # Each sync that changed something, in the daemon's debug log: how long, full or partial.
+    local nodelog=/run/skein-lab/$lab/logs/node-1.log o0 o1 o2 o3
+    o0=$(stat -c %s "$nodelog")
+    RUST_LOG=info,skein_daemon::proxy_part=debug "$skein_lab" --name "$lab" start node-1 2>/dev/null
     pid=$(node_pid)
     echo "$pid" >"$cg/cgroup.procs"
     sk_synced() {
@@ -223,7 +266,8 @@ skein_run() {
     skein_scrape "$m1"
     services_json >"$work/sk-$n-before.json"
     local prog0; prog0=$(value "$m1" skein_network_programming_duration_seconds_count)
-    "$bench" change --kubeconfig "$kubeconfig" --index $((n / 2)) --generation "$((n + 1))"
+    o1=$(stat -c %s "$nodelog")
+    change_e2e "$node_ns" $((n / 2)) "$((n + 1))" "$work/sk-$n-e2e"
     sk_changed() { skein_scrape "$m2" && ! ge "$prog0" "$(value "$m2" skein_network_programming_duration_seconds_count)"; }
     wait_for 60 sk_changed || { log "skein programmed no change"; return 1; }
     services_json >"$work/sk-$n-after.json"
@@ -235,13 +279,15 @@ skein_run() {
     # 100 changes/s for 20 s.
     local c0=$work/sk-$n-c0.prom c1=$work/sk-$n-c1.prom
     skein_scrape "$c0"
+    o2=$(stat -c %s "$nodelog")
     "$bench" churn --kubeconfig "$kubeconfig" --count "$n" --every-ms 10 --seconds 20 \
         --first-generation $((n + 2)) >"$work/sk-$n-churn.json"
     sleep 2
     skein_scrape "$c1"
+    o3=$(stat -c %s "$nodelog")
     local rss_churn; rss_churn=$(rss_kb "$pid")
     local chains
-    chains=$(ip netns exec "$node_ns" nft list chains inet skein | grep -c 'chain ')
+    chains=$(ip netns exec "$node_ns" nft list table inet skein | grep -c '^[[:space:]]*chain ')
 
     if [[ $last = yes && $n -ge 10000 ]]; then
         log "connection setup rate with $n Services"
@@ -250,14 +296,40 @@ skein_run() {
     node_stop
     sleep 1
     local held; held=$(kmem_kb "$cg")
-    record skein "$n" "$(python3 - "$metrics" "$m0" "$m1" "$m2" "$c0" "$c1" "$work/sk-$n" <<PY
-import json, subprocess, sys
-m, m0, m1, m2, c0, c1, files = sys.argv[1:]
+    cp "$nodelog" "$work/skein-$n.log"
+    record skein "$n" "$(python3 - "$metrics" "$m0" "$m1" "$m2" "$c0" "$c1" "$work/sk-$n" "$nodelog" <<PY
+import datetime, json, re, subprocess, sys
+m, m0, m1, m2, c0, c1, files, nodelog = sys.argv[1:]
 def delta(a, b, name): return json.loads(subprocess.check_output(["python3", m, "delta", a, b, name]))
 empty = "/dev/null"
 before = json.load(open(files + "-before.json"))
 after = json.load(open(files + "-after.json"))
+units = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+text = open(nodelog, "rb").read()
+def syncs(start, end):
+    out = []
+    for line in text[start:end].decode(errors="replace").splitlines():
+        if "proxy: synced in" not in line:
+            continue
+        d = re.search(r"synced in ([0-9.]+)(ns|µs|us|ms|s)\\b", line)
+        full = re.search(r"full=(true|false)", line)
+        changed = re.search(r"changed=([0-9]+)", line)
+        tx = re.search(r"transactions=([0-9]+)", line)
+        at = re.match(r"(\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d(\\.\\d+)?)Z", line)
+        when = datetime.datetime.fromisoformat(at.group(1)).replace(tzinfo=datetime.timezone.utc).timestamp() if at else None
+        if d:
+            out.append([full and full.group(1) == "true", int(changed.group(1)) if changed else None,
+                        int(tx.group(1)) if tx else None, float(d.group(1)) * units[d.group(2)], when])
+    return out
+def e2e(path):
+    v = open(path).read().split()
+    return float(v[1]) - float(v[0]) if len(v) == 2 else None
 print(json.dumps({
+    "end_to_end_change_s": e2e(files + "-e2e"),
+    "change_seen_at": (open(files + "-e2e").read().split() + [None, None])[1],
+    "syncs_from_log": syncs($o0, $o1),
+    "change_syncs_from_log": syncs($o1, $o2),
+    "churn_syncs_from_log": syncs($o2, $o3),
     "first_sync_after_start_s": $first_sync_at - $t0,
     "service_ports": after["page"]["totals"]["services"],
     "chains": $chains,

@@ -7,9 +7,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-/// Accepts and drops connections until killed.
+/// Accepts and drops connections until killed. The accept queue is long (4096, with
+/// `net.core.somaxconn` raised in the server's namespace): the client's connections complete in
+/// the kernel whether or not this process got the CPU yet, so a late accept never turns into a
+/// dropped SYN and a retransmission a second later.
 pub fn serve(listen: SocketAddr) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(listen),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket
+        .bind(&listen.into())
+        .with_context(|| format!("listening on {listen}"))?;
+    socket.listen(4096)?;
+    let listener: TcpListener = socket.into();
     loop {
         match listener.accept() {
             Ok((stream, _)) => drop(stream),

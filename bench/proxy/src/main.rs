@@ -127,7 +127,9 @@ fn main() -> anyhow::Result<()> {
             generation,
         } => runtime()?.block_on(async {
             let client = objects::client(&kubeconfig).await?;
-            objects::change(&client, index, generation).await
+            // The trigger time, for end-to-end latencies.
+            println!("{:.6}", objects::change(&client, index, generation).await?);
+            Ok(())
         }),
         Cmd::Churn {
             kubeconfig,

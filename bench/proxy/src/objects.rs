@@ -68,7 +68,12 @@ pub fn service(name: &str, cluster_ip: Option<&str>) -> Service {
     }
 }
 
-pub fn slice(service: &str, name: &str, addresses: &[Ipv4Addr], trigger: Option<String>) -> EndpointSlice {
+pub fn slice(
+    service: &str,
+    name: &str,
+    addresses: &[Ipv4Addr],
+    trigger: Option<String>,
+) -> EndpointSlice {
     EndpointSlice {
         metadata: ObjectMeta {
             name: Some(name.into()),
@@ -84,18 +89,20 @@ pub fn slice(service: &str, name: &str, addresses: &[Ipv4Addr], trigger: Option<
             ..Default::default()
         },
         address_type: "IPv4".into(),
-        endpoints: addresses
-            .iter()
-            .map(|a| Endpoint {
-                addresses: vec![a.to_string()],
-                conditions: Some(EndpointConditions {
-                    ready: Some(true),
-                    serving: Some(true),
-                    terminating: Some(false),
-                }),
-                ..Default::default()
-            })
-            .collect(),
+        endpoints: Some(
+            addresses
+                .iter()
+                .map(|a| Endpoint {
+                    addresses: vec![a.to_string()],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(true),
+                        serving: Some(true),
+                        terminating: Some(false),
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
         ports: Some(vec![EndpointPort {
             port: Some(TARGET_PORT),
             protocol: Some("TCP".into()),
@@ -116,14 +123,9 @@ pub fn addresses(i: usize, generation: Option<usize>) -> Vec<Ipv4Addr> {
 
 pub async fn client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
     let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig)?;
-    let mut config =
-        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
     config.read_timeout = Some(Duration::from_secs(60));
     Ok(kube::Client::try_from(config)?)
-}
-
-fn now_rfc3339() -> String {
-    jiff::Timestamp::now().to_string()
 }
 
 /// Creates what is missing of Services `from..to` and their slices, `parallel` at a time.
@@ -153,8 +155,12 @@ pub async fn create(
             let (services, slices, done) = (services.clone(), slices.clone(), done.clone());
             async move {
                 let name = service_name(i);
-                ignore_exists(services.create(&PostParams::default(), &service(&name, None)).await)
-                    .with_context(|| format!("creating Service {name}"))?;
+                ignore_exists(
+                    services
+                        .create(&PostParams::default(), &service(&name, None))
+                        .await,
+                )
+                .with_context(|| format!("creating Service {name}"))?;
                 let s = slice(&name, &slice_name(i), &addresses(i, None), None);
                 ignore_exists(slices.create(&PostParams::default(), &s).await)
                     .with_context(|| format!("creating EndpointSlice {}", slice_name(i)))?;
@@ -186,7 +192,10 @@ pub async fn target(
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NAMESPACE);
     ignore_exists(
         services
-            .create(&PostParams::default(), &service("conn-target", Some(cluster_ip)))
+            .create(
+                &PostParams::default(),
+                &service("conn-target", Some(cluster_ip)),
+            )
             .await,
     )?;
     ignore_exists(
@@ -208,14 +217,16 @@ fn ignore_exists<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
     }
 }
 
-/// Endpoint 0 of Service `i`'s slice becomes `generation`'s address; the trigger time is now.
-pub async fn change(client: &kube::Client, i: usize, generation: usize) -> anyhow::Result<()> {
+/// Endpoint 0 of Service `i`'s slice becomes `generation`'s address; the trigger time is now,
+/// returned as Unix seconds.
+pub async fn change(client: &kube::Client, i: usize, generation: usize) -> anyhow::Result<f64> {
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NAMESPACE);
+    let now = jiff::Timestamp::now();
     let s = slice(
         &service_name(i),
         &slice_name(i),
         &addresses(i, Some(generation)),
-        Some(now_rfc3339()),
+        Some(now.to_string()),
     );
     // A merge patch replaces the endpoints list whole and needs no resourceVersion.
     let patch = serde_json::json!({
@@ -223,10 +234,14 @@ pub async fn change(client: &kube::Client, i: usize, generation: usize) -> anyho
         "endpoints": s.endpoints,
     });
     slices
-        .patch(&slice_name(i), &PatchParams::default(), &Patch::Merge(&patch))
+        .patch(
+            &slice_name(i),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
         .await
         .with_context(|| format!("changing {}", slice_name(i)))?;
-    Ok(())
+    Ok(now.as_nanosecond() as f64 / 1e9)
 }
 
 /// One change every `every` for `duration`, each to a different slice (spread over `count`

@@ -22,7 +22,12 @@ const KEY: [Field; 3] = [Field::IpDaddr, Field::L4Proto, Field::ThDport];
 fn key(i: usize) -> Vec<Value> {
     let n = 256 + i;
     vec![
-        Value::Addr(IpAddr::V4(Ipv4Addr::new(10, 43, (n / 256) as u8, (n % 256) as u8))),
+        Value::Addr(IpAddr::V4(Ipv4Addr::new(
+            10,
+            43,
+            (n / 256) as u8,
+            (n % 256) as u8,
+        ))),
         Value::Proto(L4Proto::Tcp),
         Value::Port(80),
     ]
