@@ -110,7 +110,7 @@ change_e2e() {
     local ns=$1 index=$2 generation=$3 out=$4 watcher trigger
     ip netns exec "$ns" python3 bench/proxy/first_seen.py "$(changed_ip "$generation")" 30 >"$out.seen" 2>"$out.ready" &
     watcher=$!
-    wait_for 10 grep -qs ready "$out.ready"
+    wait_for 60 grep -qs ready "$out.ready"
     trigger=$("$bench" change --kubeconfig "$kubeconfig" --index "$index" --generation "$generation")
     wait "$watcher" || true
     echo "$trigger $(cat "$out.seen")" >"$out"
@@ -280,6 +280,11 @@ skein_run() {
     local c0=$work/sk-$n-c0.prom c1=$work/sk-$n-c1.prom
     skein_scrape "$c0"
     o2=$(stat -c %s "$nodelog")
+    # PERF_DIR=DIR: a profile of the daemon during the first 15 s of the changes.
+    if [[ -n ${PERF_DIR:-} ]]; then
+        mkdir -p "$PERF_DIR"
+        perf record -F 499 -g -p "$pid" -o "$PERF_DIR/skein-churn-$n.data" -- sleep 15 >/dev/null 2>&1 &
+    fi
     "$bench" churn --kubeconfig "$kubeconfig" --count "$n" --every-ms 10 --seconds 20 \
         --first-generation $((n + 2)) >"$work/sk-$n-churn.json"
     sleep 2
