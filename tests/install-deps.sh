@@ -13,6 +13,9 @@
 #   bench-overlay   bench/overlay/run.sh: iproute2, iperf3, iputils-ping, wireguard-tools,
 #                   wireguard-go, python3, procps
 #   bench-cni       bench/cni/run.sh: iproute2, bc, the reference CNI plugins
+#   bench-proxy     bench/proxy/run.sh: the lab's set (kube-proxy is built with the control
+#                   plane, so Go), curl, python3, procps, coreutils' timeout, util-linux'
+#                   taskset and chrt
 set -euo pipefail
 
 # Every program a set runs (on PATH, or an absolute path) -> the Debian package with it.
@@ -20,7 +23,7 @@ declare -A package=(
     [ip]=iproute2 [ss]=iproute2 [nft]=nftables [wg]=wireguard-tools
     [chromium]=chromium [rpm]=rpm [systemd-analyze]=systemd [curl]=curl
     [wireguard-go]=wireguard-go [tcpdump]=tcpdump [iperf3]=iperf3 [ping]=iputils-ping
-    [python3]=python3 [sysctl]=procps [awk]=mawk [bc]=bc [xargs]=findutils
+    [python3]=python3 [sysctl]=procps [awk]=mawk [bc]=bc [xargs]=findutils [timeout]=coreutils [taskset]=util-linux [chrt]=util-linux
     [/usr/lib/cni/bridge]=containernetworking-plugins
     [/usr/lib/cni/host-local]=containernetworking-plugins
 )
@@ -30,6 +33,8 @@ lab=(ip nft wg)
 tests=(chromium rpm systemd-analyze curl wireguard-go tcpdump iperf3)
 bench_overlay=(ip ss iperf3 ping wg wireguard-go python3 sysctl awk)
 bench_cni=(ip bc xargs /usr/lib/cni/bridge /usr/lib/cni/host-local)
+# kube-proxy's nftables mode runs nft itself; the script reads metrics with curl and python3.
+bench_proxy=(ip nft wg curl python3 awk sysctl timeout taskset chrt)
 
 sets=("$@")
 ((${#sets[@]})) || sets=(tests)
@@ -41,7 +46,8 @@ for s in "${sets[@]}"; do
         tests) wanted+=("${lab[@]}" "${tests[@]}"); need_go=1; need_cargo_tools=1 ;;
         bench-overlay) wanted+=("${bench_overlay[@]}") ;;
         bench-cni) wanted+=("${bench_cni[@]}") ;;
-        *) echo "install-deps.sh: unknown set $s (lab, tests, bench-overlay, bench-cni)" >&2; exit 2 ;;
+        bench-proxy) wanted+=("${bench_proxy[@]}"); need_go=1 ;;
+        *) echo "install-deps.sh: unknown set $s (lab, tests, bench-overlay, bench-cni, bench-proxy)" >&2; exit 2 ;;
     esac
 done
 echo "==> dependencies of: ${sets[*]}" >&2

@@ -8,6 +8,11 @@
 # If the three binaries are already there it prints the bin dir and exits.
 # Progress goes to stderr; the last line on stdout is the bin dir.
 #
+#   build.sh kube-proxy
+#       builds only kube-proxy (same modules, same flags) into that bin dir,
+#       when it is missing; the three above are neither needed nor touched.
+#       The benchmarks use it (bench/proxy); the lab does not.
+#
 # Environment:
 #   SKEIN_LAB_CACHE       cache root (default /var/cache/skein-lab)
 #   SKEIN_LAB_BUILD_JOBS  parallelism: go build -p N and GOMAXPROCS=N
@@ -36,6 +41,8 @@ KINE_CGO_CFLAGS="-O2 -g0
   -DSQLITE_THREADSAFE=1 -DSQLITE_WITHOUT_ZONEMALLOC"
 
 BINARIES=(kube-apiserver kube-controller-manager kine)
+# Built only when named on the command line, into the same bin dir.
+OPTIONAL_BINARIES=(kube-proxy)
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache_root=${SKEIN_LAB_CACHE:-/var/cache/skein-lab}
@@ -51,6 +58,24 @@ have_all() {
 		[[ -x "$1/$b" ]] || return 1
 	done
 }
+
+# build.sh kube-proxy: the optional binaries named, instead of the default set.
+optional=()
+for arg in "$@"; do
+	case " ${OPTIONAL_BINARIES[*]} " in
+	*" $arg "*) optional+=("$arg") ;;
+	*) die "unknown binary '$arg' (optional ones: ${OPTIONAL_BINARIES[*]}; none builds the default set)" ;;
+	esac
+done
+have_optional() {
+	local b
+	for b in "${optional[@]}"; do
+		[[ -x "$1/$b" ]] || return 1
+	done
+}
+if ((${#optional[@]})); then
+	have_all() { have_optional "$@"; }
+fi
 
 if have_all "$bin"; then
 	log "cached: $bin"
@@ -159,6 +184,27 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 	k8s_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$k8s_date"
 done
 
+if ((${#optional[@]})); then
+	n=0
+	for b in "${optional[@]}"; do
+		n=$((n + 1))
+		[[ -x $bin/$b ]] && continue
+		log "step $n/${#optional[@]}: $b $K8S_VERSION"
+		CGO_ENABLED=0 run_build "$b" "$here/kube" "$tmp/$b.log" -- \
+			-p "$jobs" -ldflags "$k8s_ldflags" -o "$tmp/bin/$b" "k8s.io/kubernetes/cmd/$b"
+		got=$("$tmp/bin/$b" --version 2>&1) || die "$b --version failed: $got"
+		[[ $got == "Kubernetes $K8S_VERSION" ]] || die "$b --version says '$got'"
+		# Into the bin dir by a rename (same filesystem), so a reader never sees half a file.
+		mkdir -p "$bin"
+		chmod 755 "$dest" "$bin" 2>/dev/null || true
+		mv -f "$tmp/bin/$b" "$bin/$b"
+		echo "$b built $(date -u +%Y-%m-%dT%H:%M:%SZ) in $((SECONDS))s with jobs=$jobs" >>"$dest/VERSIONS.optional"
+	done
+	log "done in ${SECONDS}s: ${optional[*]} in $bin"
+	echo "$bin"
+	exit 0
+fi
+
 log "step 1/3: kube-apiserver $K8S_VERSION"
 CGO_ENABLED=0 run_build kube-apiserver "$here/kube" "$tmp/kube-apiserver.log" -- \
 	-p "$jobs" -ldflags "$k8s_ldflags" -o "$tmp/bin/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
@@ -189,7 +235,12 @@ built $(date -u +%Y-%m-%dT%H:%M:%SZ) in ${SECONDS}s with jobs=$jobs
 EOF
 # A partial or stale directory (binaries missing) is replaced whole; the
 # rename of the finished temp dir is atomic on the same filesystem.
+# Optional binaries already built for this version are kept.
 if [[ -e $dest ]]; then
+	for b in "${OPTIONAL_BINARIES[@]}"; do
+		[[ -x $bin/$b ]] && mv "$bin/$b" "$tmp/bin/$b"
+	done
+	[[ -e $dest/VERSIONS.optional ]] && mv "$dest/VERSIONS.optional" "$tmp/"
 	rm -rf "$dest"
 fi
 chmod 755 "$tmp" # mktemp -d made it 0700

@@ -1,0 +1,404 @@
+#!/usr/bin/env bash
+# Service proxy: skein against the real kube-proxy (nftables mode, built from the same Kubernetes
+# modules as the lab's control plane), on the same API objects, in one run. Needs root.
+#
+#   bench/proxy/run.sh [N...]          default: 1000 10000
+#   RESULT=/path/to/result.json        where the raw figures go (default /tmp/skein-bench-proxy.json)
+#
+# One `skein-lab` node (a real `skein run` with its `proxy` part, the lab's kube-apiserver on
+# kine). For each N, in ascending order: N ClusterIP Services without a selector (one TCP port)
+# and one hand-made EndpointSlice of 5 endpoints each (namespace `bench`); then
+#   - kube-proxy --proxy-mode=nftables in a network namespace of its own on the lab's underlay,
+#     reading the same API: its first (full) sync, one endpoint changed, its partial sync and
+#     network programming latency, from its own metrics; skein's node is stopped meanwhile;
+#   - skein: its table removed and the daemon restarted, so its first sync also programs all N
+#     from nothing; the same change; its metrics and `/api/v1/services`' last sync; then one
+#     endpoint change every 10 ms for 20 s and its programming latency histogram;
+#   - for each: kernel memory (/proc/meminfo Slab, the kmalloc caches of /proc/slabinfo, and the
+#     kernel memory charged to a memory cgroup holding just that proxy), process RSS.
+# Connection setup rate through a ClusterIP (skein's rules in the node's namespace, between a
+# client and a server namespace) against a direct connection: with 1 Service before the
+# others exist, and with 10,000 if 10000 is among the Ns; 5 alternating runs of 3 s each.
+# Then skein's proxy driven in-process in a fresh namespace (phases of a full sync, one-endpoint
+# changes) and the two ClusterIP dispatch shapes (one hash map, 64 interval maps).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+counts=("$@")
+((${#counts[@]})) || counts=(1000 10000)
+mapfile -t counts < <(printf '%s\n' "${counts[@]}" | sort -n)
+lab=bprx
+result=${RESULT:-/tmp/skein-bench-proxy.json}
+
+[[ $EUID -eq 0 ]] || { echo "bench/proxy/run.sh needs root (network namespaces, nftables)" >&2; exit 1; }
+tests/install-deps.sh bench-proxy
+cargo build --release --locked -p skein -p skein-lab -p skein-bench-proxy -q
+rel="${CARGO_TARGET_DIR:-target}/release"
+skein_lab=$rel/skein-lab
+bench=$rel/skein-bench-proxy
+metrics=bench/proxy/metrics.py
+export SKEIN_LAB_BUILD_JOBS=${SKEIN_LAB_BUILD_JOBS:-1}
+cp_bin=$(cmd/skein-lab/controlplane/build.sh | tail -n 1)
+kube_proxy=$(cmd/skein-lab/controlplane/build.sh kube-proxy | tail -n 1)/kube-proxy
+
+node_ns=skl-$lab-node-1
+ul_ns=skl-$lab-ul
+kp_ns=skl-$lab-kp
+client_ns=skl-$lab-cc
+server_ns=skl-$lab-cs
+cgroups=/sys/fs/cgroup/memory/skein-bench-proxy
+cluster_ip=10.43.250.250
+server_ip=10.42.251.2
+kp_pid=
+
+log() { printf '==> [%4ds] %s\n' "$SECONDS" "$*" >&2; }
+cleanup() {
+    [[ -n $kp_pid ]] && kill "$kp_pid" 2>/dev/null || true
+    "$skein_lab" --name "$lab" down >/dev/null 2>&1 || true
+    for cg in "$cgroups"/*/; do rmdir "$cg" 2>/dev/null || true; done
+    rmdir "$cgroups" 2>/dev/null || true
+}
+"$skein_lab" --name "$lab" down >/dev/null 2>&1 || true
+trap cleanup EXIT
+
+log "lab up (1 node)"
+"$skein_lab" --name "$lab" up --nodes 1 --controlplane-bin "$cp_bin" >/dev/null
+log "lab is up"
+# Logs, scrapes and the raw results, kept after the lab is gone.
+work=$result.d
+rm -rf "$work"
+mkdir -p "$work" "$cgroups"
+status=$("$skein_lab" --name "$lab" status --json)
+field() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)" <<<"$status"; }
+kubeconfig=$(field 'd["kubeconfig"]')
+page="http://127.0.0.1:$(field 'd["nodes"][0]["page_port"]')"
+# kube-proxy reaches the API on the underlay, as the node does (not through the host's forward).
+sed -E 's#server: https://127\.0\.0\.1:[0-9]+#server: https://198.18.0.1:6443#' "$kubeconfig" >"$work/kube-proxy.kubeconfig"
+results=$work/results.jsonl
+: >"$results"
+# record KIND N JSON: one line of the raw results.
+record() { printf '{"kind":"%s","n":%s,"data":%s}\n' "$1" "$2" "$3" >>"$results"; }
+
+node_pid() { python3 -c "import json; print(json.load(open('/run/skein-lab/$lab/lab.json'))['processes']['node-1']['pid'] or '')"; }
+node_running() { local p; p=$(node_pid); [[ -n $p ]] && kill -0 "$p" 2>/dev/null; }
+node_stop() { if node_running; then "$skein_lab" --name "$lab" stop node-1 2>/dev/null; fi; }
+slab_kb() { awk '/^Slab:/ {print $2}' /proc/meminfo; }
+kmalloc_kb() { awk 'NR > 2 && $1 ~ /^kmalloc/ {s += $2 * $4} END {printf "%d\n", s / 1024}' /proc/slabinfo; }
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+kmem_kb() { echo $(($(cat "$1/memory.kmem.usage_in_bytes") / 1024)); }
+mkcg() { local cg=$cgroups/$1; rmdir "$cg" 2>/dev/null || true; mkdir -p "$cg"; echo "$cg"; }
+now() { date +%s.%N; }
+# wait_for SECONDS CMD...: polls CMD every 50 ms until it succeeds.
+wait_for() {
+    local deadline=$((SECONDS + $1)); shift
+    until "$@"; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.05
+    done
+}
+value() { python3 "$metrics" value "$1" "$2"; }
+kp_scrape() { ip netns exec "$kp_ns" curl -sf --max-time 5 http://127.0.0.1:10249/metrics >"$1"; }
+skein_scrape() { curl -sf --max-time 5 "$page/metrics" >"$1"; }
+services_json() { curl -sf --max-time 5 "$page/api/v1/services?limit=1"; }
+ge() { python3 -c "import sys; sys.exit(0 if float('$1') >= float('$2') else 1)"; }
+# The address change number $1 gives an endpoint (objects::changed_ip).
+changed_ip() { local g=$(($1 % 7500)); echo "10.42.$((210 + g / 250)).$((1 + g % 250))"; }
+# change_e2e NS INDEX GENERATION OUT: changes one endpoint through the API and writes
+# "trigger seen" (Unix times: the change's trigger time, and when its address first appeared
+# in NS's ruleset, from nft monitor) to OUT.
+change_e2e() {
+    local ns=$1 index=$2 generation=$3 out=$4 watcher trigger
+    ip netns exec "$ns" python3 bench/proxy/first_seen.py "$(changed_ip "$generation")" 30 >"$out.seen" 2>"$out.ready" &
+    watcher=$!
+    wait_for 60 grep -qs ready "$out.ready"
+    trigger=$("$bench" change --kubeconfig "$kubeconfig" --index "$index" --generation "$generation")
+    wait "$watcher" || true
+    echo "$trigger $(cat "$out.seen")" >"$out"
+}
+
+# --- connection setup: a client and a server namespace routed through the node's ----------------
+conn_setup() {
+    local ns dev addr
+    for spec in "$client_ns bc0 10.42.250" "$server_ns bs0 10.42.251"; do
+        read -r ns dev addr <<<"$spec"
+        ip netns add "$ns"
+        ip -n "$ns" link set lo up
+        ip -n "$node_ns" link add "$dev" type veth peer name eth0 netns "$ns"
+        ip -n "$node_ns" addr add "$addr.1/24" dev "$dev"
+        ip -n "$node_ns" link set "$dev" up
+        ip -n "$ns" addr add "$addr.2/24" dev eth0
+        ip -n "$ns" link set eth0 up
+        ip -n "$ns" route add default via "$addr.1"
+    done
+    ip netns exec "$node_ns" sysctl -qw net.ipv4.ip_forward=1
+    # Client and server each on a CPU of its own, at a real-time priority: with other work on the
+    # same 2 CPUs the rate otherwise swings several-fold between runs, and a server that shares
+    # the client's CPU is starved until its accept queue overflows. The client's CPU does the
+    # whole packet path (both veths and the node's rules run in its softirq context); the server
+    # only empties its accept queue.
+    ip netns exec "$server_ns" sysctl -qw net.core.somaxconn=4096
+    taskset -c 1 chrt -f 10 ip netns exec "$server_ns" "$bench" serve --listen 0.0.0.0:8080 >"$work/server.log" 2>&1 &
+    "$bench" target --kubeconfig "$kubeconfig" --cluster-ip "$cluster_ip" --endpoint "$server_ip"
+}
+conn_reaches() { timeout 3 ip netns exec "$client_ns" "$bench" rate "$1" --seconds 0.2 2>/dev/null | grep -q '"connections":[1-9]'; }
+# conn_rounds N: 5 rounds of (direct, ClusterIP), 3 s each.
+conn_rounds() {
+    local n=$1 r kind target out
+    wait_for 60 conn_reaches "$cluster_ip:80" || { log "the ClusterIP does not answer"; return 1; }
+    wait_for 10 conn_reaches "$server_ip:8080" || { log "the server does not answer"; return 1; }
+    for r in 1 2 3 4 5; do
+        for kind in direct clusterip; do
+            [[ $kind = direct ]] && target=$server_ip:8080 || target=$cluster_ip:80
+            out=$(taskset -c 0 chrt -f 10 ip netns exec "$client_ns" "$bench" rate "$target" --seconds 3)
+            log "connections, $n Services, $kind, round $r: $out"
+            record "conn-$kind" "$n" "$out"
+        done
+    done
+}
+
+# --- kube-proxy ---------------------------------------------------------------------------------
+kube_proxy_run() {
+    local n=$1 cg s0 k0 t0 m0=$work/kp-$n-0.prom m1=$work/kp-$n-1.prom m2=$work/kp-$n-2.prom
+    cg=$(mkcg "kube-proxy-$n")
+    ip netns add "$kp_ns"
+    ip -n "$kp_ns" link set lo up
+    ip -n "$ul_ns" link add portkp type veth peer name eth0 netns "$kp_ns"
+    ip -n "$ul_ns" link set portkp master br0 up
+    ip -n "$kp_ns" addr add 198.18.0.200/24 dev eth0
+    ip -n "$kp_ns" link set eth0 up
+    s0=$(slab_kb) k0=$(kmalloc_kb) t0=$(now)
+    # ip netns exec execs kube-proxy itself, so $! is kube-proxy, already in its cgroup.
+    (
+        echo "$BASHPID" >"$cg/cgroup.procs"
+        exec ip netns exec "$kp_ns" "$kube_proxy" --proxy-mode=nftables \
+            --kubeconfig="$work/kube-proxy.kubeconfig" --hostname-override=node-1 \
+            --cluster-cidr=10.42.0.0/16 --metrics-bind-address=127.0.0.1:10249 \
+            --healthz-bind-address=127.0.0.1:10256 --conntrack-max-per-core=0 \
+            --conntrack-tcp-timeout-established=0 --conntrack-tcp-timeout-close-wait=0 --v=2
+    ) >"$work/kube-proxy-$n.log" 2>&1 &
+    kp_pid=$!
+    kp_synced() { kp_scrape "$m0" && ge "$(value "$m0" kubeproxy_sync_full_proxy_rules_duration_seconds_count)" 1; }
+    wait_for 600 kp_synced || { log "kube-proxy made no full sync; its log: $work/kube-proxy-$n.log"; return 1; }
+    local first_sync_at; first_sync_at=$(now)
+    local elements
+    elements=$(ip netns exec "$kp_ns" nft -j list map ip kube-proxy service-ips |
+        python3 -c 'import json,sys; print(sum(len(i["map"].get("elem", [])) for i in json.load(sys.stdin)["nftables"] if "map" in i))')
+    # Past minSyncPeriod (1 s) since its last sync, so the change is not held back.
+    sleep 3
+    kp_scrape "$m1"
+    local t_change; t_change=$(now)
+    change_e2e "$kp_ns" $((n / 2)) "$n" "$work/kp-$n-e2e"
+    local partial0; partial0=$(value "$m1" kubeproxy_sync_partial_proxy_rules_duration_seconds_count)
+    kp_changed() { kp_scrape "$m2" && ! ge "$partial0" "$(value "$m2" kubeproxy_sync_partial_proxy_rules_duration_seconds_count)"; }
+    wait_for 60 kp_changed || { log "kube-proxy made no partial sync"; return 1; }
+    sleep 0.5
+    kp_scrape "$m2"
+    local rss hwm kmem s1 k1
+    rss=$(rss_kb "$kp_pid") hwm=$(hwm_kb "$kp_pid") kmem=$(kmem_kb "$cg") s1=$(slab_kb) k1=$(kmalloc_kb)
+    kill "$kp_pid"
+    wait "$kp_pid" 2>/dev/null || true
+    kp_pid=
+    sleep 1
+    local held; held=$(kmem_kb "$cg")
+    record kube-proxy "$n" "$(python3 - "$metrics" "$m0" "$m1" "$m2" "$work/kube-proxy-$n.log" <<PY
+import json, re, subprocess, sys
+m, m0, m1, m2, kplog = sys.argv[1:]
+def delta(a, b, name): return json.loads(subprocess.check_output(["python3", m, "delta", a, b, name]))
+empty = "/dev/null"
+# Every sync from kube-proxy's own log (--v=2): whether it was full, and how long it took.
+units = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+def seconds(go):
+    return sum(float(v) * units[u] for v, u in re.findall(r"([0-9.]+)(ns|µs|us|ms|s|m|h)", go))
+syncs, full = [], None
+for line in open(kplog, errors="replace"):
+    if '"Syncing nftables rules"' in line:
+        full = "fullSync=true" in line
+    elif '"SyncProxyRules complete"' in line:
+        e = re.search(r'elapsed="([^"]+)"', line)
+        if e:
+            syncs.append([full, seconds(e.group(1))])
+def e2e(path):
+    v = open(path).read().split()
+    return float(v[1]) - float(v[0]) if len(v) == 2 else None
+print(json.dumps({
+    "end_to_end_change_s": e2e("$work/kp-$n-e2e"),
+    "syncs_from_log": syncs,
+    "first_sync_after_start_s": $first_sync_at - $t0,
+    "service_ips_elements": $elements,
+    "full": delta(empty, m1, "kubeproxy_sync_full_proxy_rules_duration_seconds"),
+    "first_full": delta(empty, m0, "kubeproxy_sync_full_proxy_rules_duration_seconds"),
+    "all_syncs_before_change": delta(empty, m1, "kubeproxy_sync_proxy_rules_duration_seconds"),
+    "partial": delta(m1, m2, "kubeproxy_sync_partial_proxy_rules_duration_seconds"),
+    "programming": delta(m1, m2, "kubeproxy_network_programming_duration_seconds"),
+    "rss_kb": $rss, "hwm_kb": $hwm,
+    "slab_kb_before": $s0, "slab_kb_after": $s1,
+    "kmalloc_kb_before": $k0, "kmalloc_kb_after": $k1,
+    "cgroup_kmem_kb_running": $kmem, "cgroup_kmem_kb_after_exit": $held,
+}))
+PY
+)"
+    log "kube-proxy, $n Services: $(tail -n 1 "$results")"
+    ip netns del "$kp_ns"
+}
+
+# --- skein --------------------------------------------------------------------------------------
+skein_run() {
+    local n=$1 last=$2 cg s0 k0 t0 pid m0=$work/sk-$n-0.prom m1=$work/sk-$n-1.prom m2=$work/sk-$n-2.prom
+    cg=$(mkcg "skein-$n")
+    node_stop
+    # A first sync from nothing, as kube-proxy's in its fresh namespace: the daemon's other
+    # parts put their chains back at start.
+    ip netns exec "$node_ns" nft delete table inet skein 2>/dev/null || true
+    s0=$(slab_kb) k0=$(kmalloc_kb) t0=$(now)
+    # Each sync that changed something, in the daemon's debug log: how long, full or partial.
+    local nodelog=/run/skein-lab/$lab/logs/node-1.log o0 o1 o2 o3
+    o0=$(stat -c %s "$nodelog")
+    RUST_LOG=info,skein_daemon::proxy_part=debug "$skein_lab" --name "$lab" start node-1 2>/dev/null
+    pid=$(node_pid)
+    echo "$pid" >"$cg/cgroup.procs"
+    sk_synced() {
+        skein_scrape "$m0" && ge "$(value "$m0" skein_sync_full_proxy_rules_duration_seconds_count)" 1 &&
+            ge "$(services_json | python3 -c 'import json,sys; print(json.load(sys.stdin)["page"]["totals"]["services"])')" "$n"
+    }
+    wait_for 600 sk_synced || { log "skein made no full sync of $n Services; see its page $page"; return 1; }
+    local first_sync_at; first_sync_at=$(now)
+    sleep 3
+    skein_scrape "$m1"
+    services_json >"$work/sk-$n-before.json"
+    local prog0; prog0=$(value "$m1" skein_network_programming_duration_seconds_count)
+    o1=$(stat -c %s "$nodelog")
+    change_e2e "$node_ns" $((n / 2)) "$((n + 1))" "$work/sk-$n-e2e"
+    sk_changed() { skein_scrape "$m2" && ! ge "$prog0" "$(value "$m2" skein_network_programming_duration_seconds_count)"; }
+    wait_for 60 sk_changed || { log "skein programmed no change"; return 1; }
+    services_json >"$work/sk-$n-after.json"
+    sleep 0.5
+    skein_scrape "$m2"
+    local rss hwm kmem s1 k1
+    rss=$(rss_kb "$pid") hwm=$(hwm_kb "$pid") kmem=$(kmem_kb "$cg") s1=$(slab_kb) k1=$(kmalloc_kb)
+
+    # 100 changes/s for 20 s.
+    local c0=$work/sk-$n-c0.prom c1=$work/sk-$n-c1.prom
+    skein_scrape "$c0"
+    o2=$(stat -c %s "$nodelog")
+    # PERF_DIR=DIR: a profile of the daemon during the first 15 s of the changes.
+    if [[ -n ${PERF_DIR:-} ]]; then
+        mkdir -p "$PERF_DIR"
+        perf record -F 499 -g -p "$pid" -o "$PERF_DIR/skein-churn-$n.data" -- sleep 15 >/dev/null 2>&1 &
+    fi
+    "$bench" churn --kubeconfig "$kubeconfig" --count "$n" --every-ms 10 --seconds 20 \
+        --first-generation $((n + 2)) >"$work/sk-$n-churn.json"
+    sleep 2
+    skein_scrape "$c1"
+    o3=$(stat -c %s "$nodelog")
+    local rss_churn; rss_churn=$(rss_kb "$pid")
+    local chains
+    chains=$(ip netns exec "$node_ns" nft list table inet skein | grep -c '^[[:space:]]*chain ')
+
+    if [[ $last = yes && $n -ge 10000 ]]; then
+        log "connection setup rate with $n Services"
+        conn_rounds "$n"
+    fi
+    node_stop
+    sleep 1
+    local held; held=$(kmem_kb "$cg")
+    cp "$nodelog" "$work/skein-$n.log"
+    record skein "$n" "$(python3 - "$metrics" "$m0" "$m1" "$m2" "$c0" "$c1" "$work/sk-$n" "$nodelog" <<PY
+import datetime, json, re, subprocess, sys
+m, m0, m1, m2, c0, c1, files, nodelog = sys.argv[1:]
+def delta(a, b, name): return json.loads(subprocess.check_output(["python3", m, "delta", a, b, name]))
+empty = "/dev/null"
+before = json.load(open(files + "-before.json"))
+after = json.load(open(files + "-after.json"))
+units = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+text = open(nodelog, "rb").read()
+def syncs(start, end):
+    out = []
+    for line in text[start:end].decode(errors="replace").splitlines():
+        if "proxy: synced in" not in line:
+            continue
+        d = re.search(r"synced in ([0-9.]+)(ns|µs|us|ms|s)\\b", line)
+        full = re.search(r"full=(true|false)", line)
+        changed = re.search(r"changed=([0-9]+)", line)
+        tx = re.search(r"transactions=([0-9]+)", line)
+        at = re.match(r"(\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d(\\.\\d+)?)Z", line)
+        when = datetime.datetime.fromisoformat(at.group(1)).replace(tzinfo=datetime.timezone.utc).timestamp() if at else None
+        if d:
+            out.append([full and full.group(1) == "true", int(changed.group(1)) if changed else None,
+                        int(tx.group(1)) if tx else None, float(d.group(1)) * units[d.group(2)], when])
+    return out
+def e2e(path):
+    v = open(path).read().split()
+    return float(v[1]) - float(v[0]) if len(v) == 2 else None
+print(json.dumps({
+    "end_to_end_change_s": e2e(files + "-e2e"),
+    "change_seen_at": (open(files + "-e2e").read().split() + [None, None])[1],
+    "syncs_from_log": syncs($o0, $o1),
+    "change_syncs_from_log": syncs($o1, $o2),
+    "churn_syncs_from_log": syncs($o2, $o3),
+    "first_sync_after_start_s": $first_sync_at - $t0,
+    "service_ports": after["page"]["totals"]["services"],
+    "chains": $chains,
+    "full": delta(empty, m1, "skein_sync_full_proxy_rules_duration_seconds"),
+    "first_full": delta(empty, m0, "skein_sync_full_proxy_rules_duration_seconds"),
+    "all_syncs_before_change": delta(empty, m1, "skein_sync_proxy_rules_duration_seconds"),
+    "partial": delta(m1, m2, "skein_sync_partial_proxy_rules_duration_seconds"),
+    "last_sync_before_change": before.get("last_sync"),
+    "last_sync_after_change": after.get("last_sync"),
+    "programming": delta(m1, m2, "skein_network_programming_duration_seconds"),
+    "churn": json.load(open(files + "-churn.json")),
+    "churn_programming": delta(c0, c1, "skein_network_programming_duration_seconds"),
+    "churn_partial": delta(c0, c1, "skein_sync_partial_proxy_rules_duration_seconds"),
+    "churn_full": delta(c0, c1, "skein_sync_full_proxy_rules_duration_seconds"),
+    "rss_kb": $rss, "hwm_kb": $hwm, "rss_kb_after_churn": $rss_churn,
+    "slab_kb_before": $s0, "slab_kb_after": $s1,
+    "kmalloc_kb_before": $k0, "kmalloc_kb_after": $k1,
+    "cgroup_kmem_kb_running": $kmem, "cgroup_kmem_kb_after_exit": $held,
+}))
+PY
+)"
+    log "skein, $n Services: $(tail -n 1 "$results")"
+}
+
+# --- the run ------------------------------------------------------------------------------------
+log "client and server namespaces, the connection target Service"
+conn_setup
+log "connection setup rate with 1 Service"
+conn_rounds 1
+
+created=0
+for i in "${!counts[@]}"; do
+    n=${counts[i]}
+    last=no
+    ((i == ${#counts[@]} - 1)) && last=yes
+    log "$n Services: creating $((n - created)) more"
+    t0=$(now)
+    "$bench" create --kubeconfig "$kubeconfig" --from "$created" --to "$n" --parallel 32 >&2
+    record create "$n" "{\"from\":$created,\"seconds\":$(python3 -c "print($(now) - $t0)")}"
+    created=$n
+    log "$n Services: kube-proxy (skein's node stopped)"
+    node_stop
+    kube_proxy_run "$n"
+    log "$n Services: skein"
+    skein_run "$n" "$last"
+done
+
+log "skein's proxy in-process (fresh namespace per N)"
+for n in "${counts[@]}"; do
+    ip netns add "skl-$lab-sync"
+    out=$(ip netns exec "skl-$lab-sync" "$bench" sync --count "$n" --changes 20)
+    record insync "$n" "$out"
+    log "in-process, $n Services: $out"
+    ip netns del "skl-$lab-sync"
+done
+
+log "ClusterIP dispatch shapes, 10,000 elements"
+ip netns add "skl-$lab-shapes"
+out=$(ip netns exec "skl-$lab-shapes" "$bench" shapes --count 10000 --shards 64 --repeats 3)
+record shapes 10000 "$out"
+log "shapes: $out"
+ip netns del "skl-$lab-shapes"
+
+python3 bench/proxy/report.py "$results" >"$result.md"
+python3 -c 'import json,sys; print(json.dumps([json.loads(l) for l in open(sys.argv[1])], indent=1))' "$results" >"$result"
+cat "$result.md"
+log "raw figures: $result; tables: $result.md"
