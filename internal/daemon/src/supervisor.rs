@@ -84,15 +84,9 @@ impl Part {
         F: Future<Output = Result<(), E>> + Send + 'static,
         E: std::fmt::Display,
     {
-        // A run that already ended drops the helper unstarted. A helper ends when its run's
-        // token is cancelled, whether or not it watches the token itself (a publisher waiting
-        // on a notification, a netlink driver), so a stop never waits out the grace period.
-        let cancel = self.cancel.clone();
+        // A run that already ended drops the helper unstarted.
         let _ = self.helpers.send(Box::pin(async move {
-            tokio::select! {
-                r = task => (name, r.map_err(|e| e.to_string())),
-                () = cancel.cancelled() => (name, Ok(())),
-            }
+            (name, task.await.map_err(|e| e.to_string()))
         }));
     }
 }
