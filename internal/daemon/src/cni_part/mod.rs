@@ -126,8 +126,13 @@ pub async fn run(
             crate::cni_install::install(&s.conf_dir, &s.bin_dir, &s.socket, s.port_mappings)
         })
     };
-    let written = install
-        .await
+    // Copying the binary can take seconds (a debug build is hundreds of MB, fsynced); a stop
+    // meanwhile does not wait for it.
+    let installed = tokio::select! {
+        r = install => r,
+        () = cancel.cancelled() => return Ok(()),
+    };
+    let written = installed
         .map_err(|e| PartError::Failed(format!("installing the CNI plugin: {e}")))?
         .map_err(PartError::io(format!(
             "installing the CNI plugin into {} and {}",
