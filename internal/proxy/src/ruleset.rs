@@ -611,46 +611,72 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
         bits: CtState::NEW,
         negate: false,
     };
-    let to_firewall = Rule::new(
-        vec![new_only.clone()],
-        Action::Verdict(Verdict::Jump(CHAIN_FIREWALL.into())),
-    );
-    let to_checks = Rule::new(
-        vec![new_only],
-        Action::Verdict(Verdict::Jump(CHAIN_CHECKS.into())),
-    );
-    for (name, hook) in [
-        (CHAIN_CHECK_IN, HookPoint::Input),
-        (CHAIN_CHECK_FWD, HookPoint::Forward),
-        (CHAIN_CHECK_OUT, HookPoint::Output),
-    ] {
+    // Every base chain is one jump: new connections to the firewall (before DNAT) and to the
+    // checks (after it), everything to the Service dispatch.
+    let jump = |to: &str, matches: Vec<Match>| {
+        Rule::new(matches, Action::Verdict(Verdict::Jump(to.into())))
+    };
+    let bases = [
+        (
+            CHAIN_FILTER_PRE,
+            ChainType::Filter,
+            HookPoint::Prerouting,
+            PRIORITY_FILTER,
+            CHAIN_FIREWALL,
+        ),
+        (
+            CHAIN_FILTER_OUT,
+            ChainType::Filter,
+            HookPoint::Output,
+            PRIORITY_FILTER,
+            CHAIN_FIREWALL,
+        ),
+        (
+            CHAIN_NAT_PRE,
+            ChainType::Nat,
+            HookPoint::Prerouting,
+            skein_nft::priority::DSTNAT,
+            CHAIN_SERVICES,
+        ),
+        (
+            CHAIN_NAT_OUT,
+            ChainType::Nat,
+            HookPoint::Output,
+            skein_nft::priority::DSTNAT,
+            CHAIN_SERVICES,
+        ),
+        (
+            CHAIN_CHECK_IN,
+            ChainType::Filter,
+            HookPoint::Input,
+            PRIORITY_CHECKS,
+            CHAIN_CHECKS,
+        ),
+        (
+            CHAIN_CHECK_FWD,
+            ChainType::Filter,
+            HookPoint::Forward,
+            PRIORITY_CHECKS,
+            CHAIN_CHECKS,
+        ),
+        (
+            CHAIN_CHECK_OUT,
+            ChainType::Filter,
+            HookPoint::Output,
+            PRIORITY_CHECKS,
+            CHAIN_CHECKS,
+        ),
+    ];
+    for (name, kind, hook, priority, to) in bases {
+        let matches = if to == CHAIN_SERVICES {
+            Vec::new()
+        } else {
+            vec![new_only.clone()]
+        };
         f.chains.push(ChainSpec {
-            chain: base(name, ChainType::Filter, hook, PRIORITY_CHECKS),
+            chain: base(name, kind, hook, priority),
             tier: Tier::Static,
-            rules: vec![to_checks.clone()],
-        });
-    }
-    for (name, hook) in [
-        (CHAIN_FILTER_PRE, HookPoint::Prerouting),
-        (CHAIN_FILTER_OUT, HookPoint::Output),
-    ] {
-        f.chains.push(ChainSpec {
-            chain: base(name, ChainType::Filter, hook, PRIORITY_FILTER),
-            tier: Tier::Static,
-            rules: vec![to_firewall.clone()],
-        });
-    }
-    for (name, hook) in [
-        (CHAIN_NAT_PRE, HookPoint::Prerouting),
-        (CHAIN_NAT_OUT, HookPoint::Output),
-    ] {
-        f.chains.push(ChainSpec {
-            chain: base(name, ChainType::Nat, hook, skein_nft::priority::DSTNAT),
-            tier: Tier::Static,
-            rules: vec![Rule::new(
-                Vec::new(),
-                Action::Verdict(Verdict::Jump(CHAIN_SERVICES.into())),
-            )],
+            rules: vec![jump(to, matches)],
         });
     }
     f.chains.push(ChainSpec {
@@ -696,28 +722,17 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
         map(CLUSTER_IPS, vec![at], false);
         map(NODEPORT_IPS, vec![at], false);
         for ip in ctx.exempt_ips.iter().filter(|ip| ip.is_ipv6() == ipv6) {
-            checks.push(
-                Rule::new(
-                    vec![Match::Cmp {
-                        field: daddr,
-                        op: CmpOp::Eq,
-                        value: Value::Addr(*ip),
-                    }],
-                    Action::Verdict(Verdict::Return),
-                )
-                .with_comment(comment("answered on the node itself")),
-            );
-            firewall.push(
-                Rule::new(
-                    vec![Match::Cmp {
-                        field: daddr,
-                        op: CmpOp::Eq,
-                        value: Value::Addr(*ip),
-                    }],
-                    Action::Verdict(Verdict::Return),
-                )
-                .with_comment(comment("answered on the node itself")),
-            );
+            let exempt = Rule::new(
+                vec![Match::Cmp {
+                    field: daddr,
+                    op: CmpOp::Eq,
+                    value: Value::Addr(*ip),
+                }],
+                Action::Verdict(Verdict::Return),
+            )
+            .with_comment(comment("answered on the node itself"));
+            checks.push(exempt.clone());
+            firewall.push(exempt);
         }
         firewall.push(Rule::new(
             Vec::new(),
