@@ -209,6 +209,55 @@ fn three_nodes_see_each_other_follow_deletions_and_survive_an_api_outage() {
     );
 }
 
+/// A node cut off from a running API server (no restart, so nothing changes and no watch
+/// has to re-list) says so, and says it is back once the path returns: a quiet kind's watch
+/// resumes without an event, and must not leave the view marked unreachable.
+#[test]
+fn a_node_cut_off_from_a_running_api_server_recovers_when_the_path_returns() {
+    let Some(_one) = lab::exclusive() else {
+        return;
+    };
+    let lab = Lab::up(1, &[]);
+    let netns = lab.netns("node-1");
+    // Where the lab serves the API to its nodes.
+    let (api, port) = ("198.18.0.1", "6443");
+    // New connections to the API are reset, and the ones open now are aborted.
+    let cut = format!(
+        "table ip skein_test_cutoff {{ chain out {{ type filter hook output priority -300; \
+         ip daddr {api} tcp dport {port} reject with tcp reset; }} }}"
+    );
+    let (ok, out) = lab.exec(&netns, &["nft", &cut]);
+    assert!(ok, "{out}");
+    let (ok, out) = lab.exec(&netns, &["ss", "-K", "dst", api, "dport", "=", port]);
+    assert!(ok, "{out}");
+    let status = lab.wait(
+        "node-1 to report the API unreachable",
+        Duration::from_secs(30),
+        || {
+            let s = lab.node_status("node-1")?;
+            (s["cluster"]["api_reachable"] == false).then_some(s)
+        },
+    );
+    let cluster = part(&status, "cluster");
+    assert_eq!(cluster["state"], "degraded", "{cluster}");
+    // Long enough for every watch to have failed and be retrying with backoff.
+    std::thread::sleep(Duration::from_secs(5));
+    let (ok, out) = lab.exec(
+        &netns,
+        &["nft", "delete", "table", "ip", "skein_test_cutoff"],
+    );
+    assert!(ok, "{out}");
+    lab.wait(
+        "node-1 to see the API again, with nothing changed in the cluster",
+        Duration::from_secs(45),
+        || {
+            let s = lab.node_status("node-1")?;
+            (s["cluster"]["api_reachable"] == true && part(&s, "cluster")["state"] == "ok")
+                .then_some(())
+        },
+    );
+}
+
 #[test]
 fn a_stopped_node_is_marked_not_ready_by_the_node_lifecycle_controller() {
     let Some(_one) = lab::exclusive() else {

@@ -28,7 +28,12 @@ pub(crate) enum Report {
     Service(Event<core::Service>),
     EndpointSlice(Event<discovery::EndpointSlice>),
     NetworkPolicy(Event<networking::NetworkPolicy>),
-    Failed { kind: Kind, failure: WatchFailure },
+    Failed {
+        kind: Kind,
+        failure: WatchFailure,
+    },
+    /// The API answered a probe of a failing kind (see `view::with_recovery_probe`).
+    Answered(Kind),
 }
 
 /// One kind's objects, and the list in progress when the watcher is (re-)listing.
@@ -143,6 +148,10 @@ impl ClusterState {
         let (kind, answered, changed) = match report {
             Report::Failed { kind, failure } => {
                 self.health.failed(kind, failure, now);
+                return;
+            }
+            Report::Answered(kind) => {
+                self.health.answered(kind, now);
                 return;
             }
             Report::Node(e) => (

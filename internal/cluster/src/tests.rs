@@ -1295,3 +1295,85 @@ fn public_keys_are_32_bytes_of_base64() {
     assert_eq!(WireGuardPublicKey::from_base64("AAAA"), None, "3 bytes");
     assert_eq!(WireGuardPublicKey::from_base64("not base64!"), None);
 }
+
+/// A watch that fails once and then says nothing, as kube's watcher does when it resumes a
+/// broken watch of a quiet kind.
+fn fails_then_quiet(kind: Kind) -> futures::stream::BoxStream<'static, Report> {
+    use futures::StreamExt;
+    let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset");
+    let failed = Report::Failed {
+        kind,
+        failure: describe(
+            kind,
+            &watcher::Error::WatchStartFailed(kube::Error::Service(Box::new(io))),
+        ),
+    };
+    futures::stream::iter([failed])
+        .chain(futures::stream::pending())
+        .boxed()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_quiet_kind_is_answered_again_once_a_probe_gets_through() {
+    use futures::StreamExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let probes = Arc::new(AtomicUsize::new(0));
+    let counted = probes.clone();
+    // The API is back from the third probe on.
+    let probe = move || {
+        let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+        async move { n >= 3 }
+    };
+    let every = Duration::from_secs(2);
+    let mut reports =
+        crate::view::with_recovery_probe(fails_then_quiet(Kind::Pod), Kind::Pod, every, probe);
+
+    let mut state = ClusterState::new(at(0));
+    record_all(&mut state, initial_lists(vec![], vec![]), at(1));
+    assert!(state.health().reachable);
+    let started = tokio::time::Instant::now();
+    let first = reports.next().await.expect("the failure");
+    assert!(matches!(
+        first,
+        Report::Failed {
+            kind: Kind::Pod,
+            ..
+        }
+    ));
+    state.record(first, at(2));
+    assert!(!state.health().reachable);
+
+    let second = reports.next().await.expect("the probe's answer");
+    assert!(matches!(second, Report::Answered(Kind::Pod)), "{second:?}");
+    assert_eq!(probes.load(Ordering::SeqCst), 3);
+    assert_eq!(started.elapsed(), every * 3, "one probe per interval");
+    state.record(second, at(3));
+    assert!(state.health().reachable, "{:?}", state.health());
+    assert_eq!(state.health().since, at(3));
+
+    // Answered, the kind is not probed again.
+    let quiet = tokio::time::timeout(every * 10, reports.next()).await;
+    assert!(quiet.is_err(), "nothing more: {quiet:?}");
+    assert_eq!(probes.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kind_that_never_failed_is_never_probed() {
+    use futures::StreamExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let probes = Arc::new(AtomicUsize::new(0));
+    let counted = probes.clone();
+    let probe = move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async { true }
+    };
+    let watch = futures::stream::iter([Report::Pod(Event::Apply(pod("default", "a")))])
+        .chain(futures::stream::pending())
+        .boxed();
+    let mut reports =
+        crate::view::with_recovery_probe(watch, Kind::Pod, Duration::from_secs(2), probe);
+    assert!(matches!(reports.next().await, Some(Report::Pod(_))));
+    let quiet = tokio::time::timeout(Duration::from_secs(60), reports.next()).await;
+    assert!(quiet.is_err());
+    assert_eq!(probes.load(Ordering::SeqCst), 0);
+}

@@ -92,7 +92,8 @@ where
     // server restart every node's skein re-lists at once, and quorum reads of every pod from
     // etcd would be the costliest way to do it. The watch that follows brings the list current.
     let config = watcher::Config::default().any_semantic();
-    watcher::watcher(Api::<K>::all(client.clone()), config)
+    let api = Api::<K>::all(client.clone());
+    let watch = watcher::watcher(api.clone(), config)
         .default_backoff()
         .map(move |item| match item {
             Ok(event) => wrap(event),
@@ -101,7 +102,71 @@ where
                 failure: describe(kind, &error),
             },
         })
-        .boxed()
+        .boxed();
+    // A quorum read of one item: cheap however many objects there are (a list served from the
+    // watch cache would ignore the limit).
+    let probe = move || {
+        let api = api.clone();
+        async move {
+            let one = kube::api::ListParams::default().limit(1);
+            matches!(
+                tokio::time::timeout(PROBE_TIMEOUT, api.list_metadata(&one)).await,
+                Ok(Ok(_))
+            )
+        }
+    };
+    with_recovery_probe(watch, kind, PROBE_EVERY, probe)
+}
+
+/// How often a failing kind is probed, and how long one probe may take.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// kube's watcher resumes a broken watch without an event to show for it, so a quiet kind (no
+/// Pods yet, no NetworkPolicy) that failed once would look failing until its next change,
+/// however long the API has been back. While `kind` is failing, `probe` asks the API for it
+/// every `every`; the first answer is reported as [`Report::Answered`]. The watch is not
+/// polled during a probe, which is bounded by its timeout.
+pub(crate) fn with_recovery_probe<P, F>(
+    watch: BoxStream<'static, Report>,
+    kind: Kind,
+    every: Duration,
+    probe: P,
+) -> BoxStream<'static, Report>
+where
+    P: Fn() -> F + Send + 'static,
+    F: Future<Output = bool> + Send + 'static,
+{
+    let failing =
+        |report: &Report| matches!(report, Report::Failed { failure, .. } if failure.outage);
+    futures::stream::unfold(
+        (watch, probe, false),
+        move |(mut watch, probe, is_failing)| async move {
+            if !is_failing {
+                let report = watch.next().await?;
+                let now_failing = failing(&report);
+                return Some((report, (watch, probe, now_failing)));
+            }
+            let mut next_probe = Box::pin(tokio::time::sleep(every));
+            loop {
+                tokio::select! {
+                    report = watch.next() => {
+                        let report = report?;
+                        // Still failing until the watch has an answer of its own.
+                        let now_failing = matches!(report, Report::Failed { .. });
+                        return Some((report, (watch, probe, now_failing)));
+                    }
+                    () = &mut next_probe => {
+                        if probe().await {
+                            return Some((Report::Answered(kind), (watch, probe, false)));
+                        }
+                        next_probe.set(tokio::time::sleep(every));
+                    }
+                }
+            }
+        },
+    )
+    .boxed()
 }
 
 pub(crate) struct Outputs {
