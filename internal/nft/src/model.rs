@@ -49,6 +49,9 @@ pub enum Field {
     CtStatus,
     /// `tcp flags` (implies TCP).
     TcpFlags,
+    /// `numgen random mod modulus`: a fresh draw per packet, from 0 to `modulus - 1`; as a
+    /// key part, it picks one of a map's `modulus` entries for the rest of the key.
+    Random { modulus: u32 },
 }
 
 /// Bits of `ct state`, as the kernel numbers them.
@@ -218,6 +221,13 @@ pub enum Action {
         addr: IpAddr,
         port: Option<u16>,
     },
+    /// `dnat ip to key map @map`: to the address and port the data map holds for the key
+    /// (`ip6` with `ipv6`); no entry means no DNAT and the packet goes on.
+    DnatMap {
+        key: Vec<Field>,
+        map: String,
+        ipv6: bool,
+    },
     /// `snat ip to addr`.
     Snat {
         addr: IpAddr,
@@ -325,12 +335,14 @@ impl KeyType {
             | Field::FibSaddrType
             | Field::CtState
             | Field::CtStatus
-            | Field::TcpFlags => KeyType::Mark,
+            | Field::TcpFlags
+            | Field::Random { .. } => KeyType::Mark,
         }
     }
 }
 
-/// A named set, or a map when `verdicts` is set.
+/// A named set, a verdict map when `verdicts` is set, or a data map when `data` names the
+/// types of what it maps to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Set {
     pub name: String,
@@ -338,6 +350,8 @@ pub struct Set {
     pub key: Vec<KeyType>,
     /// A verdict map (`type ... : verdict`).
     pub verdicts: bool,
+    /// A data map (`type ... : ipv4_addr . inet_service`): the types of its values.
+    pub data: Vec<KeyType>,
     /// Elements may be ranges (prefixes).
     pub interval: bool,
     /// Elements expire; rules may add them (`update @set`), which needs `dynamic` too.
@@ -351,6 +365,7 @@ impl Set {
             name: name.into(),
             key,
             verdicts: false,
+            data: Vec::new(),
             interval: false,
             timeout: None,
             comment: None,
@@ -358,23 +373,45 @@ impl Set {
     }
 }
 
+/// What a map holds for a key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mapped {
+    Verdict(Verdict),
+    /// One value per part of the map's data type.
+    Data(Vec<Value>),
+}
+
 /// One element of a set or map: a key (one value per part of the set's key; a [`Value::Net`]
-/// for a range in an interval set) and, in a verdict map, its verdict.
+/// for a range in an interval set) and, in a map, what it maps to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Element {
     pub key: Vec<Value>,
-    pub verdict: Option<Verdict>,
+    pub value: Option<Mapped>,
 }
 
 impl Element {
     pub fn key(key: Vec<Value>) -> Self {
-        Self { key, verdict: None }
+        Self { key, value: None }
     }
 
     pub fn mapped(key: Vec<Value>, verdict: Verdict) -> Self {
         Self {
             key,
-            verdict: Some(verdict),
+            value: Some(Mapped::Verdict(verdict)),
+        }
+    }
+
+    pub fn data(key: Vec<Value>, data: Vec<Value>) -> Self {
+        Self {
+            key,
+            value: Some(Mapped::Data(data)),
+        }
+    }
+
+    pub fn verdict(&self) -> Option<&Verdict> {
+        match &self.value {
+            Some(Mapped::Verdict(v)) => Some(v),
+            _ => None,
         }
     }
 }

@@ -31,7 +31,11 @@ impl Transaction {
                 Op::AddSet(set) => writeln!(
                     out,
                     "add {} {t} {} {{ {} }}",
-                    if set.verdicts { "map" } else { "set" },
+                    if set.verdicts || !set.data.is_empty() {
+                        "map"
+                    } else {
+                        "set"
+                    },
                     set.name,
                     set_body(set)
                 ),
@@ -105,6 +109,9 @@ fn set_body(set: &Set) -> String {
     let mut body = format!("type {}", key.join(" . "));
     if set.verdicts {
         body.push_str(" : verdict");
+    } else if !set.data.is_empty() {
+        let data: Vec<&str> = set.data.iter().map(|k| key_type(*k)).collect();
+        let _ = write!(body, " : {}", data.join(" . "));
     }
     body.push(';');
     let mut flags = Vec::new();
@@ -154,8 +161,12 @@ fn elements_text(elements: &[Element]) -> String {
         .iter()
         .map(|e| {
             let key: Vec<String> = e.key.iter().map(value).collect();
-            match &e.verdict {
-                Some(v) => format!("{} : {}", key.join(" . "), verdict(v)),
+            match &e.value {
+                Some(Mapped::Verdict(v)) => format!("{} : {}", key.join(" . "), verdict(v)),
+                Some(Mapped::Data(d)) => {
+                    let data: Vec<String> = d.iter().map(value).collect();
+                    format!("{} : {}", key.join(" . "), data.join(" . "))
+                }
                 None => key.join(" . "),
             }
         })
@@ -181,6 +192,7 @@ pub fn field(f: Field) -> &'static str {
         Field::CtState => "ct state",
         Field::CtStatus => "ct status",
         Field::TcpFlags => "tcp flags",
+        Field::Random { .. } => "numgen random",
     }
 }
 

@@ -107,7 +107,7 @@ fn hidden_dependencies(rule: &Rule) -> BTreeSet<usize> {
             kill(key, &mut l4, &mut family);
         }
     }
-    if let Action::Vmap { key, .. } = &rule.action {
+    if let Action::Vmap { key, .. } | Action::DnatMap { key, .. } = &rule.action {
         kill(key, &mut l4, &mut family);
     }
     hidden
@@ -116,6 +116,7 @@ fn hidden_dependencies(rule: &Rule) -> BTreeSet<usize> {
 /// A field's name, `th` named by the transport protocol when one is established.
 fn field_in(f: Field, l4: Option<L4Proto>) -> String {
     match (f, l4) {
+        (Field::Random { modulus }, _) => format!("numgen random mod {modulus}"),
         (Field::ThSport, Some(p)) => format!("{} sport", p.name()),
         (Field::ThDport, Some(p)) => format!("{} dport", p.name()),
         _ => field(f).to_string(),
@@ -211,6 +212,12 @@ fn action_text(action: &Action, l4: Option<L4Proto>) -> Option<String> {
         Action::Continue => return None,
         Action::Verdict(v) => write!(out, "{}", verdict(v)),
         Action::Vmap { key, map } => write!(out, "{} vmap @{map}", fields(key, l4)),
+        Action::DnatMap { key, map, ipv6 } => write!(
+            out,
+            "dnat {} to {} map @{map}",
+            if *ipv6 { "ip6" } else { "ip" },
+            fields(key, l4)
+        ),
         Action::Dnat {
             addr: V4(a),
             port: Some(p),

@@ -1,5 +1,6 @@
 //! The desired ruleset, as a pure function: the static chains every node has, and for each
-//! Service port its own chains and the elements it adds to the shared dispatch maps.
+//! Service port the elements it adds to the shared maps (and, for the ports that need them,
+//! chains of its own).
 //!
 //! The packet's walk (IPv6 the same with `ip6` and the `…6` sets):
 //!
@@ -7,24 +8,30 @@
 //!   connections only → `proxy_firewall`: exempt addresses return; load-balancer source ranges
 //!   (`firewall_ips` → `fw_…` chains), checked on the load balancer's own address.
 //! - `proxy_nat_pre` / `proxy_nat_out` (nat, prerouting / output, -100) → `proxy_services`:
-//!   `service_ips` (ClusterIPs → `svc_…`, external IPs → `ext_…`); for the node's own
-//!   addresses the pods' host ports (`host_ip_ports`, `host_ports` → `hp_…`, see
+//!   `service_ips` (ClusterIPs → `proxy_pick_k` or `svc_…`, external IPs → `ext_…`); for the
+//!   node's own addresses the pods' host ports (`host_ip_ports`, `host_ports` → `hp_…`, see
 //!   [`crate::host_ports`]); and, for the node's NodePort addresses, `service_nodeports`
 //!   (→ `ext_…`).
 //! - `proxy_services` also marks ClusterIP traffic from off the pod network for masquerade.
-//! - `svc_…`: ClientIP affinity (`aff_…` sets); one endpoint drawn (`numgen random mod k` per
-//!   rule, k = endpoints left, which is uniform), DNATed by that rule, or `goto ep_…` for a
-//!   local endpoint (hairpin) or with affinity.
+//! - `proxy_pick_k` (static, one per endpoint count k up to [`MAX_PICK`]): the ClusterIP port
+//!   of a Service without affinity or external destinations is DNATed to one of its k entries
+//!   in `service_endpoints` (`ClusterIP . proto . port . i : endpoint . port`, drawn by
+//!   `numgen random mod k`). Such a Service has no chain: a change of its endpoints changes
+//!   map elements only, which the kernel commits without revalidating every chain.
+//! - `svc_…` (the other ports): ClientIP affinity (`aff_…` sets); one endpoint drawn
+//!   (`numgen random mod k` per rule, k = endpoints left, which is uniform), DNATed by that
+//!   rule, or `goto ep_…` with affinity.
 //! - `ext_…`: eTP Cluster marks for masquerade and goes to `svc_…`; eTP Local sends pod and
 //!   node traffic to `svc_…` (node traffic masqueraded) and the rest, with its source kept, to a
 //!   local endpoint.
-//! - `ep_…` (local endpoints, and all with affinity): the endpoint reaching itself (hairpin) is
-//!   marked for masquerade; affinity recorded; DNAT.
+//! - `ep_…` (with affinity): affinity recorded; DNAT.
 //! - `proxy_check_in` / `_fwd` / `_out` (filter, input / forward / output, -10: after DNAT,
 //!   as kube-proxy's), new connections only → `proxy_checks`: what is still addressed to a
 //!   Service was not DNATed: ports without endpoints (`no_endpoint_ips`,
 //!   `no_endpoint_nodeports` → `proxy_reject`, or drop under a Local traffic policy), a live
 //!   ClusterIP on a port it does not serve (reject), any other service address (drop).
+//! - `proxy_hairpin` (filter, postrouting, srcnat - 10): a new connection from a local
+//!   endpoint to itself (`hairpin`: `pod . pod` for each) is marked for masquerade.
 //! - `postrouting` (the CNI part's chain) masquerades what is marked.
 //!
 //! Every chain and set a Service port owns carries a hash of the port's identity in its name,
@@ -54,6 +61,26 @@ pub const CHAIN_REJECT: &str = "proxy_reject";
 pub const CHAIN_NAT_PRE: &str = "proxy_nat_pre";
 pub const CHAIN_NAT_OUT: &str = "proxy_nat_out";
 pub const CHAIN_SERVICES: &str = "proxy_services";
+pub const CHAIN_HAIRPIN: &str = "proxy_hairpin";
+
+/// The priority of the hairpin check: on the way out, after routing and before the CNI part's
+/// masquerade (srcnat) reads the mark.
+pub const PRIORITY_HAIRPIN: i32 = skein_nft::priority::SRCNAT - 10;
+
+/// The most endpoints a Service port can have and still be picked from the shared
+/// `service_endpoints` map (one static `proxy_pick_k` chain per count); a port with more gets a
+/// chain of its own.
+pub const MAX_PICK: usize = 32;
+
+/// `proxy_pick_k` (IPv4) or `proxy_pick6_k`: DNAT to one of the k entries `service_endpoints`
+/// holds for the packet's ClusterIP and port.
+pub fn pick_chain(k: usize, ipv6: bool) -> String {
+    if ipv6 {
+        format!("proxy_pick6_{k}")
+    } else {
+        format!("proxy_pick_{k}")
+    }
+}
 
 /// The priority of the proxy's firewall chains: before DNAT (-100), so the source-range check
 /// sees the load balancer's own address.
@@ -80,6 +107,8 @@ pub const CLUSTER_IPS: &str = "cluster_ips";
 pub const NO_ENDPOINT_IPS: &str = "no_endpoint_ips";
 pub const NO_ENDPOINT_NODEPORTS: &str = "no_endpoint_nodeports";
 pub const FIREWALL_IPS: &str = "firewall_ips";
+pub const SERVICE_ENDPOINTS: &str = "service_endpoints";
+pub const HAIRPIN: &str = "hairpin";
 
 /// What kind a generated chain is; also the order in which they must land (an endpoint's
 /// chain before the Service chain that jumps to it, which lands before the dispatch entry).
@@ -242,18 +271,10 @@ fn label(p: &ServicePort) -> NftComment {
     NftComment::lossy(&p.display())
 }
 
-/// The chains of one endpoint: hairpin masquerade, affinity, DNAT.
-fn endpoint_chain(p: &ServicePort, names: &Names, b: &Backend) -> ChainSpec {
+/// The chain of one endpoint under ClientIP affinity: the client recorded, then DNAT.
+fn endpoint_chain(p: &ServicePort, names: &Names, b: &Backend, timeout: Duration) -> ChainSpec {
     let (saddr, _) = fields(p.ipv6);
-    let mut rules = vec![
-        marked_for_masquerade(vec![Match::Cmp {
-            field: saddr,
-            op: CmpOp::Eq,
-            value: Value::Addr(b.addr),
-        }])
-        .with_comment(NftComment::lossy(&format!("{} hairpin", p.display()))),
-    ];
-    let mut dnat = Rule::new(
+    let dnat = Rule::new(
         vec![Match::Cmp {
             field: Field::L4Proto,
             op: CmpOp::Eq,
@@ -268,37 +289,43 @@ fn endpoint_chain(p: &ServicePort, names: &Names, b: &Backend) -> ChainSpec {
         "{} -> {}",
         p.display(),
         b.pod.as_deref().unwrap_or("endpoint")
-    )));
-    if let Some(timeout) = p.affinity {
-        dnat = dnat.with_statement(Statement::UpdateSet {
-            set: names.aff(b, timeout),
-            key: vec![saddr],
-        });
-        // The statement comes before the DNAT; the rendering puts statements first too.
-    }
-    rules.push(dnat);
+    )))
+    // The statement comes before the DNAT; the rendering puts statements first too.
+    .with_statement(Statement::UpdateSet {
+        set: names.aff(b, timeout),
+        key: vec![saddr],
+    });
     ChainSpec {
         chain: Chain {
             name: names.ep(b),
             hook: None,
         },
         tier: Tier::Endpoint,
-        rules,
+        rules: vec![dnat],
     }
 }
 
-/// Whether an endpoint gets a chain of its own: only when something must happen besides the
-/// DNAT. A local endpoint may be the client itself (hairpin: a pod on this node reaching itself
-/// through its Service; a remote one never sends through this node's prerouting), and affinity
-/// records the client. Every other endpoint is DNATed by the rule that draws it, which keeps a
-/// Service with remote endpoints at one chain.
-fn has_chain(p: &ServicePort, b: &Backend) -> bool {
-    b.local || p.affinity.is_some()
+/// Whether an endpoint gets a chain of its own: only with affinity, which records the client
+/// before the DNAT. Every other endpoint is DNATed by the rule that draws it (a pod reaching
+/// itself through its Service is caught on the way out, by `proxy_hairpin`).
+fn has_chain(p: &ServicePort) -> bool {
+    p.affinity.is_some()
+}
+
+/// Whether the port's ClusterIP traffic is picked from the shared `service_endpoints` map
+/// rather than by a chain of its own: no affinity (which needs per-endpoint chains), no
+/// external destinations (whose traffic reaches the pick by another address), and a count of
+/// endpoints a static pick chain exists for. A change to such a port's endpoints is a change of
+/// map elements only, which the kernel applies without revalidating the table's chains.
+pub fn picked_from_map(p: &ServicePort) -> bool {
+    p.affinity.is_none()
+        && !p.has_external()
+        && (1..=MAX_PICK).contains(&p.internal_endpoints().len())
 }
 
 /// What the rule that picks `b` does: go to its chain, or DNAT to it.
 fn to_endpoint(p: &ServicePort, names: &Names, b: &Backend) -> (Vec<Match>, Action) {
-    if has_chain(p, b) {
+    if has_chain(p) {
         return (Vec::new(), goto(&names.ep(b)));
     }
     (
@@ -381,9 +408,9 @@ pub fn service_fragment(p: &ServicePort, ctx: &NodeContext) -> Fragment {
         reached.extend(external.iter());
         reached.extend(p.cluster.iter());
     }
-    for b in reached.iter().filter(|b| has_chain(p, b)) {
-        f.chains.push(endpoint_chain(p, &names, b));
-        if let Some(timeout) = p.affinity {
+    if let Some(timeout) = p.affinity {
+        for b in &reached {
+            f.chains.push(endpoint_chain(p, &names, b, timeout));
             let mut set = Set::new(names.aff(b, timeout), vec![addr_type(p.ipv6)]);
             set.timeout = Some(timeout);
             f.sets.push(SetSpec {
@@ -391,6 +418,34 @@ pub fn service_fragment(p: &ServicePort, ctx: &NodeContext) -> Fragment {
                 managed: false,
             });
         }
+    }
+
+    let proto = Value::Proto(p.protocol);
+    let port = Value::Port(p.port);
+    if picked_from_map(p) {
+        // ClusterIP traffic to the static pick chain for this many endpoints, which draws
+        // one of the entries here.
+        let pick = pick_chain(internal.len(), p.ipv6);
+        for ip in &cluster_ips {
+            let key = vec![Value::Addr(*ip), proto.clone(), port.clone()];
+            f.element(
+                &set_name(CLUSTER_IPS, p.ipv6),
+                Element::key(vec![Value::Addr(*ip)]),
+            );
+            for (i, b) in internal.iter().enumerate() {
+                let mut at = key.clone();
+                at.push(Value::Mark(i as u32));
+                f.element(
+                    &set_name(SERVICE_ENDPOINTS, p.ipv6),
+                    Element::data(at, vec![Value::Addr(b.addr), Value::Port(b.port)]),
+                );
+            }
+            f.element(
+                &set_name(SERVICE_IPS, p.ipv6),
+                Element::mapped(key, Verdict::Goto(pick.clone())),
+            );
+        }
+        return f;
     }
 
     // The service chain: ClusterIP traffic (internal policy).
@@ -402,17 +457,18 @@ pub fn service_fragment(p: &ServicePort, ctx: &NodeContext) -> Fragment {
     {
         first.comment = Some(label(p));
     }
-    f.chains.push(ChainSpec {
-        chain: Chain {
-            name: svc.clone(),
-            hook: None,
-        },
-        tier: Tier::Service,
-        rules,
-    });
+    // Without endpoints and external destinations, nothing would reach the chain.
+    if !internal.is_empty() || p.has_external() {
+        f.chains.push(ChainSpec {
+            chain: Chain {
+                name: svc.clone(),
+                hook: None,
+            },
+            tier: Tier::Service,
+            rules,
+        });
+    }
 
-    let proto = Value::Proto(p.protocol);
-    let port = Value::Port(p.port);
     for ip in &cluster_ips {
         let key = vec![Value::Addr(*ip), proto.clone(), port.clone()];
         f.element(
@@ -592,6 +648,30 @@ pub fn service_fragment(p: &ServicePort, ctx: &NodeContext) -> Fragment {
     f
 }
 
+/// The addresses of the ports' local endpoints, each once: whom the hairpin pairs are for.
+pub fn local_endpoint_addrs<'a>(
+    ports: impl IntoIterator<Item = &'a ServicePort>,
+) -> BTreeSet<IpAddr> {
+    ports
+        .into_iter()
+        .flat_map(|p| p.cluster.iter().chain(p.local.iter()))
+        .filter(|b| b.local)
+        .map(|b| b.addr)
+        .collect()
+}
+
+/// The hairpin pairs (`pod . pod`) of these local endpoint addresses.
+pub fn hairpin_fragment<'a>(local: impl Iterator<Item = &'a IpAddr>) -> Fragment {
+    let mut f = Fragment::default();
+    for addr in local {
+        f.element(
+            &set_name(HAIRPIN, addr.is_ipv6()),
+            Element::key(vec![Value::Addr(*addr), Value::Addr(*addr)]),
+        );
+    }
+    f
+}
+
 fn base(name: &str, kind: ChainType, hook: HookPoint, priority: i32) -> Chain {
     Chain {
         name: name.into(),
@@ -702,6 +782,7 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
     let mut firewall = Vec::new();
     let mut checks = Vec::new();
     let mut services = Vec::new();
+    let mut hairpin = Vec::new();
     for ipv6 in [false, true] {
         let (_, daddr) = fields(ipv6);
         let svc_key = vec![daddr, Field::L4Proto, Field::ThDport];
@@ -721,6 +802,50 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
         map(FIREWALL_IPS, full.clone(), true);
         map(CLUSTER_IPS, vec![at], false);
         map(NODEPORT_IPS, vec![at], false);
+        map(HAIRPIN, vec![at, at], false);
+        let mut endpoints = Set::new(set_name(SERVICE_ENDPOINTS, ipv6), {
+            let mut key = full.clone();
+            key.push(KeyType::Mark);
+            key
+        });
+        endpoints.data = vec![at, KeyType::InetService];
+        f.sets.push(SetSpec {
+            set: endpoints,
+            managed: true,
+        });
+        for k in 1..=MAX_PICK {
+            let mut key = svc_key.clone();
+            key.push(Field::Random { modulus: k as u32 });
+            f.chains.push(ChainSpec {
+                chain: Chain {
+                    name: pick_chain(k, ipv6),
+                    hook: None,
+                },
+                tier: Tier::Endpoint,
+                rules: vec![Rule::new(
+                    Vec::new(),
+                    Action::DnatMap {
+                        key,
+                        map: set_name(SERVICE_ENDPOINTS, ipv6),
+                        ipv6,
+                    },
+                )],
+            });
+        }
+        // A pod that reached itself through a Service: its reply must come back through the
+        // node, so the connection is masqueraded (the set holds `pod . pod` for every local
+        // endpoint; a pod talking to its own address directly never leaves it).
+        hairpin.push(
+            marked_for_masquerade(vec![
+                new_only.clone(),
+                Match::InSet {
+                    key: vec![fields(ipv6).0, daddr],
+                    set: set_name(HAIRPIN, ipv6),
+                    negate: false,
+                },
+            ])
+            .with_comment(comment("a pod reaching itself through a Service")),
+        );
         for ip in ctx.exempt_ips.iter().filter(|ip| ip.is_ipv6() == ipv6) {
             let exempt = Rule::new(
                 vec![Match::Cmp {
@@ -853,6 +978,16 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
         },
         tier: Tier::Static,
         rules: services,
+    });
+    f.chains.push(ChainSpec {
+        chain: base(
+            CHAIN_HAIRPIN,
+            ChainType::Filter,
+            HookPoint::Postrouting,
+            PRIORITY_HAIRPIN,
+        ),
+        tier: Tier::Static,
+        rules: hairpin,
     });
     for ip in &ctx.nodeport_ips {
         f.element(

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use skein_cluster::{EndpointSlice, ObjectKey, Service, Snapshot};
-use skein_nft::{Chain, Element, Op, Set, Transaction, Value, Verdict, fingerprint};
+use skein_nft::{Chain, Element, Mapped, Op, Set, Transaction, Value, fingerprint};
 
 use crate::host_ports::{HostPort, HostPortClash, HostPorts};
 use crate::ruleset::{
@@ -30,6 +30,8 @@ enum Owner {
     Service(ObjectKey),
     /// The pods' host ports, as one.
     HostPorts,
+    /// The hairpin pairs of every local endpoint, which Services share.
+    Hairpin,
 }
 
 /// A Service as last computed: its inputs (to skip it when they did not change) and output.
@@ -48,8 +50,8 @@ pub struct Mirror {
     /// Chain → its rules' fingerprints (`None` for a rule skein did not write).
     pub chains: BTreeMap<String, Vec<Option<u64>>>,
     pub sets: BTreeSet<String>,
-    /// Set → key → verdict, for sets whose elements skein manages.
-    pub elements: BTreeMap<String, BTreeMap<Vec<Value>, Option<Verdict>>>,
+    /// Set → key → what it maps to, for sets whose elements skein manages.
+    pub elements: BTreeMap<String, BTreeMap<Vec<Value>, Option<Mapped>>>,
     /// Sets known only from a kernel dump: their elements' bytes ([`skein_nft::element_bytes`]).
     pub dumped: BTreeMap<String, BTreeSet<Vec<u8>>>,
 }
@@ -78,7 +80,8 @@ impl Mirror {
 
 /// Whether a chain or set name is the proxy's: a static name of its own or a generated one.
 pub fn is_proxy_object(name: &str) -> bool {
-    const STATIC: [&str; 11] = [
+    const STATIC: [&str; 12] = [
+        crate::ruleset::CHAIN_HAIRPIN,
         CHAIN_FILTER_PRE,
         CHAIN_FILTER_OUT,
         CHAIN_FIREWALL,
@@ -91,7 +94,9 @@ pub fn is_proxy_object(name: &str) -> bool {
         CHAIN_NAT_OUT,
         CHAIN_SERVICES,
     ];
-    const SETS: [&str; 9] = [
+    const SETS: [&str; 11] = [
+        crate::ruleset::SERVICE_ENDPOINTS,
+        crate::ruleset::HAIRPIN,
         crate::ruleset::SERVICE_IPS,
         crate::ruleset::SERVICE_NODEPORTS,
         crate::ruleset::NODEPORT_IPS,
@@ -103,6 +108,7 @@ pub fn is_proxy_object(name: &str) -> bool {
         crate::host_ports::HOST_IP_PORTS,
     ];
     STATIC.contains(&name)
+        || name.starts_with("proxy_pick")
         || SETS
             .iter()
             .any(|s| name == *s || name.strip_suffix('6') == Some(*s))
@@ -173,6 +179,9 @@ pub struct ProxyState {
     host_ports: HostPorts,
     /// The host ports' fragment the mirror holds, while a change waits for the next plan.
     host_ports_before: Option<Fragment>,
+    /// Local endpoint address → how many Services have it: the hairpin pairs.
+    local_endpoints: BTreeMap<std::net::IpAddr, usize>,
+    hairpin: Fragment,
 }
 
 /// What a sync computed, for the page.
@@ -270,6 +279,7 @@ impl ProxyState {
                     fragment.elements.entry(set).or_default().extend(elements);
                 }
             }
+            count_local(&mut self.local_endpoints, &ports, true);
             let previous = self.computed.insert(
                 key.clone(),
                 Computed {
@@ -280,7 +290,10 @@ impl ProxyState {
                     problems,
                 },
             );
-            old.extend(previous.map(|c| c.fragment));
+            if let Some(previous) = previous {
+                count_local(&mut self.local_endpoints, &previous.ports, false);
+                old.push(previous.fragment);
+            }
             changed.insert(key.clone());
         }
         let gone: Vec<ObjectKey> = self
@@ -290,7 +303,10 @@ impl ProxyState {
             .cloned()
             .collect();
         for key in gone {
-            old.extend(self.computed.remove(&key).map(|c| c.fragment));
+            if let Some(c) = self.computed.remove(&key) {
+                count_local(&mut self.local_endpoints, &c.ports, false);
+                old.push(c.fragment);
+            }
             changed.insert(key);
         }
         if full {
@@ -298,7 +314,12 @@ impl ProxyState {
         }
         let host_ports = self.host_ports_before.is_some();
         old.extend(self.host_ports_before.take());
-        self.diff(&changed, &old, full, host_ports)
+        let hairpin = crate::ruleset::hairpin_fragment(self.local_endpoints.keys());
+        let hairpin_changed = hairpin != self.hairpin;
+        if hairpin_changed {
+            old.push(std::mem::replace(&mut self.hairpin, hairpin));
+        }
+        self.diff(&changed, &old, full, host_ports, hairpin_changed)
     }
 
     /// The desired chains, sets and elements of the owners to compare: all of them on a full
@@ -310,6 +331,7 @@ impl ProxyState {
         old: &[Fragment],
         full: bool,
         host_ports: bool,
+        hairpin: bool,
     ) -> Plan {
         // Claims: recompute whole on a full plan; otherwise release the changed owners' claims.
         if full {
@@ -320,6 +342,7 @@ impl ProxyState {
                 Owner::Service(k) => !changed.contains(k),
                 Owner::Static => true,
                 Owner::HostPorts => !host_ports,
+                Owner::Hairpin => !hairpin,
             });
             for k in changed {
                 self.clashes.remove(k);
@@ -328,6 +351,9 @@ impl ProxyState {
         let mut owners: Vec<(Owner, &Fragment)> = Vec::new();
         if full || host_ports {
             owners.push((Owner::HostPorts, &self.host_ports.fragment));
+        }
+        if full || hairpin {
+            owners.push((Owner::Hairpin, &self.hairpin));
         }
         if full {
             owners.push((Owner::Static, &self.static_fragment));
@@ -347,7 +373,7 @@ impl ProxyState {
         // What the compared owners want.
         let mut want_chains: BTreeMap<&str, &ChainSpec> = BTreeMap::new();
         let mut want_sets: BTreeMap<&str, &SetSpec> = BTreeMap::new();
-        let mut want_elements: BTreeMap<String, BTreeMap<Vec<Value>, Option<Verdict>>> =
+        let mut want_elements: BTreeMap<String, BTreeMap<Vec<Value>, Option<Mapped>>> =
             BTreeMap::new();
         for (owner, fragment) in &owners {
             for c in &fragment.chains {
@@ -370,6 +396,7 @@ impl ProxyState {
                                         Owner::Service(o) => o.to_string(),
                                         Owner::Static => "the node".to_string(),
                                         Owner::HostPorts => "a pod's hostPort".to_string(),
+                                        Owner::Hairpin => "a local endpoint".to_string(),
                                     }
                                 ));
                             }
@@ -382,7 +409,7 @@ impl ProxyState {
                     want_elements
                         .entry(set.clone())
                         .or_default()
-                        .insert(e.key.clone(), e.verdict.clone());
+                        .insert(e.key.clone(), e.value.clone());
                 }
             }
         }
@@ -493,7 +520,7 @@ impl ProxyState {
                     .map(|(k, v)| {
                         let e = Element {
                             key: k.clone(),
-                            verdict: v.clone(),
+                            value: v.clone(),
                         };
                         (skein_nft::element_bytes(def, &e), e)
                     })
@@ -556,20 +583,20 @@ impl ProxyState {
                 match (have.get(&key), want.get(&key)) {
                     (Some(h), Some(w)) if h == w => {}
                     (Some(h), Some(w)) => {
-                        // Same key, new verdict: removed and added in one transaction.
+                        // Same key, new verdict or data: removed and added in one transaction.
                         plan.groups.push(vec![
                             Op::DeleteElements {
                                 set: set.clone(),
                                 elements: vec![Element {
                                     key: key.clone(),
-                                    verdict: h.clone(),
+                                    value: h.clone(),
                                 }],
                             },
                             Op::AddElements {
                                 set: set.clone(),
                                 elements: vec![Element {
                                     key: key.clone(),
-                                    verdict: w.clone(),
+                                    value: w.clone(),
                                 }],
                             },
                         ]);
@@ -579,14 +606,14 @@ impl ProxyState {
                     (Some(h), None) => {
                         remove.push(Element {
                             key: key.clone(),
-                            verdict: h.clone(),
+                            value: h.clone(),
                         });
                         have.remove(&key);
                     }
                     (None, Some(w)) => {
                         add.push(Element {
                             key: key.clone(),
-                            verdict: w.clone(),
+                            value: w.clone(),
                         });
                         have.insert(key, w.clone());
                     }
@@ -713,6 +740,20 @@ fn key_text(key: &[Value]) -> String {
 /// The chain model of a [`ChainSpec`], for callers that need it plain.
 pub fn chain_of(spec: &ChainSpec) -> &Chain {
     &spec.chain
+}
+
+/// Counts each local endpoint address of `ports` once, up (`add`) or down.
+fn count_local(counts: &mut BTreeMap<std::net::IpAddr, usize>, ports: &[ServicePort], add: bool) {
+    for addr in crate::ruleset::local_endpoint_addrs(ports) {
+        if add {
+            *counts.entry(addr).or_default() += 1;
+        } else if let Some(n) = counts.get_mut(&addr) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&addr);
+            }
+        }
+    }
 }
 
 /// The pointer first: an object the API did not change is the same allocation.

@@ -177,6 +177,9 @@ impl World {
                 .iter()
                 .map(|p| crate::ruleset::service_fragment(p, &ctx)),
         );
+        out.push(crate::ruleset::hairpin_fragment(
+            crate::ruleset::local_endpoint_addrs(&map.ports).iter(),
+        ));
         out
     }
     fn tracer(&self) -> Tracer {
@@ -655,8 +658,21 @@ fn a_second_plan_with_nothing_changed_is_empty() {
     );
 }
 
+/// `web` without its local endpoint (10.42.1.5).
+fn without_local_endpoint(w: &World) -> Snapshot {
+    let mut next = w.snapshot.clone();
+    next.endpoint_slices
+        .get_mut(&ObjectKey::new("default", "web-1"))
+        .map(Arc::make_mut)
+        .unwrap()
+        .endpoints
+        .remove(0);
+    next.reindex();
+    next
+}
+
 #[test]
-fn one_endpoint_change_touches_only_its_service() {
+fn one_endpoint_change_of_a_map_picked_port_changes_only_elements() {
     let other = service("other", "10.43.0.70", &[("", TCP, 80)]);
     let w = web().with(
         other,
@@ -668,26 +684,71 @@ fn one_endpoint_change_touches_only_its_service() {
         )],
     );
     let mut state = ProxyState::new(ctx());
-    state.plan(&w.snapshot, &ctx(), true);
-    let mut next = w.snapshot.clone();
-    next.endpoint_slices
-        .get_mut(&ObjectKey::new("default", "web-1"))
-        .map(Arc::make_mut)
-        .unwrap()
-        .endpoints
-        .remove(0); // the local one, which has a chain of its own
-    next.reindex();
-    let plan = state.plan(&next, &ctx(), false);
+    let first = state.plan(&w.snapshot, &ctx(), true).transaction().script();
+    assert!(
+        !first.contains("svc_"),
+        "ClusterIP-only ports need no chain: {first}"
+    );
+    let plan = state.plan(&without_local_endpoint(&w), &ctx(), false);
     let script = plan.transaction().script();
     assert!(!script.contains("other"), "{script}");
-    // The web Service chain is rewritten for one endpoint, and the gone endpoint's chain is
-    // flushed now and deleted later.
+    assert!(!script.contains("chain"), "elements only: {script}");
+    assert!(plan.delete_later.is_empty(), "{:?}", plan.delete_later);
+    // One endpoint left: the dispatch entry goes to the pick of one, whose entry is the
+    // remaining endpoint; the gone endpoint's hairpin pair goes with it.
+    assert!(
+        script.contains(
+            "add element inet skein service_ips { 10.43.0.20 . tcp . 80 : goto proxy_pick_1 }"
+        ),
+        "{script}"
+    );
+    assert!(
+        script.contains(
+            "add element inet skein service_endpoints { 10.43.0.20 . tcp . 80 . 0x00000000 : 10.42.2.6 . 8080 }"
+        ),
+        "{script}"
+    );
+    assert!(
+        script.contains("delete element inet skein hairpin { 10.42.1.5 . 10.42.1.5 }"),
+        "{script}"
+    );
+    let after = World {
+        snapshot: without_local_endpoint(&w),
+        ..web()
+    };
+    assert_eq!(
+        after.trace(Packet::tcp("10.42.1.9", "10.43.0.20", 80)),
+        reached(&[("10.42.2.6", 8080)], false)
+    );
+}
+
+#[test]
+fn one_endpoint_change_of_a_port_with_chains_rewrites_only_its_chains() {
+    let mut w = web();
+    w.snapshot
+        .services
+        .get_mut(&ObjectKey::new("default", "web"))
+        .map(Arc::make_mut)
+        .unwrap()
+        .session_affinity = SessionAffinity::ClientIp {
+        timeout: Duration::from_secs(600),
+    };
+    let mut state = ProxyState::new(ctx());
+    state.plan(&w.snapshot, &ctx(), true);
+    let plan = state.plan(&without_local_endpoint(&w), &ctx(), false);
+    let script = plan.transaction().script();
+    // The Service chain is rewritten for one endpoint; the gone endpoint's chain and affinity
+    // set are flushed now and deleted later.
     assert!(script.contains("flush chain inet skein svc_"), "{script}");
     assert!(script.contains("flush chain inet skein ep_"), "{script}");
-    assert_eq!(plan.delete_later.len(), 1, "{:?}", plan.delete_later);
+    assert_eq!(plan.delete_later.len(), 2, "{:?}", plan.delete_later);
     let deletions = state.deletions(&plan.delete_later).script();
     assert!(
         deletions.starts_with("delete chain inet skein ep_"),
+        "{deletions}"
+    );
+    assert!(
+        deletions.contains("delete set inet skein aff_"),
         "{deletions}"
     );
 }
@@ -702,8 +763,9 @@ fn a_service_without_endpoints_moves_from_the_dispatch_map_to_the_reject_map() {
     next.reindex();
     let script = state.plan(&next, &ctx(), false).transaction().script();
     assert!(
-        script
-            .contains("delete element inet skein service_ips { 10.43.0.20 . tcp . 80 : goto svc_"),
+        script.contains(
+            "delete element inet skein service_ips { 10.43.0.20 . tcp . 80 : goto proxy_pick_2 }"
+        ),
         "{script}"
     );
     assert!(

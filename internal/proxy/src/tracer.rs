@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use skein_nft::{
-    Action, AddrType, CmpOp, CtState, Element, Field, HookPoint, L4Proto, MASQUERADE_MARK, Match,
-    Reject, Rule, Statement, TcpFlags, Value, Verdict,
+    Action, AddrType, CmpOp, CtState, Element, Field, HookPoint, L4Proto, MASQUERADE_MARK, Mapped,
+    Match, Reject, Rule, Statement, TcpFlags, Value, Verdict,
 };
 
 use crate::ruleset::{ChainSpec, Fragment};
@@ -147,7 +147,10 @@ impl Tracer {
         // Each live path: its state, the packet as rewritten so far, and where it was DNATed.
         let start = vec![(Path::default(), packet.clone(), None)];
         let live = match packet.origin {
-            Origin::Local => self.hook(HookPoint::Output, start, &mut fates)?,
+            Origin::Local => {
+                let sent = self.hook(HookPoint::Output, start, &mut fates)?;
+                self.hook(HookPoint::Postrouting, sent, &mut fates)?
+            }
             Origin::Arriving => {
                 let routed = self.hook(HookPoint::Prerouting, start, &mut fates)?;
                 // After prerouting the packet is routed: to the node itself, or on.
@@ -155,7 +158,8 @@ impl Tracer {
                     .into_iter()
                     .partition(|(_, p, _)| self.local_addrs.contains(&p.dst));
                 let mut out = self.hook(HookPoint::Input, local, &mut fates)?;
-                out.extend(self.hook(HookPoint::Forward, forwarded, &mut fates)?);
+                let forwarded = self.hook(HookPoint::Forward, forwarded, &mut fates)?;
+                out.extend(self.hook(HookPoint::Postrouting, forwarded, &mut fates)?);
                 out
             }
         };
@@ -378,11 +382,13 @@ impl Tracer {
             }
             // Not local: a value no rule compares with.
             Field::FibDaddrType | Field::FibSaddrType => Value::Mark(0),
+            // A draw is not a field of the packet: the walk forks on it (`DnatMap`).
             Field::IifName
             | Field::OifName
             | Field::CtState
             | Field::CtStatus
-            | Field::TcpFlags => {
+            | Field::TcpFlags
+            | Field::Random { .. } => {
                 return None;
             }
         })
@@ -422,13 +428,60 @@ impl Tracer {
                     .sets
                     .get(map)
                     .ok_or_else(|| TraceError::NoSet(map.clone()))?;
-                match elements.iter().find(|e| key_matches(&e.key, &values)) {
-                    Some(Element {
-                        verdict: Some(v), ..
-                    }) => v.clone(),
-                    Some(_) => return Err(unknown()),
+                match elements
+                    .iter()
+                    .find(|e| key_matches(&e.key, &values))
+                    .map(Element::verdict)
+                {
+                    Some(Some(v)) => v.clone(),
+                    Some(None) => return Err(unknown()),
                     None => return Ok(vec![(path, Flow::Next)]),
                 }
+            }
+            Action::DnatMap { key, map, .. } => {
+                // Every value a draw can take forks the walk.
+                let mut keys: Vec<Vec<Value>> = vec![Vec::new()];
+                for f in key {
+                    if let Field::Random { modulus } = f {
+                        keys = keys
+                            .into_iter()
+                            .flat_map(|k| {
+                                (0..*modulus).map(move |i| {
+                                    let mut k = k.clone();
+                                    k.push(Value::Mark(i));
+                                    k
+                                })
+                            })
+                            .collect();
+                        continue;
+                    }
+                    let Some(v) = self.field(*f, packet, &path) else {
+                        return Ok(vec![(path, Flow::Next)]);
+                    };
+                    for k in &mut keys {
+                        k.push(v.clone());
+                    }
+                }
+                let elements = self
+                    .sets
+                    .get(map)
+                    .ok_or_else(|| TraceError::NoSet(map.clone()))?;
+                let mut out = Vec::new();
+                for k in keys {
+                    let found = elements.iter().find(|e| key_matches(&e.key, &k));
+                    out.push(match found.map(|e| &e.value) {
+                        Some(Some(Mapped::Data(d))) => match d.as_slice() {
+                            [Value::Addr(a), Value::Port(p)] => {
+                                (path.clone(), Flow::Accept(Some((*a, *p))))
+                            }
+                            _ => return Err(unknown()),
+                        },
+                        Some(_) => return Err(unknown()),
+                        // No entry: no DNAT, on with the next rule.
+                        None => (path.clone(), Flow::Next),
+                    });
+                }
+                return Ok(out);
             }
             Action::Dnat {
                 addr,

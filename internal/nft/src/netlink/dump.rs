@@ -301,7 +301,7 @@ impl Netlink {
                 .iter()
                 .map(|e| {
                     let end = shape.interval.then_some(e.key_end.as_deref()).flatten();
-                    objects::canonical(&e.key, end, e.verdict())
+                    objects::canonical(&e.key, end, e.verdict(), e.data.as_deref())
                 })
                 .collect())
         }
@@ -314,6 +314,8 @@ struct RawElement {
     closing: bool,
     code: Option<i32>,
     chain: Option<String>,
+    /// A data map's value.
+    data: Option<Vec<u8>>,
 }
 
 impl RawElement {
@@ -337,6 +339,7 @@ impl RawElement {
             chain: verdict
                 .and_then(|v| find(v, NFTA_VERDICT_CHAIN))
                 .map(string),
+            data: value(NFTA_SET_ELEM_DATA),
         }
     }
 
@@ -372,6 +375,7 @@ fn pair_ranges(mut raw: Vec<RawElement>, host_order: bool) -> BTreeSet<Vec<u8>> 
                     &start.key,
                     Some(&e.key),
                     start.verdict(),
+                    start.data.as_deref(),
                 ));
             }
         } else if let Some(start) = open.replace(e) {
@@ -379,6 +383,7 @@ fn pair_ranges(mut raw: Vec<RawElement>, host_order: bool) -> BTreeSet<Vec<u8>> 
                 &start.key,
                 Some(&vec![0; start.key.len()]),
                 start.verdict(),
+                start.data.as_deref(),
             ));
         }
     }
@@ -387,6 +392,7 @@ fn pair_ranges(mut raw: Vec<RawElement>, host_order: bool) -> BTreeSet<Vec<u8>> 
             &start.key,
             Some(&vec![0; start.key.len()]),
             start.verdict(),
+            start.data.as_deref(),
         ));
     }
     out

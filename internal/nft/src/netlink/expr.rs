@@ -19,6 +19,8 @@ enum Source {
     Ct(u32),
     /// `fib daddr type` or, with `NFTA_FIB_F_SADDR`, `fib saddr type`.
     FibType(u32),
+    /// `numgen random mod modulus`.
+    Random(u32),
 }
 
 fn source(field: Field) -> (Source, usize) {
@@ -48,6 +50,7 @@ fn source(field: Field) -> (Source, usize) {
         Field::CtState => (Ct(NFT_CT_STATE), 4),
         Field::CtStatus => (Ct(NFT_CT_STATUS), 4),
         Field::TcpFlags => (th(13), 1),
+        Field::Random { modulus } => (Random(modulus), 4),
     }
 }
 
@@ -65,7 +68,7 @@ pub(crate) fn value_bytes(field: Field, value: &Value) -> Result<Vec<u8>, String
         (Field::Ip6Saddr | Field::Ip6Daddr, Value::Addr(IpAddr::V6(a))) => a.octets().to_vec(),
         (Field::L4Proto, Value::Proto(p)) => vec![p.number()],
         (Field::ThSport | Field::ThDport, Value::Port(p)) => p.to_be_bytes().to_vec(),
-        (Field::Mark | Field::CtState | Field::CtStatus, Value::Mark(m)) => {
+        (Field::Mark | Field::CtState | Field::CtStatus | Field::Random { .. }, Value::Mark(m)) => {
             m.to_ne_bytes().to_vec()
         }
         (Field::TcpFlags, Value::Mark(m)) => vec![*m as u8],
@@ -234,6 +237,7 @@ impl Builder<'_> {
                     .u32(NFTA_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE)
                     .u32(NFTA_FIB_FLAGS, flags);
             }),
+            Source::Random(modulus) => self.random(modulus, dreg),
         }
     }
 
@@ -257,11 +261,21 @@ impl Builder<'_> {
         });
     }
 
-    fn lookup(&mut self, set: &str, sreg: u32, verdict: bool, invert: bool) {
+    fn random(&mut self, modulus: u32, dreg: u32) {
+        self.expr("numgen", |m| {
+            m.u32(NFTA_NG_DREG, dreg)
+                .u32(NFTA_NG_MODULUS, modulus)
+                .u32(NFTA_NG_TYPE, NFT_NG_RANDOM);
+        });
+    }
+
+    /// A lookup of the key in `sreg`; with `dreg`, a map's value is loaded there (the verdict
+    /// register for a verdict map).
+    fn lookup(&mut self, set: &str, sreg: u32, dreg: Option<u32>, invert: bool) {
         self.expr("lookup", |m| {
             m.str(NFTA_LOOKUP_SET, set).u32(NFTA_LOOKUP_SREG, sreg);
-            if verdict {
-                m.u32(NFTA_LOOKUP_DREG, NFT_REG_VERDICT);
+            if let Some(dreg) = dreg {
+                m.u32(NFTA_LOOKUP_DREG, dreg);
             }
             if invert {
                 m.u32(NFTA_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
@@ -323,15 +337,10 @@ impl Builder<'_> {
             }
             Match::InSet { key, set, negate } => {
                 let sreg = self.load_key(key)?;
-                self.lookup(set, sreg, false, *negate);
+                self.lookup(set, sreg, None, *negate);
             }
             Match::Random { modulus, value } => {
-                let modulus = *modulus;
-                self.expr("numgen", |m| {
-                    m.u32(NFTA_NG_DREG, NFT_REG_1)
-                        .u32(NFTA_NG_MODULUS, modulus)
-                        .u32(NFTA_NG_TYPE, NFT_NG_RANDOM);
-                });
+                self.random(*modulus, NFT_REG_1);
                 self.cmp(NFT_CMP_EQ, &value.to_ne_bytes());
             }
         }
@@ -374,7 +383,29 @@ impl Builder<'_> {
             }),
             Action::Vmap { key, map } => {
                 let sreg = self.load_key(key)?;
-                self.lookup(map, sreg, true, false);
+                self.lookup(map, sreg, Some(NFT_REG_VERDICT), false);
+            }
+            Action::DnatMap { key, map, ipv6 } => {
+                // As nft: the family's dependency first (the key may not name it), the map's
+                // address and port into register 1 and the 32-bit register after the address.
+                self.need_family(*ipv6);
+                let sreg = self.load_key(key)?;
+                self.lookup(map, sreg, Some(NFT_REG_1), false);
+                let (family, addr_len) = if *ipv6 {
+                    (NFPROTO_IPV6, 16)
+                } else {
+                    (NFPROTO_IPV4, 4)
+                };
+                self.expr("nat", |m| {
+                    m.u32(NFTA_NAT_TYPE, NFT_NAT_DNAT)
+                        .u32(NFTA_NAT_FAMILY, u32::from(family))
+                        .u32(NFTA_NAT_REG_ADDR_MIN, NFT_REG_1)
+                        .u32(NFTA_NAT_REG_PROTO_MIN, register(addr_len))
+                        .u32(
+                            NFTA_NAT_FLAGS,
+                            NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED,
+                        );
+                });
             }
             Action::Dnat { addr, port } => self.nat(NFT_NAT_DNAT, *addr, *port),
             Action::Snat { addr } => self.nat(NFT_NAT_SNAT, *addr, None),

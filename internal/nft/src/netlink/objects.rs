@@ -232,7 +232,7 @@ fn new_set(set: &Set, table: &str, seq: u32, id: u32) -> Result<Msg, String> {
     if set.interval {
         flags |= NFT_SET_INTERVAL;
     }
-    if set.verdicts {
+    if set.verdicts || !set.data.is_empty() {
         flags |= NFT_SET_MAP;
     }
     if set.timeout.is_some() {
@@ -247,20 +247,24 @@ fn new_set(set: &Set, table: &str, seq: u32, id: u32) -> Result<Msg, String> {
     let type_id = types
         .iter()
         .fold(0u32, |acc, (id, _, _)| (acc << TYPE_BITS) | id);
-    let key_len: usize = if concat {
-        types.iter().map(|(_, l, _)| super::wire::align4(*l)).sum()
-    } else {
-        types[0].1
-    };
+    let key_len = parts_len(&types);
     let mut m = msg(NFT_MSG_NEWSET, NLM_F_CREATE, seq);
     m.str(NFTA_SET_TABLE, table)
         .str(NFTA_SET_NAME, &set.name)
         .u32(NFTA_SET_FLAGS, flags)
         .u32(NFTA_SET_KEY_TYPE, type_id)
         .u32(NFTA_SET_KEY_LEN, key_len as u32);
+    let data: Vec<(u32, usize, u32)> = set.data.iter().map(|k| key_type(*k)).collect();
     if set.verdicts {
         m.u32(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT)
             .u32(NFTA_SET_DATA_LEN, 0);
+    } else if !data.is_empty() {
+        m.u32(
+            NFTA_SET_DATA_TYPE,
+            data.iter()
+                .fold(0u32, |acc, (id, _, _)| (acc << TYPE_BITS) | id),
+        )
+        .u32(NFTA_SET_DATA_LEN, parts_len(&data) as u32);
     }
     m.u32(NFTA_SET_ID, id);
     if let Some(t) = set.timeout {
@@ -281,6 +285,9 @@ fn new_set(set: &Set, table: &str, seq: u32, id: u32) -> Result<Msg, String> {
     tlv(&mut u, UDATA_SET_KEYBYTEORDER, &byteorder.to_ne_bytes());
     if set.verdicts {
         tlv(&mut u, UDATA_SET_DATABYTEORDER, &0u32.to_ne_bytes());
+    } else if !data.is_empty() {
+        let order = if data.len() > 1 { 0 } else { data[0].2 };
+        tlv(&mut u, UDATA_SET_DATABYTEORDER, &order.to_ne_bytes());
     }
     if concat {
         let mut nested = Vec::new();
@@ -288,7 +295,7 @@ fn new_set(set: &Set, table: &str, seq: u32, id: u32) -> Result<Msg, String> {
         tlv(&mut nested, 1, &[]);
         tlv(&mut u, UDATA_SET_KEY_TYPEOF, &nested);
     }
-    if set.verdicts {
+    if set.verdicts || !data.is_empty() {
         tlv(&mut u, UDATA_SET_DATA_INTERVAL, &0u32.to_ne_bytes());
     }
     if let Some(c) = &set.comment {
@@ -300,6 +307,15 @@ fn new_set(set: &Set, table: &str, seq: u32, id: u32) -> Result<Msg, String> {
     Ok(m)
 }
 
+/// The length of a key or value of these parts: one part as it is, concatenated parts each
+/// padded to 32 bits.
+fn parts_len(parts: &[(u32, usize, u32)]) -> usize {
+    match parts {
+        [(_, len, _)] => *len,
+        _ => parts.iter().map(|(_, l, _)| super::wire::align4(*l)).sum(),
+    }
+}
+
 /// An element as the kernel holds it.
 pub(crate) struct Encoded {
     pub key: Vec<u8>,
@@ -309,6 +325,8 @@ pub(crate) struct Encoded {
     /// `NFT_SET_ELEM_INTERVAL_END`); `None` for a range that runs to the end of the key space.
     pub closing: Option<Vec<u8>>,
     pub verdict: Option<Verdict>,
+    /// A data map's value, encoded.
+    pub data: Option<Vec<u8>>,
 }
 
 /// One key part's first and last value: a prefix covers a range, anything else one value.
@@ -372,11 +390,26 @@ pub(crate) fn encode_element(shape: Shape, element: &Element) -> Encoded {
         (true, false, [value]) => (None, after(value, &last)),
         _ => (None, None),
     };
+    let data = match &element.value {
+        Some(Mapped::Data(values)) => {
+            let mut bytes = Vec::new();
+            for v in values {
+                let (mut b, _) = part(v);
+                if values.len() > 1 {
+                    b.resize(super::wire::align4(b.len()), 0);
+                }
+                bytes.extend_from_slice(&b);
+            }
+            Some(bytes)
+        }
+        _ => None,
+    };
     Encoded {
         key,
         key_end,
         closing,
-        verdict: element.verdict.clone(),
+        verdict: element.verdict().cloned(),
+        data,
     }
 }
 
@@ -393,6 +426,7 @@ pub fn element_bytes(set: &Set, element: &Element) -> Vec<u8> {
         &e.key,
         e.key_end.as_deref().or(closing.as_deref()),
         e.verdict.as_ref().map(expr::verdict_code),
+        e.data.as_deref(),
     )
 }
 
@@ -400,6 +434,7 @@ pub(crate) fn canonical(
     key: &[u8],
     end: Option<&[u8]>,
     verdict: Option<(i32, Option<&str>)>,
+    data: Option<&[u8]>,
 ) -> Vec<u8> {
     let mut out = key.to_vec();
     if let Some(end) = end {
@@ -408,6 +443,10 @@ pub(crate) fn canonical(
     if let Some((code, chain)) = verdict {
         out.extend_from_slice(&code.to_be_bytes());
         out.extend_from_slice(chain.unwrap_or_default().as_bytes());
+    }
+    if let Some(data) = data {
+        out.push(b':');
+        out.extend_from_slice(data);
     }
     out
 }
@@ -418,6 +457,7 @@ fn element_attrs(
     key_end: Option<&[u8]>,
     closing: bool,
     verdict: Option<&Verdict>,
+    data: Option<&[u8]>,
 ) {
     m.begin(NFTA_LIST_ELEM).data_value(NFTA_SET_ELEM_KEY, key);
     if let Some(end) = key_end {
@@ -430,6 +470,9 @@ fn element_attrs(
         m.begin(NFTA_SET_ELEM_DATA);
         expr::verdict(m, v);
         m.end();
+    }
+    if let Some(d) = data {
+        m.data_value(NFTA_SET_ELEM_DATA, d);
     }
     m.end();
 }
@@ -479,9 +522,10 @@ fn elements_messages(
             e.key_end.as_deref(),
             false,
             e.verdict.as_ref(),
+            e.data.as_deref(),
         );
         if let Some(closing) = &e.closing {
-            element_attrs(&mut m, closing, None, true, None);
+            element_attrs(&mut m, closing, None, true, None, None);
         }
     }
     m.end();

@@ -74,6 +74,16 @@ fn kinds() -> Vec<(&'static str, Vec<Op>)> {
     let mut vmap = Set::new("vmap", vec![KeyType::Ipv4Addr, KeyType::InetService]);
     vmap.verdicts = true;
     let key3 = vec![Field::IpDaddr, Field::L4Proto, Field::ThDport];
+    let mut endpoints = Set::new(
+        "endpoints",
+        vec![
+            KeyType::Ipv4Addr,
+            KeyType::InetProto,
+            KeyType::InetService,
+            KeyType::Mark,
+        ],
+    );
+    endpoints.data = vec![KeyType::Ipv4Addr, KeyType::InetService];
     vec![
         (
             "nf_tables (the inet family, regular and filter base chains)",
@@ -312,6 +322,38 @@ fn kinds() -> Vec<(&'static str, Vec<Op>)> {
                     vec![],
                     Action::Snat {
                         addr: v4([10, 0, 0, 3]),
+                    },
+                ),
+            ],
+        ),
+        (
+            "nat to a data map's address and port, drawn by numgen (nft_nat, nft_lookup)",
+            vec![
+                Op::AddSet(endpoints),
+                Op::AddElements {
+                    set: "endpoints".into(),
+                    elements: vec![Element::data(
+                        vec![
+                            Value::Addr(v4([10, 0, 0, 1])),
+                            Value::Proto(L4Proto::Tcp),
+                            Value::Port(80),
+                            Value::Mark(0),
+                        ],
+                        vec![Value::Addr(v4([10, 0, 0, 2])), Value::Port(8080)],
+                    )],
+                },
+                rule(
+                    "nat_pre",
+                    vec![],
+                    Action::DnatMap {
+                        key: vec![
+                            Field::IpDaddr,
+                            Field::L4Proto,
+                            Field::ThDport,
+                            Field::Random { modulus: 1 },
+                        ],
+                        map: "endpoints".into(),
+                        ipv6: false,
                     },
                 ),
             ],

@@ -254,6 +254,56 @@ fn sample_sets() -> Vec<(Set, Vec<Element>)> {
             set("no_elements", vec![Ipv6Addr, InetService], |_| {}),
             vec![],
         ),
+        (
+            set(
+                "endpoints",
+                vec![Ipv4Addr, InetProto, InetService, Mark],
+                |s| s.data = vec![Ipv4Addr, InetService],
+            ),
+            vec![
+                Element::data(
+                    vec![
+                        v4("10.43.0.10"),
+                        Value::Proto(L4Proto::Tcp),
+                        Value::Port(80),
+                        Value::Mark(0),
+                    ],
+                    vec![v4("10.42.1.5"), Value::Port(8080)],
+                ),
+                Element::data(
+                    vec![
+                        v4("10.43.0.10"),
+                        Value::Proto(L4Proto::Tcp),
+                        Value::Port(80),
+                        Value::Mark(1),
+                    ],
+                    vec![v4("10.42.2.5"), Value::Port(8080)],
+                ),
+            ],
+        ),
+        (
+            set(
+                "endpoints6",
+                vec![Ipv6Addr, InetProto, InetService, Mark],
+                |s| s.data = vec![Ipv6Addr, InetService],
+            ),
+            vec![Element::data(
+                vec![
+                    Value::Addr("fd43::a".parse().expect("v6")),
+                    Value::Proto(L4Proto::Udp),
+                    Value::Port(53),
+                    Value::Mark(0),
+                ],
+                vec![
+                    Value::Addr("fd42::5".parse().expect("v6")),
+                    Value::Port(5353),
+                ],
+            )],
+        ),
+        (
+            set("pairs", vec![Ipv4Addr, Ipv4Addr], |_| {}),
+            vec![Element::key(vec![v4("10.42.0.5"), v4("10.42.0.5")])],
+        ),
     ]
 }
 
@@ -330,6 +380,40 @@ fn sample_rules() -> Vec<(&'static str, Rule)> {
                 }],
                 verdict(Verdict::Jump("svc-b".into())),
             ),
+        ),
+        (
+            "svc-a",
+            Rule::new(
+                vec![],
+                Action::DnatMap {
+                    key: vec![IpDaddr, L4Proto, ThDport, Random { modulus: 2 }],
+                    map: "endpoints".into(),
+                    ipv6: false,
+                },
+            ),
+        ),
+        (
+            "svc-a",
+            Rule::new(
+                vec![],
+                Action::DnatMap {
+                    key: vec![Ip6Daddr, L4Proto, ThDport, Random { modulus: 3 }],
+                    map: "endpoints6".into(),
+                    ipv6: true,
+                },
+            ),
+        ),
+        (
+            "svc-a",
+            Rule::new(
+                vec![Match::InSet {
+                    key: vec![IpSaddr, IpDaddr],
+                    set: "pairs".into(),
+                    negate: false,
+                }],
+                Action::Continue,
+            )
+            .with_statement(Statement::SetMarkBits(0x4000)),
         ),
         (
             "svc-a",
