@@ -8,16 +8,18 @@
 //!   connections only → `proxy_firewall`: exempt addresses return; load-balancer source ranges
 //!   (`firewall_ips` → `fw_…` chains), checked on the load balancer's own address.
 //! - `proxy_nat_pre` / `proxy_nat_out` (nat, prerouting / output, -100) → `proxy_services`:
-//!   `service_ips` (ClusterIPs → `proxy_pick_k` or `svc_…`, external IPs → `ext_…`); for the
-//!   node's own addresses the pods' host ports (`host_ip_ports`, `host_ports` → `hp_…`, see
+//!   `service_ips` (ClusterIPs → `svc_…`, external IPs → `ext_…`); other ClusterIPs → `proxy_pick`,
+//!   which finds the port in `service_pick_k` (k: its count of endpoints); for the node's own
+//!   addresses the pods' host ports (`host_ip_ports`, `host_ports` → `hp_…`, see
 //!   [`crate::host_ports`]); and, for the node's NodePort addresses, `service_nodeports`
 //!   (→ `ext_…`).
 //! - `proxy_services` also marks ClusterIP traffic from off the pod network for masquerade.
 //! - `proxy_pick_k` (static, one per endpoint count k up to [`MAX_PICK`]): the ClusterIP port
 //!   of a Service without affinity or external destinations is DNATed to one of its k entries
 //!   in `service_endpoints` (`ClusterIP . proto . port . i : endpoint . port`, drawn by
-//!   `numgen random mod k`). Such a Service has no chain: a change of its endpoints changes
-//!   map elements only, which the kernel commits without revalidating every chain.
+//!   `numgen random mod k`). Such a Service has no chain and no verdict-map entry: a change of
+//!   its endpoints changes elements of plain sets and a data map only, which the kernel commits
+//!   without revalidating every chain (any change to a verdict map makes it revalidate them).
 //! - `svc_…` (the other ports): ClientIP affinity (`aff_…` sets); one endpoint drawn
 //!   (`numgen random mod k` per rule, k = endpoints left, which is uniform), DNATed by that
 //!   rule, or `goto ep_…` with affinity.
@@ -81,6 +83,20 @@ pub fn pick_chain(k: usize, ipv6: bool) -> String {
         format!("proxy_pick_{k}")
     }
 }
+
+/// `service_pick_k` (IPv4) or `service_pick6_k`: the ClusterIP ports with k endpoints in
+/// `service_endpoints`. A plain set, so moving a port from one to another (an endpoint more or
+/// fewer) is a change of elements the kernel commits without revalidating the table, as it
+/// must after any change to a verdict map.
+pub fn pick_set(k: usize, ipv6: bool) -> String {
+    if ipv6 {
+        format!("service_pick6_{k}")
+    } else {
+        format!("service_pick_{k}")
+    }
+}
+
+pub const CHAIN_PICK: &str = "proxy_pick";
 
 /// The priority of the proxy's firewall chains: before DNAT (-100), so the source-range check
 /// sees the load balancer's own address.
@@ -425,7 +441,7 @@ pub fn service_fragment(p: &ServicePort, ctx: &NodeContext) -> Fragment {
     if picked_from_map(p) {
         // ClusterIP traffic to the static pick chain for this many endpoints, which draws
         // one of the entries here.
-        let pick = pick_chain(internal.len(), p.ipv6);
+        let pick = pick_set(internal.len(), p.ipv6);
         for ip in &cluster_ips {
             let key = vec![Value::Addr(*ip), proto.clone(), port.clone()];
             f.element(
@@ -440,10 +456,7 @@ pub fn service_fragment(p: &ServicePort, ctx: &NodeContext) -> Fragment {
                     Element::data(at, vec![Value::Addr(b.addr), Value::Port(b.port)]),
                 );
             }
-            f.element(
-                &set_name(SERVICE_IPS, p.ipv6),
-                Element::mapped(key, Verdict::Goto(pick.clone())),
-            );
+            f.element(&pick, Element::key(key));
         }
         return f;
     }
@@ -813,7 +826,20 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
             set: endpoints,
             managed: true,
         });
+        let mut picks = Vec::new();
         for k in 1..=MAX_PICK {
+            f.sets.push(SetSpec {
+                set: Set::new(pick_set(k, ipv6), full.clone()),
+                managed: true,
+            });
+            picks.push(Rule::new(
+                vec![Match::InSet {
+                    key: svc_key.clone(),
+                    set: pick_set(k, ipv6),
+                    negate: false,
+                }],
+                goto(&pick_chain(k, ipv6)),
+            ));
             let mut key = svc_key.clone();
             key.push(Field::Random { modulus: k as u32 });
             f.chains.push(ChainSpec {
@@ -832,6 +858,14 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
                 )],
             });
         }
+        f.chains.push(ChainSpec {
+            chain: Chain {
+                name: set_name(CHAIN_PICK, ipv6),
+                hook: None,
+            },
+            tier: Tier::Endpoint,
+            rules: picks,
+        });
         // A pod that reached itself through a Service: its reply must come back through the
         // node, so the connection is masqueraded (the set holds `pod . pod` for every local
         // endpoint; a pod talking to its own address directly never leaves it).
@@ -943,6 +977,19 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
                 map: set_name(SERVICE_IPS, ipv6),
             },
         ));
+        // The ports picked from `service_endpoints` are not in `service_ips`: found by their
+        // count of endpoints (a ClusterIP first, so other traffic pays one lookup).
+        services.push(
+            Rule::new(
+                vec![Match::InSet {
+                    key: vec![daddr],
+                    set: set_name(CLUSTER_IPS, ipv6),
+                    negate: false,
+                }],
+                Action::Verdict(Verdict::Jump(set_name(CHAIN_PICK, ipv6))),
+            )
+            .with_comment(comment("ClusterIP ports picked from service_endpoints")),
+        );
         // Host ports before NodePorts: a pod's hostPort is the node's port too.
         let (host_port_maps, host_port_rules) = crate::host_ports::dispatch(ipv6);
         f.sets.extend(host_port_maps);

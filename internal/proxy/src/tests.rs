@@ -694,14 +694,17 @@ fn one_endpoint_change_of_a_map_picked_port_changes_only_elements() {
     assert!(!script.contains("other"), "{script}");
     assert!(!script.contains("chain"), "elements only: {script}");
     assert!(plan.delete_later.is_empty(), "{:?}", plan.delete_later);
-    // One endpoint left: the dispatch entry goes to the pick of one, whose entry is the
-    // remaining endpoint; the gone endpoint's hairpin pair goes with it.
+    // One endpoint left: the port moves to the ports with one endpoint, whose entry is the
+    // remaining endpoint; the gone endpoint's hairpin pair goes with it. No verdict map changes.
     assert!(
-        script.contains(
-            "add element inet skein service_ips { 10.43.0.20 . tcp . 80 : goto proxy_pick_1 }"
-        ),
+        script.contains("delete element inet skein service_pick_2 { 10.43.0.20 . tcp . 80 }"),
         "{script}"
     );
+    assert!(
+        script.contains("add element inet skein service_pick_1 { 10.43.0.20 . tcp . 80 }"),
+        "{script}"
+    );
+    assert!(!script.contains("service_ips"), "{script}");
     assert!(
         script.contains(
             "add element inet skein service_endpoints { 10.43.0.20 . tcp . 80 . 0x00000000 : 10.42.2.6 . 8080 }"
@@ -763,9 +766,7 @@ fn a_service_without_endpoints_moves_from_the_dispatch_map_to_the_reject_map() {
     next.reindex();
     let script = state.plan(&next, &ctx(), false).transaction().script();
     assert!(
-        script.contains(
-            "delete element inet skein service_ips { 10.43.0.20 . tcp . 80 : goto proxy_pick_2 }"
-        ),
+        script.contains("delete element inet skein service_pick_2 { 10.43.0.20 . tcp . 80 }"),
         "{script}"
     );
     assert!(
@@ -784,7 +785,10 @@ fn chains_land_before_the_dispatch_entries_that_reach_them() {
     let first_element = tx
         .ops
         .iter()
-        .position(|op| matches!(op, Op::AddElements { set, .. } if set == "service_ips"))
+        .position(|op| {
+            matches!(op, Op::AddElements { set, .. }
+                if set == "service_ips" || set.starts_with("service_pick"))
+        })
         .expect("a dispatch entry");
     let last_rule = tx
         .ops
@@ -792,6 +796,13 @@ fn chains_land_before_the_dispatch_entries_that_reach_them() {
         .rposition(|op| matches!(op, Op::AddRule { .. }))
         .expect("rules");
     assert!(last_rule < first_element, "{}", tx.script());
+    // A port's endpoints are in the data map before the port is in its pick set.
+    let endpoints = tx
+        .ops
+        .iter()
+        .position(|op| matches!(op, Op::AddElements { set, .. } if set == "service_endpoints"))
+        .expect("endpoints");
+    assert!(endpoints < first_element, "{}", tx.script());
 }
 
 #[test]
