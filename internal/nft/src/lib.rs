@@ -21,10 +21,11 @@
 //! | `overlay_mss`      | filter | forward     | -150 (mangle) | overlay  | clamp TCP MSS to the route MTU through the overlay |
 //! | `proxy_filter_pre` | filter | prerouting  | -110          | proxy    | new connections → `proxy_firewall`: source ranges, reject/drop of dead service ports |
 //! | `proxy_filter_out` | filter | output      | -110          | proxy    | the same for the node's own traffic |
-//! | `proxy_nat_pre`    | nat    | prerouting  | -100 (dstnat) | proxy    | Service DNAT through verdict maps |
+//! | `proxy_nat_pre`    | nat    | prerouting  | -100 (dstnat) | proxy    | Service DNAT through sets, a data map and verdict maps |
 //! | `proxy_nat_out`    | nat    | output      | -100 (dstnat) | proxy    | DNAT of the node's own Service traffic |
 //! | `policy_forward`   | filter | forward     | 0 (filter)    | policy   | *planned*: NetworkPolicy for routed and bridged pod traffic |
 //! | `policy_input`     | filter | input       | 0 (filter)    | policy   | *planned*: NetworkPolicy for pod-to-host traffic |
+//! | `proxy_hairpin`    | filter | postrouting | 90            | proxy    | a pod reaching itself through a Service marked for masquerade |
 //! | `postrouting`      | nat    | postrouting | 100 (srcnat)  | cni      | the one masquerade chain: pod traffic leaving the cluster CIDR; the proxy's masquerade mark becomes an input of this chain's builder, never a second writer |
 //!
 //! Bridged pod-to-pod traffic reaches the `forward` hooks only with `br_netfilter` and
