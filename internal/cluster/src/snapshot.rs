@@ -1,6 +1,5 @@
 //! The immutable, versioned snapshot of the cluster that the dataplane parts are built from.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -28,6 +27,12 @@ impl fmt::Display for ObjectKey {
     }
 }
 
+/// The maps a snapshot holds: ordered like a `BTreeMap`, and persistent, so the watch loop
+/// publishes a new snapshot by sharing every unchanged part with the last one (a clone is O(1),
+/// which at 10,000 Services is the difference between microseconds and tens of milliseconds on
+/// every change).
+pub type Map<K, V> = imbl::OrdMap<K, V>;
+
 /// The cluster as skein last saw it, whole: every kind completed at least one list before the
 /// first snapshot is published, so no consumer sees Services without their EndpointSlices.
 ///
@@ -36,18 +41,24 @@ impl fmt::Display for ObjectKey {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Snapshot {
     pub version: u64,
-    pub nodes: BTreeMap<String, Node>,
-    pub namespaces: BTreeMap<String, Namespace>,
-    pub pods: BTreeMap<ObjectKey, Pod>,
-    pub services: BTreeMap<ObjectKey, Arc<Service>>,
-    pub endpoint_slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
+    pub nodes: Map<String, Node>,
+    pub namespaces: Map<String, Namespace>,
+    pub pods: Map<ObjectKey, Pod>,
+    pub services: Map<ObjectKey, Arc<Service>>,
+    pub endpoint_slices: Map<ObjectKey, Arc<EndpointSlice>>,
     /// The EndpointSlices of each Service (by their `kubernetes.io/service-name` label), in
     /// slice-name order.
-    pub slices_by_service: BTreeMap<ObjectKey, Vec<Arc<EndpointSlice>>>,
-    pub network_policies: BTreeMap<ObjectKey, NetworkPolicy>,
+    pub slices_by_service: Map<ObjectKey, Vec<Arc<EndpointSlice>>>,
+    pub network_policies: Map<ObjectKey, NetworkPolicy>,
     /// When the first change this snapshot carries arrived from the API (before the debounce
     /// window): where the service proxy's network-programming latency starts.
     pub changed_at: Option<std::time::Instant>,
+}
+
+/// The Service a slice belongs to (its `kubernetes.io/service-name` label), if any.
+fn slice_service(slice: &EndpointSlice) -> Option<ObjectKey> {
+    let service = slice.service_name.as_ref()?;
+    Some(ObjectKey::new(&slice.namespace, service))
 }
 
 impl Snapshot {
@@ -60,20 +71,45 @@ impl Snapshot {
         self.slices_by_service.get(key).map_or(&[], Vec::as_slice)
     }
 
-    /// The index behind [`Snapshot::slices_of`].
+    /// The index behind [`Snapshot::slices_of`], built whole.
     pub fn index_slices(
-        slices: &BTreeMap<ObjectKey, Arc<EndpointSlice>>,
-    ) -> BTreeMap<ObjectKey, Vec<Arc<EndpointSlice>>> {
-        let mut index: BTreeMap<ObjectKey, Vec<Arc<EndpointSlice>>> = BTreeMap::new();
+        slices: &Map<ObjectKey, Arc<EndpointSlice>>,
+    ) -> Map<ObjectKey, Vec<Arc<EndpointSlice>>> {
+        let mut index: Map<ObjectKey, Vec<Arc<EndpointSlice>>> = Map::new();
         for slice in slices.values() {
-            if let Some(service) = &slice.service_name {
-                index
-                    .entry(ObjectKey::new(&slice.namespace, service))
-                    .or_default()
-                    .push(slice.clone());
+            if let Some(service) = slice_service(slice) {
+                index.entry(service).or_default().push(slice.clone());
             }
         }
         index
+    }
+
+    /// The index after one slice changed from `before` to `after` (either absent), without a
+    /// walk of the others: the slice leaves its old Service's list and joins its new one's in
+    /// name order.
+    pub fn reindex_slice(
+        index: &mut Map<ObjectKey, Vec<Arc<EndpointSlice>>>,
+        before: Option<&Arc<EndpointSlice>>,
+        after: Option<&Arc<EndpointSlice>>,
+    ) {
+        if let Some(old) = before
+            && let Some(service) = slice_service(old)
+        {
+            let emptied = index.get_mut(&service).is_some_and(|list| {
+                list.retain(|s| s.name != old.name);
+                list.is_empty()
+            });
+            if emptied {
+                index.remove(&service);
+            }
+        }
+        if let Some(new) = after
+            && let Some(service) = slice_service(new)
+        {
+            let list = index.entry(service).or_default();
+            let at = list.partition_point(|s| s.name < new.name);
+            list.insert(at, new.clone());
+        }
     }
 
     /// Recomputes the slice index after changing `endpoint_slices` by hand (tests).

@@ -1,7 +1,6 @@
 //! Folding watcher events into the cluster state, and cutting snapshots of it: pure, so re-lists,
 //! deletions and failures are tested without an API server.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -13,7 +12,7 @@ use kube::runtime::watcher::Event;
 
 use crate::health::{ApiHealth, HealthState, Kind, WatchFailure};
 use crate::objects::{EndpointSlice, Namespace, NetworkPolicy, Node, Pod, Service};
-use crate::snapshot::{ObjectKey, Snapshot};
+use crate::snapshot::{Map, ObjectKey, Snapshot};
 
 /// What one of the six watches produced; merging the watches' streams needs one item type.
 #[derive(Debug)]
@@ -38,19 +37,19 @@ pub(crate) enum Report {
 
 /// One kind's objects, and the list in progress when the watcher is (re-)listing.
 #[derive(Debug)]
-struct Table<K, V> {
-    live: BTreeMap<K, V>,
+struct Table<K: Ord + Clone, V: Clone> {
+    live: Map<K, V>,
     /// Filled between `Init` and `InitDone` and swapped in whole at `InitDone`, so that objects
     /// deleted while the watch was down disappear, and no half-listed kind is ever published.
-    relist: Option<BTreeMap<K, V>>,
+    relist: Option<Map<K, V>>,
     /// Completed at least one list.
     listed: bool,
 }
 
-impl<K: Ord, V: PartialEq> Table<K, V> {
+impl<K: Ord + Clone, V: PartialEq + Clone> Table<K, V> {
     fn new() -> Self {
         Self {
-            live: BTreeMap::new(),
+            live: Map::new(),
             relist: None,
             listed: false,
         }
@@ -65,7 +64,7 @@ impl<K: Ord, V: PartialEq> Table<K, V> {
     ) -> bool {
         match event {
             Event::Init => {
-                self.relist = Some(BTreeMap::new());
+                self.relist = Some(Map::new());
                 false
             }
             Event::InitApply(object) => {
@@ -121,6 +120,8 @@ pub(crate) struct ClusterState {
     services: Table<ObjectKey, Arc<Service>>,
     endpoint_slices: Table<ObjectKey, Arc<EndpointSlice>>,
     network_policies: Table<ObjectKey, NetworkPolicy>,
+    /// The EndpointSlices by Service, kept in step with `endpoint_slices` one slice at a time.
+    slices_by_service: Map<ObjectKey, Vec<Arc<EndpointSlice>>>,
     /// Version of the last snapshot handed out; 0 before the first.
     version: u64,
     /// Changed since the last snapshot.
@@ -137,6 +138,7 @@ impl ClusterState {
             services: Table::new(),
             endpoint_slices: Table::new(),
             network_policies: Table::new(),
+            slices_by_service: Map::new(),
             version: 0,
             dirty: false,
             health: HealthState::new(now),
@@ -175,12 +177,31 @@ impl ClusterState {
                 self.services
                     .fold(e, object_key, |o| Service::from_api(o).map(Arc::new)),
             ),
-            Report::EndpointSlice(e) => (
-                Kind::EndpointSlice,
-                answered(&e),
-                self.endpoint_slices
-                    .fold(e, object_key, |o| EndpointSlice::from_api(o).map(Arc::new)),
-            ),
+            Report::EndpointSlice(e) => {
+                let answered = answered(&e);
+                let relisted = matches!(e, Event::InitDone);
+                let key = match &e {
+                    Event::Apply(o) | Event::Delete(o) => object_key(o),
+                    _ => None,
+                };
+                let before = key
+                    .as_ref()
+                    .and_then(|k| self.endpoint_slices.live.get(k).cloned());
+                let changed = self
+                    .endpoint_slices
+                    .fold(e, object_key, |o| EndpointSlice::from_api(o).map(Arc::new));
+                if changed && relisted {
+                    self.slices_by_service = Snapshot::index_slices(&self.endpoint_slices.live);
+                } else if changed && let Some(k) = key {
+                    let after = self.endpoint_slices.live.get(&k).cloned();
+                    Snapshot::reindex_slice(
+                        &mut self.slices_by_service,
+                        before.as_ref(),
+                        after.as_ref(),
+                    );
+                }
+                (Kind::EndpointSlice, answered, changed)
+            }
             Report::NetworkPolicy(e) => (
                 Kind::NetworkPolicy,
                 answered(&e),
@@ -240,7 +261,7 @@ impl ClusterState {
             pods: self.pods.live.clone(),
             services: self.services.live.clone(),
             endpoint_slices: self.endpoint_slices.live.clone(),
-            slices_by_service: Snapshot::index_slices(&self.endpoint_slices.live),
+            slices_by_service: self.slices_by_service.clone(),
             network_policies: self.network_policies.live.clone(),
             changed_at: None,
         }

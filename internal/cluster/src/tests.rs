@@ -1377,3 +1377,99 @@ async fn a_kind_that_never_failed_is_never_probed() {
     assert!(quiet.is_err());
     assert_eq!(probes.load(Ordering::SeqCst), 0);
 }
+
+/// What one publish costs at 10,000 Services (each with a slice of 5 endpoints) and 10,000 pods:
+/// `cargo test --release -p skein-cluster timing_of_a_publish -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing: run with --release --ignored --nocapture"]
+fn timing_of_a_publish_at_ten_thousand_services() {
+    let n = 10_000;
+    let services: Vec<core::Service> = (0..n)
+        .map(|i| {
+            api(
+                json!({"metadata": {"namespace": "bench", "name": format!("svc-{i}")},
+                "spec": {"clusterIP": format!("10.43.{}.{}", i / 250, i % 250),
+                         "ports": [{"port": 80, "protocol": "TCP"}]}}),
+            )
+        })
+        .collect();
+    let slices: Vec<discovery::EndpointSlice> = (0..n)
+        .map(|i| {
+            let endpoints: Vec<serde_json::Value> = (0..5)
+                .map(|j| json!({"addresses": [format!("10.42.{}.{}", (i * 5 + j) / 250 % 250, (i * 5 + j) % 250)],
+                                "conditions": {"ready": true}, "nodeName": "n2"}))
+                .collect();
+            api(json!({"metadata": {"namespace": "bench", "name": format!("svc-{i}-abc"),
+                            "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+                "addressType": "IPv4", "endpoints": endpoints,
+                "ports": [{"port": 8080, "protocol": "TCP"}]}))
+        })
+        .collect();
+    let pods: Vec<core::Pod> = (0..n).map(|i| pod("bench", &format!("pod-{i}"))).collect();
+    let mut state = ClusterState::new(at(0));
+    let mut reports = listed(Report::Node, vec![node("n1", "192.168.1.1")]);
+    reports.extend(listed(Report::Namespace, vec![]));
+    reports.extend(listed(Report::Pod, pods));
+    reports.extend(listed(Report::Service, services));
+    reports.extend(listed(Report::EndpointSlice, slices.clone()));
+    reports.extend(listed(Report::NetworkPolicy, vec![]));
+    record_all(&mut state, reports, at(1));
+    state.publish().expect("first");
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let mut one = slices[7].clone();
+        one.endpoints.as_mut().map(Vec::pop);
+        state.record(Report::EndpointSlice(Event::Apply(one)), at(2));
+        state.publish();
+        state.record(
+            Report::EndpointSlice(Event::Apply(slices[7].clone())),
+            at(3),
+        );
+        state.publish();
+    }
+    println!(
+        "one publish: {:.2} ms",
+        started.elapsed().as_secs_f64() * 1000.0 / 40.0
+    );
+}
+
+#[test]
+fn the_slice_index_kept_one_slice_at_a_time_equals_one_built_whole() {
+    let slice = |name: &str, service: &str, addr: &str| -> discovery::EndpointSlice {
+        api(json!({"metadata": {"namespace": "default", "name": name,
+                        "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [addr], "conditions": {"ready": true}}],
+            "ports": [{"port": 80, "protocol": "TCP"}]}))
+    };
+    let mut state = ClusterState::new(at(0));
+    record_all(&mut state, initial_lists(vec![], vec![]), at(1));
+    let steps = vec![
+        Event::Apply(slice("web-b", "web", "10.42.1.2")),
+        Event::Apply(slice("web-a", "web", "10.42.1.1")),
+        Event::Apply(slice("db-a", "db", "10.42.2.1")),
+        // A new version of one slice, then one that moves to another Service.
+        Event::Apply(slice("web-a", "web", "10.42.1.9")),
+        Event::Apply(slice("web-b", "db", "10.42.1.2")),
+        Event::Delete(slice("db-a", "db", "10.42.2.1")),
+    ];
+    for (i, step) in steps.into_iter().enumerate() {
+        state.record(Report::EndpointSlice(step), at(2 + i as u64));
+        let snapshot = state.publish().expect("a change");
+        assert_eq!(
+            snapshot.slices_by_service,
+            Snapshot::index_slices(&snapshot.endpoint_slices),
+            "after step {i}"
+        );
+    }
+    let snapshot = state.publish().unwrap_or_else(|| Arc::new(state.current()));
+    let names = |service: &str| -> Vec<String> {
+        snapshot
+            .slices_of(&ObjectKey::new("default", service))
+            .iter()
+            .map(|s| s.name.clone())
+            .collect()
+    };
+    assert_eq!(names("web"), ["web-a"]);
+    assert_eq!(names("db"), ["web-b"]);
+}

@@ -480,8 +480,8 @@ fn no_endpoints_rejects_a_wrong_port_rejects_and_an_unallocated_address_drops() 
             web()
                 .snapshot
                 .endpoint_slices
-                .into_values()
-                .map(|s| (*s).clone())
+                .values()
+                .map(|s| (**s).clone())
                 .collect(),
         );
     assert_eq!(
