@@ -193,6 +193,8 @@ pub async fn run(
     let mut our_generation: Option<u32> = None;
     let mut last_sync: Option<Instant> = None;
     let mut last_section: Option<Instant> = None;
+    let mut section_dirty = false;
+    let mut health_problems: Vec<String> = Vec::new();
     let mut pending_deletes: Vec<(Instant, Vec<Stale>)> = Vec::new();
     let mut udp_before: UdpPorts = UdpPorts::new();
     let mut conntrack: Option<skein_conntrack::Conntrack> = None;
@@ -274,12 +276,15 @@ pub async fn run(
                     error = Some(msg);
                 }
             }
-            // The page and the health checks: at most once a second, and after every change.
+            // The health check servers after every change; the page at most once a second
+            // (a row per Service port: at 10,000 of them, rebuilding it on every change would
+            // cost more than the sync), and a second after a change it missed.
             let now = Instant::now();
-            if last_section.is_none_or(|t| now.duration_since(t) >= SECTION_EVERY)
-                || last_row.as_ref().is_some_and(|r| r.changed > 0)
-            {
-                last_section = Some(now);
+            let changed_now = last_row.as_ref().is_some_and(|r| r.changed > 0);
+            section_dirty |= changed_now;
+            let section_due = last_section.is_none_or(|t| now.duration_since(t) >= SECTION_EVERY);
+            // (A health port that could not be bound is tried again with the page.)
+            if changed_now || section_due {
                 let computation = state.computation();
                 let mut want = BTreeMap::new();
                 for p in &computation.ports {
@@ -296,6 +301,12 @@ pub async fn run(
                         e.local_endpoints = e.local_endpoints.max(p.local.len());
                     }
                 }
+                health_problems = health.update(&part, &want);
+            }
+            if section_due {
+                last_section = Some(now);
+                section_dirty = false;
+                let computation = state.computation();
                 let mut problems: Vec<ProblemRow> = computation
                     .problems
                     .iter()
@@ -305,10 +316,10 @@ pub async fn run(
                     })
                     .collect();
                 problems.extend(host_ports::problems(&computation));
-                for bind in health.update(&part, &want) {
+                for bind in &health_problems {
                     problems.push(ProblemRow {
                         service: String::new(),
-                        problem: bind,
+                        problem: bind.clone(),
                     });
                 }
                 board.section.set(&ServicesSection {
@@ -371,6 +382,7 @@ pub async fn run(
                     full_due = true;
                 }
             }
+            _ = sleep_until(last_section.map(|t| t + SECTION_EVERY)), if section_dirty => {}
             _ = sleep_until(next_delete), if next_delete.is_some() => {
                 let now = Instant::now();
                 let (due, later): (Vec<_>, Vec<_>) =
