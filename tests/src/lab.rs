@@ -230,6 +230,163 @@ impl Lab {
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// `skein-lab probe --json` from inside `netns`, with `extra` options (`--timeout`,
+    /// `--source-port`, `--path`, `--ca`): what happened, answered or not.
+    pub fn probe_outcome(
+        &self,
+        netns: &str,
+        protocol: &str,
+        target: &str,
+        extra: &[&str],
+    ) -> Probe {
+        let mut args = vec!["probe", protocol, target, "--json"];
+        if !extra.contains(&"--timeout") {
+            args.extend(["--timeout", "3s"]);
+        }
+        args.extend_from_slice(extra);
+        let out = self
+            .tool_in(netns)
+            .args(&args)
+            .output()
+            .expect("skein-lab probe");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let json: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+            panic!(
+                "skein-lab probe printed no JSON ({e}): {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        Probe {
+            answer: json["answer"].as_str().map(str::to_string),
+            from: json["from"].as_str().map(str::to_string),
+            status: json["status"].as_u64().map(|s| s as u16),
+            error_kind: json["error_kind"].as_str().map(str::to_string),
+            error: json["error"].as_str().map(str::to_string),
+            elapsed: Duration::from_secs_f64(json["elapsed_ms"].as_f64().unwrap_or(0.0) / 1000.0),
+        }
+    }
+
+    /// A probe of a lab workload from `netns`: (the pod that answered, the source address it
+    /// saw), or `None` without an answer.
+    pub fn ask(&self, netns: &str, protocol: &str, target: &str) -> Option<(String, String)> {
+        self.probe_outcome(netns, protocol, target, &[]).workload()
+    }
+
+    /// A namespace of the test's own on the underlay, as a machine outside the cluster on the
+    /// nodes' network: `eth0` with `address`/24 on the underlay bridge, nothing routed beyond
+    /// it. `down` removes it with the lab (its name has the lab's prefix).
+    pub fn outside(&self, suffix: &str, address: &str) -> String {
+        let ns = self.extra_netns(suffix);
+        let underlay = self.underlay_netns();
+        let mut port = format!("o{suffix}");
+        port.truncate(15);
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&["netns", "add", &ns]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n", &underlay, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+            &ns,
+        ]);
+        ip(&["-n", &underlay, "link", "set", &port, "master", "br0", "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ns
+    }
+
+    /// The lab's CA certificate, which the API server's serving certificate chains to.
+    pub fn ca_cert(&self) -> String {
+        format!("{}/pki/ca.crt", self.dir())
+    }
+
+    /// A node's underlay address.
+    pub fn address(&self, node: &str) -> String {
+        self.node_entry(node)["address"]
+            .as_str()
+            .expect("address")
+            .to_string()
+    }
+
+    /// `nft list table inet skein` in a node's namespace.
+    pub fn nft_table(&self, node: &str) -> String {
+        let (ok, out) = self.exec(
+            &self.netns(node),
+            &["nft", "list", "table", "inet", "skein"],
+        );
+        assert!(ok, "nft list table inet skein on {node}: {out}");
+        out
+    }
+
+    /// A long-running TCP connection from `netns` to a lab workload at `target`: an echo every
+    /// 10 ms until [`EchoStream::finish`]. A reset or close fails it.
+    pub fn echo_stream(&self, netns: &str, target: &str) -> EchoStream {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stop = dir.path().join("stop");
+        let child = self
+            .tool_in(netns)
+            .args(["echo-stream", target, "--every", "10ms", "--stop-file"])
+            .arg(&stop)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the echo stream");
+        EchoStream {
+            child: Some(child),
+            dir,
+            netns: netns.to_string(),
+        }
+    }
+
+    /// A UDP flow from `netns` to `target` from one fixed `source_port`, a datagram every 20 ms;
+    /// its answers are collected as they arrive.
+    pub fn udp_flow(&self, netns: &str, target: &str, source_port: u16) -> Collected {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stop = dir.path().join("stop");
+        let port = source_port.to_string();
+        let child = self
+            .tool_in(netns)
+            .args([
+                "udp-flow",
+                target,
+                "--source-port",
+                &port,
+                "--every",
+                "20ms",
+            ])
+            .arg("--stop-file")
+            .arg(&stop)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the UDP flow");
+        Collected::start(child, Some((dir, stop)))
+    }
+
+    /// `skein-lab watch kind`: every change of the kind's objects with the time it arrived.
+    pub fn watch(&self, kind: &str) -> Collected {
+        let child = Command::new(built_bin("skein-lab"))
+            .args(["--name", &self.name, "watch", kind])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start skein-lab watch");
+        Collected::start(child, None)
+    }
+
     /// Starts a lab workload answering on `port` (TCP and UDP) inside `netns`; `down` stops it.
     pub fn serve_in(&self, netns: &str, name: &str, port: u16) {
         let port = port.to_string();
@@ -372,5 +529,176 @@ impl Drop for Lab {
             let _ = child.wait();
         }
         let _ = self.run(&["down"]);
+    }
+}
+
+/// What one `skein-lab probe` found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    /// TCP: the first line; UDP: the datagram; HTTP(S): the body.
+    pub answer: Option<String>,
+    /// Where the answer came from: UDP, the datagram's source; otherwise the target.
+    pub from: Option<String>,
+    /// HTTP(S): the status code.
+    pub status: Option<u16>,
+    /// Without an answer: `refused`, `reset`, `timeout`, `unreachable` or `other`.
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+    /// From the connect (or send) to the answer or the error, as the probe measured it.
+    pub elapsed: Duration,
+}
+
+impl Probe {
+    /// A lab workload's answer split: (the pod's name, the source address it saw).
+    pub fn workload(&self) -> Option<(String, String)> {
+        let (name, source) = self.answer.as_deref()?.split_once(' ')?;
+        Some((name.to_string(), source.to_string()))
+    }
+}
+
+/// A long-running TCP connection (`skein-lab echo-stream`); killed when dropped unfinished.
+#[derive(Debug)]
+pub struct EchoStream {
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+    netns: String,
+}
+
+impl EchoStream {
+    /// Packets the client's namespace has received on `eth0` so far (the kernel's counter).
+    fn rx_packets(&self, lab: &Lab) -> Option<u64> {
+        let (ok, out) = lab.exec(
+            &self.netns,
+            &["cat", "/sys/class/net/eth0/statistics/rx_packets"],
+        );
+        ok.then(|| out.trim().parse().ok()).flatten()
+    }
+
+    /// Waits until the client has received 200 more packets (about 200 echoes, 2 s of the
+    /// stream): it is flowing at this point of the test.
+    pub fn carries(&self, lab: &Lab, when: &str) {
+        let since = self.rx_packets(lab).expect("the client's packet counter");
+        lab.wait(
+            &format!("the echo stream to carry 200 answers {when}"),
+            Duration::from_secs(20),
+            || (self.rx_packets(lab)? >= since + 200).then_some(()),
+        );
+    }
+
+    /// Ends the stream and returns its report (`greeting`: the first line the server sent,
+    /// `sent`, `received`, `out_of_order`, `max_gap_ms`, `seconds`); panics if it broke.
+    pub fn finish(mut self) -> serde_json::Value {
+        std::fs::write(self.dir.path().join("stop"), "").expect("stop file");
+        let child = self.child.take().expect("running");
+        let out = child.wait_with_output().expect("echo stream");
+        assert!(
+            out.status.success(),
+            "the echo stream broke: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("echo report")
+    }
+}
+
+impl Drop for EchoStream {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A child whose stdout lines are collected as they arrive, each with the time it came
+/// (`skein-lab udp-flow`'s answers and `watch`'s events carry their own time as well).
+/// Stopped (stop file, then kill) when dropped.
+#[derive(Debug)]
+pub struct Collected {
+    child: Option<std::process::Child>,
+    stop: Option<(tempfile::TempDir, std::path::PathBuf)>,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Collected {
+    fn start(
+        mut child: std::process::Child,
+        stop: Option<(tempfile::TempDir, std::path::PathBuf)>,
+    ) -> Self {
+        use std::io::BufRead;
+        let stdout = child.stdout.take().expect("stdout");
+        let lines: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        Self {
+            child: Some(child),
+            stop,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// `udp-flow`'s answers so far: (unix ms, answer); errors (`!` lines) left out.
+    pub fn answers(&self) -> Vec<(u64, String)> {
+        self.lines()
+            .iter()
+            .filter_map(|l| {
+                let (ms, rest) = l.split_once(' ')?;
+                if rest.starts_with('!') {
+                    return None;
+                }
+                Some((ms.parse().ok()?, rest.to_string()))
+            })
+            .collect()
+    }
+
+    /// `watch`'s events so far, as JSON.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Stops the child and returns what it wrote on stderr.
+    pub fn stop(&mut self) -> String {
+        use std::io::Read;
+        let mut stderr = String::new();
+        if let Some(mut child) = self.child.take() {
+            if let Some((_, file)) = &self.stop {
+                std::fs::write(file, "").expect("stop file");
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while child.try_wait().ok().flatten().is_none()
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut stderr);
+            }
+        }
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        stderr
+    }
+}
+
+impl Drop for Collected {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

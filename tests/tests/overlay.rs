@@ -344,49 +344,6 @@ fn pods_on_different_nodes_talk_through_the_tunnel_and_peers_follow_the_nodes() 
     );
 }
 
-/// Starts an echo stream from `netns` to `target` until the returned stop file exists.
-fn echo_stream(lab: &Lab, netns: &str, target: &str) -> (std::process::Child, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let stop = dir.path().join("stop");
-    let child = lab
-        .tool_in(netns)
-        .args(["echo-stream", target, "--every", "10ms", "--stop-file"])
-        .arg(&stop)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the echo stream");
-    (child, dir)
-}
-
-/// Packets the pod in `netns` has received on its interface so far (the kernel's counter).
-fn rx_packets(lab: &Lab, netns: &str) -> Option<u64> {
-    let (ok, out) = lab.exec(netns, &["cat", "/sys/class/net/eth0/statistics/rx_packets"]);
-    ok.then(|| out.trim().parse().ok()).flatten()
-}
-
-/// Waits until the echo stream from the pod in `netns` has brought it 200 more packets (about
-/// 200 answers, 2 s of the stream): the stream is flowing at this point of the test.
-fn stream_carries(lab: &Lab, netns: &str, when: &str) {
-    let since = rx_packets(lab, netns).expect("the pod's packet counter");
-    lab.wait(
-        &format!("the echo stream to carry 200 answers {when}"),
-        Duration::from_secs(20),
-        || (rx_packets(lab, netns)? >= since + 200).then_some(()),
-    );
-}
-
-fn finish(child: std::process::Child, dir: tempfile::TempDir) -> serde_json::Value {
-    std::fs::write(dir.path().join("stop"), "").expect("stop file");
-    let out = child.wait_with_output().expect("echo stream");
-    assert!(
-        out.status.success(),
-        "the echo stream broke: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("echo report")
-}
-
 #[test]
 fn an_echo_stream_between_nodes_survives_key_rotation_and_a_killed_daemon() {
     let Some(_one) = lab::exclusive() else {
@@ -402,9 +359,9 @@ fn an_echo_stream_between_nodes_survives_key_rotation_and_a_killed_daemon() {
     );
 
     // Rotation on node-1, published and picked up by node-2 while the stream runs.
-    let (child, dir) = echo_stream(&lab, &pods[0].0, &target);
+    let stream = lab.echo_stream(&pods[0].0, &target);
     // The stream runs a while before the event and after it: the gaps are measured across it.
-    stream_carries(&lab, &pods[0].0, "before the rotation");
+    stream.carries(&lab, "before the rotation");
     let old_key = overlay(&lab, "node-1")["public_key"]
         .as_str()
         .expect("key")
@@ -438,15 +395,15 @@ fn an_echo_stream_between_nodes_survives_key_rotation_and_a_killed_daemon() {
         annotation(&lab, "node-1", "skein.dev/wireguard-public-key").as_deref(),
         Some(new_key.as_str())
     );
-    stream_carries(&lab, &pods[0].0, "after the rotation");
-    let rotation = finish(child, dir);
+    stream.carries(&lab, "after the rotation");
+    let rotation = stream.finish();
     eprintln!("through the key rotation: {rotation}");
     assert!(rotation["received"].as_u64() > Some(300), "{rotation}");
     assert!(rotation["max_gap_ms"].as_u64() <= Some(2000), "{rotation}");
 
     // node-2's daemon killed outright and started again: its userspace tunnel carries on.
-    let (child, dir) = echo_stream(&lab, &pods[0].0, &target);
-    stream_carries(&lab, &pods[0].0, "before the kill");
+    let stream = lab.echo_stream(&pods[0].0, &target);
+    stream.carries(&lab, "before the kill");
     let pid = lab.pid("node-2").expect("node-2's skein");
     let killed = Command::new("kill")
         .args(["-KILL", &pid.to_string()])
@@ -456,8 +413,8 @@ fn an_echo_stream_between_nodes_survives_key_rotation_and_a_killed_daemon() {
     // `start` waits for the killed process to be gone before it starts the new one.
     lab.must(&["start", "node-2"]);
     wait_for_peers(&lab, "node-2", 1);
-    stream_carries(&lab, &pods[0].0, "after the restart");
-    let restart = finish(child, dir);
+    stream.carries(&lab, "after the restart");
+    let restart = stream.finish();
     eprintln!("through the daemon restart: {restart}");
     assert!(restart["received"].as_u64() > Some(300), "{restart}");
     assert!(restart["max_gap_ms"].as_u64() <= Some(2000), "{restart}");

@@ -237,3 +237,164 @@ fn traffic_leaving_the_cluster_cidr_is_masqueraded_and_pod_traffic_is_not() {
         Some(format!("b {a_ip}").as_str())
     );
 }
+
+/// The EndpointSlice endpoints of Service `service`: (address, ready, serving, terminating).
+fn slice_endpoints(lab: &Lab, service: &str) -> Vec<(String, bool, bool, bool)> {
+    let out = lab.run(&["get", "endpointslices", "-o", "json"]).1;
+    let slices: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let mut found = Vec::new();
+    for slice in slices.as_array().into_iter().flatten() {
+        if slice["metadata"]["labels"]["kubernetes.io/service-name"] != service {
+            continue;
+        }
+        for ep in slice["endpoints"].as_array().into_iter().flatten() {
+            let c = &ep["conditions"];
+            found.push((
+                ep["addresses"][0].as_str().unwrap_or_default().to_string(),
+                c["ready"] == true,
+                c["serving"] == true,
+                c["terminating"] == true,
+            ));
+        }
+    }
+    found
+}
+
+#[test]
+fn the_control_plane_reaches_pods_directly_and_a_deleted_pod_serves_through_its_grace_period() {
+    let Some(_one) = lab::exclusive() else {
+        return;
+    };
+    let lab = Lab::up(2, &[]);
+    let grace = |name: &str, node: &str, secs: u32| {
+        pod_yaml(name, node, "g").replace(
+            "  containers:",
+            &format!("  terminationGracePeriodSeconds: {secs}\n  containers:"),
+        )
+    };
+    lab.apply(&format!(
+        "{}---\n{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: g, namespace: default}}\n\
+         spec: {{selector: {{app: g}}, ports: [{{port: 80, targetPort: 8080}}]}}\n",
+        grace("g-1", "node-1", 20),
+        grace("g-2", "node-2", 20)
+    ));
+    let pods = running(&lab, &["g-1".to_string(), "g-2".to_string()]);
+
+    // The control plane's namespace has a route to each node's pod CIDR via the node, and
+    // reaches every pod with its own address (no NAT on the way, as a webhook call).
+    let cp = lab.control_plane_netns();
+    for (node, address) in [("node-1", "198.18.0.11"), ("node-2", "198.18.0.12")] {
+        let cidr = {
+            let out = lab.must(&["get", "nodes", "-o", "json"]);
+            let nodes: serde_json::Value = serde_json::from_str(&out).expect("nodes");
+            nodes
+                .as_array()
+                .and_then(|a| a.iter().find(|n| n["metadata"]["name"] == node))
+                .and_then(|n| n["spec"]["podCIDR"].as_str())
+                .expect("podCIDR")
+                .to_string()
+        };
+        lab.wait(
+            &format!("the control plane's route to {node}'s pods"),
+            Duration::from_secs(15),
+            || {
+                let (_, routes) = lab.exec(&cp, &["ip", "-4", "route", "show", &cidr]);
+                routes.contains(&format!("via {address}")).then_some(())
+            },
+        );
+    }
+    for (name, (_, ip)) in ["g-1", "g-2"].iter().zip(&pods) {
+        let answer = lab.wait(
+            &format!("the control plane to reach {name}"),
+            Duration::from_secs(10),
+            || lab.ask(&cp, "tcp", &format!("{ip}:8080")),
+        );
+        assert_eq!(answer, (name.to_string(), "198.18.0.1".to_string()));
+    }
+    // And a pod reaches the API server at its own address (the `kubernetes` Service's
+    // endpoint): an HTTP answer over TLS, verified against the lab's CA.
+    let api = lab.probe_outcome(
+        &pods[0].0,
+        "https",
+        "198.18.0.1:6443",
+        &["--ca", &lab.ca_cert(), "--path", "/version"],
+    );
+    assert!(
+        api.status.is_some(),
+        "the API server answers a pod: {api:?}"
+    );
+
+    // A deleted pod keeps serving through its grace period, as a kubelet's does: the
+    // EndpointSlice controller shows it terminating, still serving, no longer ready.
+    let (g1_ns, g1_ip) = pods[0].clone();
+    let deleted = std::time::Instant::now();
+    lab.must(&["delete", "pod", "g-1"]);
+    lab.wait(
+        "g-1 to be terminating and serving in the EndpointSlice",
+        Duration::from_secs(15),
+        || {
+            slice_endpoints(&lab, "g")
+                .contains(&(g1_ip.clone(), false, true, true))
+                .then_some(())
+        },
+    );
+    assert!(
+        slice_endpoints(&lab, "g").contains(&(pods[1].1.clone(), true, true, false)),
+        "g-2 stays ready: {:?}",
+        slice_endpoints(&lab, "g")
+    );
+    while deleted.elapsed() < Duration::from_secs(12) {
+        assert_eq!(
+            lab.ask(&pods[1].0, "tcp", &format!("{g1_ip}:8080")),
+            Some(("g-1".to_string(), pods[1].1.clone())),
+            "g-1 serves {:?} after its deletion",
+            deleted.elapsed()
+        );
+        assert!(
+            lab.pod("default", "g-1").is_some(),
+            "g-1 is still in the API {:?} after its deletion (grace period 20 s)",
+            deleted.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    lab.wait(
+        "g-1 to be gone once its grace period ended",
+        Duration::from_secs(20),
+        || {
+            let out = lab.run(&["get", "pods"]).1;
+            (!out.contains("g-1")).then_some(())
+        },
+    );
+    assert!(
+        deleted.elapsed() >= Duration::from_secs(19),
+        "g-1 went after {:?}, before its 20 s grace period ended",
+        deleted.elapsed()
+    );
+    lab.wait("g-1's namespace to go", Duration::from_secs(5), || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip");
+        (!String::from_utf8_lossy(&out.stdout).contains(&g1_ns)).then_some(())
+    });
+
+    // A deletion with grace period 0 ends at once.
+    let deleted = std::time::Instant::now();
+    lab.must(&["delete", "pod", "g-2", "--grace-period", "0"]);
+    lab.wait("g-2 to be gone", Duration::from_secs(10), || {
+        let out = lab.run(&["get", "pods"]).1;
+        (!out.contains("g-2")).then_some(())
+    });
+    lab.wait("g-2's workload to stop", Duration::from_secs(10), || {
+        lab.probe_outcome(
+            &lab.control_plane_netns(),
+            "tcp",
+            &format!("{}:8080", pods[1].1),
+            &["--timeout", "1s"],
+        )
+        .answer
+        .is_none()
+        .then_some(())
+    });
+    assert!(deleted.elapsed() < Duration::from_secs(15));
+}

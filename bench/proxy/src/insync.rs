@@ -170,7 +170,7 @@ pub fn run(count: usize, changes: usize) -> anyhow::Result<()> {
         "resync_unchanged": resync,
         "change": {
             "count": changes,
-            "ops_each": if changes > 0 { ops / changes } else { 0 },
+            "ops_each": ops.checked_div(changes).unwrap_or(0),
             "plan_ms_median": median(&mut plan_ms),
             "apply_ms_median": median(&mut apply_ms),
             "total_ms_median": median(&mut total_ms),

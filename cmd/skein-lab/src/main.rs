@@ -11,6 +11,7 @@ mod lab;
 mod objects;
 mod pki;
 mod pods;
+mod routes;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -83,12 +84,19 @@ enum Cmd {
         output: String,
     },
     /// Delete one object: `skein-lab delete node node-3`, `skein-lab delete pod -n default web`.
+    /// A pod goes on serving through its grace period (at most 30 s in the lab), terminating.
     Delete {
         kind: String,
         object: String,
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
+        /// The deletion's grace period in seconds (0: at once); default: the object's own.
+        #[arg(long)]
+        grace_period: Option<u32>,
     },
+    /// Print one JSON line per change of a kind's objects as it arrives, until killed:
+    /// `{"at_ms", "event": "init"|"synced"|"apply"|"delete", "object"}`.
+    Watch { kind: String },
     /// Stop a node (its skein, and its kubelet heartbeats) or a control-plane process.
     Stop { component: String },
     /// Start again what `stop` stopped.
@@ -108,12 +116,39 @@ enum Cmd {
     },
     /// Whether a target answers: prints what it said and exits 0, or exits 1.
     /// Run it inside a pod: `ip netns exec <pod namespace> skein-lab probe tcp 10.42.1.5:8080`.
+    /// A lab workload's answer is its pod's name and the source address it saw.
     Probe {
-        #[arg(value_parser = ["tcp", "udp", "http"])]
+        #[arg(value_parser = ["tcp", "udp", "http", "https"])]
         protocol: String,
         target: SocketAddr,
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         timeout: Duration,
+        /// The client's own port: probes one after another are then one flow to conntrack.
+        #[arg(long)]
+        source_port: Option<u16>,
+        /// HTTP(S): the path to GET.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// HTTPS: the CA certificate (PEM) the server's certificate must chain to.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Print the outcome as JSON (answer, HTTP status, error kind: refused, reset, timeout,
+        /// unreachable; and the time it took), still exiting 1 without an answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A UDP flow from one fixed source port: a datagram every `--every`, each answer printed
+    /// as "<unix ms> <answer>" when it arrives, for `--for` or until `--stop-file` exists.
+    UdpFlow {
+        target: SocketAddr,
+        #[arg(long)]
+        source_port: u16,
+        #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+        every: Duration,
+        #[arg(long = "for", default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long)]
+        stop_file: Option<PathBuf>,
     },
     /// An application-level echo stream over one TCP connection to a lab workload: a message
     /// every `--every`, for `--for`; prints the longest wait between two answers as JSON.
@@ -220,11 +255,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             kind,
             object,
             namespace,
+            grace_period,
         } => {
             let lab = Lab::load(&name)?;
             runtime()?.block_on(async {
                 let client = admin_client(&lab).await?;
-                objects::delete(&client, &kind, &namespace, &object).await?;
+                objects::delete(&client, &kind, &namespace, &object, grace_period).await?;
                 println!("{} {object} deleted", kind.to_lowercase());
                 Ok(())
             })
@@ -275,13 +311,58 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::UdpSink { port, out } => runtime()?.block_on(workload::udp_sink(port, out)),
+        Cmd::Watch { kind } => {
+            let lab = Lab::load(&name)?;
+            runtime()?.block_on(async {
+                let client = admin_client(&lab).await?;
+                objects::watch(&client, &kind).await
+            })
+        }
         Cmd::Probe {
             protocol,
             target,
             timeout,
+            source_port,
+            path,
+            ca,
+            json,
         } => {
-            let answer = runtime()?.block_on(workload::probe(&protocol, target, timeout))?;
-            println!("{answer}");
+            let options = workload::ProbeOptions {
+                timeout,
+                source_port,
+                path,
+                ca,
+            };
+            let outcome = runtime()?.block_on(workload::probe(&protocol, target, &options));
+            if json {
+                println!("{}", outcome.json());
+            }
+            match (outcome.answer, outcome.error) {
+                (Some(answer), _) => {
+                    if !json {
+                        println!("{answer}");
+                    }
+                    Ok(())
+                }
+                (None, Some((_, error))) => bail!(error),
+                (None, None) => bail!("no answer"),
+            }
+        }
+        Cmd::UdpFlow {
+            target,
+            source_port,
+            every,
+            duration,
+            stop_file,
+        } => {
+            let report = runtime()?.block_on(workload::udp_flow(
+                target,
+                source_port,
+                every,
+                duration,
+                stop_file,
+            ))?;
+            eprintln!("{report}");
             Ok(())
         }
     }
@@ -874,6 +955,7 @@ fn agent(name: &str) -> anyhow::Result<()> {
         );
         let client = admin_client(&lab).await?;
         tokio::spawn(pods::run(client.clone(), lab.name.clone()));
+        tokio::spawn(routes::run(client.clone(), lab.name.clone()));
         kubelet::run(client, lab.name.clone()).await;
         anyhow::Ok(())
     })

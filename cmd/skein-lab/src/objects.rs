@@ -75,19 +75,25 @@ pub async fn get(client: &kube::Client, kind: &str) -> anyhow::Result<Vec<Dynami
     Ok(api.list(&ListParams::default()).await?.items)
 }
 
-/// Deletes one object; `namespace` is ignored for cluster-scoped kinds.
+/// Deletes one object, with `grace_seconds` when given; `namespace` is ignored for
+/// cluster-scoped kinds.
 pub async fn delete(
     client: &kube::Client,
     kind: &str,
     namespace: &str,
     name: &str,
+    grace_seconds: Option<u32>,
 ) -> anyhow::Result<()> {
     let (resource, caps) = resolve(client, kind).await?;
     let api: Api<DynamicObject> = match caps.scope {
         Scope::Cluster => Api::all_with(client.clone(), &resource),
         Scope::Namespaced => Api::namespaced_with(client.clone(), namespace, &resource),
     };
-    api.delete(name, &DeleteParams::default())
+    let params = DeleteParams {
+        grace_period_seconds: grace_seconds,
+        ..Default::default()
+    };
+    api.delete(name, &params)
         .await
         .with_context(|| format!("deleting {kind} {name}"))?;
     Ok(())
@@ -121,4 +127,47 @@ async fn resolve(
         }
     }
     found.with_context(|| format!("the API server serves no kind named {kind:?}"))
+}
+
+/// Watches a kind and prints one JSON line per event as it arrives, forever:
+/// `{"at_ms": <unix ms when it arrived>, "event": "init"|"apply"|"delete", "object": {...}}`
+/// (`init` for the objects of a (re)list, then `synced` once it is whole). A test times a
+/// change by it, to the millisecond.
+pub async fn watch(client: &kube::Client, kind: &str) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    use std::io::Write;
+    let (resource, _) = resolve(client, kind).await?;
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    };
+    while let Some(event) = events.next().await {
+        let line = match event {
+            Ok(watcher::Event::Init) => continue,
+            Ok(watcher::Event::InitApply(o)) => {
+                serde_json::json!({"at_ms": now(), "event": "init", "object": o})
+            }
+            Ok(watcher::Event::InitDone) => serde_json::json!({"at_ms": now(), "event": "synced"}),
+            Ok(watcher::Event::Apply(o)) => {
+                serde_json::json!({"at_ms": now(), "event": "apply", "object": o})
+            }
+            Ok(watcher::Event::Delete(o)) => {
+                serde_json::json!({"at_ms": now(), "event": "delete", "object": o})
+            }
+            Err(e) => {
+                eprintln!("skein-lab: watch: {e}");
+                continue;
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush()?;
+    }
+    Ok(())
 }

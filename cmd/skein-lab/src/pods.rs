@@ -1,13 +1,15 @@
 //! The lab's kubelet for Pods bound to its nodes: a namespace per pod, the real CNI ADD through
 //! the node's conflist and installed plugin exactly as a container runtime runs it, the pod's
 //! workload, and the pod status (phase, IPs, Ready) through the status subresource — so the real
-//! EndpointSlice controller makes the slices. A Pod with a deletionTimestamp gets CNI DEL, its
-//! namespace removed, and its deletion finished (grace period 0, UID precondition).
+//! EndpointSlice controller makes the slices. A Pod with a deletionTimestamp goes on serving
+//! through its grace period (at most [`MAX_GRACE`]), as a kubelet's containers do after SIGTERM,
+//! and is then torn down: CNI DEL, its namespace removed, and its deletion finished (grace
+//! period 0, UID precondition).
 //!
 //! It reconciles: desired (the API's Pods) against actual (the pod state files it keeps), on
 //! every change and every second, so a failed ADD (daemon down) is simply tried again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -328,12 +330,31 @@ async fn finish_deletion(client: &kube::Client, pod: &Pod) -> anyhow::Result<()>
     }
 }
 
-/// Desired vs. actual, once.
+/// The longest grace period the lab gives a deleted pod (a kubelet gives the pod's own
+/// `terminationGracePeriodSeconds`, 30 s unless set): tests need not wait longer.
+pub const MAX_GRACE: Duration = Duration::from_secs(30);
+
+/// When a pod deleted with grace period `grace` (its `deletionGracePeriodSeconds`) and
+/// `deletionTimestamp` `deleted` (the request's time plus the grace period) stops: at its
+/// deletion timestamp, or [`MAX_GRACE`] after the request, whichever comes first.
+pub fn grace_deadline(deleted: Timestamp, grace: Option<i64>) -> Timestamp {
+    let grace = Duration::from_secs(grace.unwrap_or(0).max(0) as u64);
+    let requested = deleted.checked_sub(grace).unwrap_or(deleted);
+    requested
+        .checked_add(grace.min(MAX_GRACE))
+        .unwrap_or(deleted)
+}
+
+/// Desired vs. actual, once. A pod with a deletion timestamp goes on serving, Ready as it was
+/// (so the EndpointSlice controller shows it ready=false, serving=true, terminating=true), until
+/// its grace period ends; then CNI DEL and the grace-0 delete. `terminating` holds the pods
+/// already announced as terminating.
 async fn reconcile(
     client: &kube::Client,
     lab_name: &str,
     desired: &BTreeMap<String, Pod>,
     failing: &mut BTreeMap<String, String>,
+    terminating: &mut BTreeSet<String>,
 ) {
     let Ok(lab) = Lab::load(lab_name) else { return };
     let actual = records(&lab);
@@ -349,14 +370,31 @@ async fn reconcile(
         if lab.processes.get(&lab_node.name).is_some_and(|p| p.stopped) {
             continue; // a dead node's kubelet does nothing
         }
-        let result = if pod.metadata.deletion_timestamp.is_some() {
-            let torn = match actual.get(uid) {
-                Some(record) => tokio::task::block_in_place(|| tear_down(&lab, record)),
-                None => Ok(()),
-            };
-            match torn {
-                Ok(()) => finish_deletion(client, pod).await,
-                Err(e) => Err(e),
+        let result = if let Some(deleted) = &pod.metadata.deletion_timestamp {
+            let record = actual.get(uid);
+            let deadline = grace_deadline(deleted.0, pod.metadata.deletion_grace_period_seconds);
+            if record.is_some() && Timestamp::now() < deadline {
+                // Terminating: it keeps serving, and stays Ready, until its grace period ends.
+                if terminating.insert(uid.clone()) {
+                    tracing::info!(
+                        pod = %pod.metadata.name.as_deref().unwrap_or(""),
+                        until = %deadline,
+                        "pod terminating; serving through its grace period"
+                    );
+                }
+                Ok(())
+            } else {
+                let torn = match record {
+                    Some(record) => tokio::task::block_in_place(|| tear_down(&lab, record)),
+                    None => Ok(()),
+                };
+                match torn {
+                    Ok(()) => {
+                        terminating.remove(uid);
+                        finish_deletion(client, pod).await
+                    }
+                    Err(e) => Err(e),
+                }
             }
         } else if !actual.contains_key(uid) || actual[uid].ips.is_empty() {
             set_up(client, &lab, pod).await
@@ -396,6 +434,7 @@ pub async fn run(client: kube::Client, lab_name: String) {
     let mut listing: BTreeMap<String, Pod> = BTreeMap::new();
     let mut synced = false;
     let mut failing = BTreeMap::new();
+    let mut terminating = BTreeSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -420,7 +459,28 @@ pub async fn run(client: kube::Client, lab_name: String) {
             _ = tick.tick() => {}
         }
         if synced {
-            reconcile(&client, &lab_name, &desired, &mut failing).await;
+            reconcile(&client, &lab_name, &desired, &mut failing, &mut terminating).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deleted_pod_serves_through_its_grace_period_capped() {
+        let requested: Timestamp = "2030-01-01T00:00:00Z".parse().expect("time");
+        let at = |secs: u64| {
+            requested
+                .checked_add(Duration::from_secs(secs))
+                .expect("time")
+        };
+        // The API server sets deletionTimestamp to the request's time plus the grace period.
+        assert_eq!(grace_deadline(at(10), Some(10)), at(10));
+        assert_eq!(grace_deadline(at(30), Some(30)), at(30));
+        assert_eq!(grace_deadline(at(600), Some(600)), at(30), "capped");
+        assert_eq!(grace_deadline(at(0), Some(0)), at(0));
+        assert_eq!(grace_deadline(at(0), None), at(0));
     }
 }

@@ -18,12 +18,14 @@ mod tests;
 
 mod env;
 mod plugin;
+mod port_mappings;
 mod server;
 mod types;
 mod wire;
 
 pub use env::{Command, Env, PodIdentity};
 pub use plugin::{plugin_main, run};
+pub use port_mappings::{PORT_MAPPINGS_FIELD, PortMapping, Protocol, parse_port_mappings};
 pub use server::{
     AddRequest, CheckRequest, DelRequest, GcRequest, Handler, RequestMetrics, bind, serve,
 };

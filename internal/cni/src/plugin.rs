@@ -91,6 +91,10 @@ fn requested_version(stdin: &[u8]) -> String {
 fn execute(command: Command, env: &Env, stdin: &[u8]) -> Result<Response, CniError> {
     let config = NetConf::parse(stdin)?;
     let call = Invocation::from_env(env, command)?;
+    if command == Command::Add {
+        // Checked here too, so a bad mapping is named even while the daemon is away.
+        config.port_mappings()?;
+    }
     let netns = match command {
         Command::Add | Command::Check => match open_netns(&call.netns)? {
             Netns::Open(fd) => Some(fd),

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::env::{Command, PodIdentity, check_container_id, check_ifname};
 use crate::types::{AddResult, Attachment, CniVersion, NetConf, VersionInfo};
 use crate::wire::{self, PROTOCOL_VERSION, ReadError, Request, Response};
-use crate::{CniError, code};
+use crate::{CniError, PortMapping, code};
 
 /// How long a connected plugin may take to send its request; it has it ready when it connects.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,6 +88,8 @@ pub struct AddRequest {
     /// not be able to open it.
     pub netns_path: String,
     pub pod: PodIdentity,
+    /// `runtimeConfig.portMappings`, checked: the hostPorts to forward to the pod.
+    pub port_mappings: Vec<PortMapping>,
     /// The network configuration; its `cni_version` is the version the result is written in.
     pub config: NetConf,
 }
@@ -449,6 +451,7 @@ fn decode(line: &[u8], fds: Vec<OwnedFd>) -> Result<Decoded, CniError> {
     match request.command {
         Command::Add => {
             attachment()?;
+            let port_mappings = config.port_mappings()?;
             let netns = required(netns)?;
             Ok(Decoded::Add(AddRequest {
                 container_id: request.container_id,
@@ -456,6 +459,7 @@ fn decode(line: &[u8], fds: Vec<OwnedFd>) -> Result<Decoded, CniError> {
                 netns,
                 netns_path: request.netns,
                 pod: request.pod,
+                port_mappings,
                 config,
             }))
         }

@@ -791,6 +791,15 @@ async fn the_daemon_refuses_requests_it_cannot_trust() {
             code::INCOMPATIBLE_VERSION,
             "0.4.0",
         ),
+        (
+            request(
+                "ADD",
+                json!({"config": {"cniVersion": "1.0.0", "name": "skein", "type": "skein",
+                    "runtimeConfig": {"portMappings": [{"hostPort": 70000, "containerPort": 80}]}}}),
+            ),
+            code::INVALID_NETWORK_CONFIG,
+            "`runtimeConfig.portMappings[0].hostPort` must be a port from 1 to 65535, found 70000",
+        ),
     ];
     for (line, code, names) in cases {
         let response = server::answer(&Unreachable, line.as_bytes(), Vec::new()).await;
@@ -891,4 +900,246 @@ fn a_request_names_its_verb_for_the_metrics() {
     ] {
         assert_eq!(server::requested_verb(line.as_bytes()), verb, "{line}");
     }
+}
+
+#[test]
+fn port_mappings_are_read_as_runtimes_send_them() {
+    let mapping = |host_port, container_port, protocol, host_ip: Option<&str>| PortMapping {
+        host_port,
+        container_port,
+        protocol,
+        host_ip: host_ip.map(|ip| ip.parse().expect("address")),
+    };
+    let cases = [
+        (json!(null), vec![]),
+        (json!({}), vec![]),
+        (json!({"bandwidth": {"ingressRate": 1}}), vec![]),
+        (json!({"portMappings": null}), vec![]),
+        (json!({"portMappings": []}), vec![]),
+        // containerd: lower case, an unset hostIP as "".
+        (
+            json!({"portMappings": [
+                {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""},
+                {"hostPort": 5353, "containerPort": 53, "protocol": "udp"}
+            ]}),
+            vec![
+                mapping(8080, 80, Protocol::Tcp, None),
+                mapping(5353, 53, Protocol::Udp, None),
+            ],
+        ),
+        // As Kubernetes spells the protocol; no protocol is TCP; a host IP of either family.
+        (
+            json!({"portMappings": [
+                {"hostPort": 9000, "containerPort": 9000, "protocol": "SCTP"},
+                {"hostPort": 443, "containerPort": 8443, "hostIP": "198.18.0.11"},
+                {"hostPort": 443, "containerPort": 8443, "protocol": "", "hostIP": "fd00::11"},
+                {"hostPort": 80, "containerPort": 80, "protocol": "Udp", "hostIP": "0.0.0.0"}
+            ]}),
+            vec![
+                mapping(9000, 9000, Protocol::Sctp, None),
+                mapping(443, 8443, Protocol::Tcp, Some("198.18.0.11")),
+                mapping(443, 8443, Protocol::Tcp, Some("fd00::11")),
+                mapping(80, 80, Protocol::Udp, Some("0.0.0.0")),
+            ],
+        ),
+        // Keys skein does not use are left alone.
+        (
+            json!({"portMappings": [{"hostPort": 1, "containerPort": 65535, "name": "x"}]}),
+            vec![mapping(1, 65535, Protocol::Tcp, None)],
+        ),
+    ];
+    for (runtime_config, want) in cases {
+        assert_eq!(
+            parse_port_mappings(Some(&runtime_config)).expect("valid"),
+            want,
+            "{runtime_config}"
+        );
+    }
+    assert_eq!(parse_port_mappings(None).expect("none"), vec![]);
+}
+
+#[test]
+fn a_bad_port_mapping_names_its_field_and_value() {
+    let one = |item: Value| json!({"portMappings": [{"hostPort": 80, "containerPort": 80}, item]});
+    let cases = [
+        (json!([]), "`runtimeConfig` must be an object, found a list"),
+        (
+            json!({"portMappings": {"hostPort": 80}}),
+            "`runtimeConfig.portMappings` must be a list",
+        ),
+        (
+            one(json!("80:80")),
+            "`runtimeConfig.portMappings[1]` must be an object, found a string",
+        ),
+        (
+            one(json!({"hostPort": 0, "containerPort": 80})),
+            "`runtimeConfig.portMappings[1].hostPort` must be a port from 1 to 65535, found 0",
+        ),
+        (
+            one(json!({"hostPort": 65536, "containerPort": 80})),
+            "`runtimeConfig.portMappings[1].hostPort` must be a port from 1 to 65535, found 65536",
+        ),
+        (
+            one(json!({"hostPort": -1, "containerPort": 80})),
+            "`runtimeConfig.portMappings[1].hostPort` must be a port from 1 to 65535, found -1",
+        ),
+        (
+            one(json!({"hostPort": 80.5, "containerPort": 80})),
+            "`runtimeConfig.portMappings[1].hostPort` must be a port from 1 to 65535, found 80.5",
+        ),
+        (
+            one(json!({"hostPort": "80", "containerPort": 80})),
+            "`runtimeConfig.portMappings[1].hostPort` must be a port from 1 to 65535, found a \
+             string",
+        ),
+        (
+            one(json!({"containerPort": 80})),
+            "`runtimeConfig.portMappings[1].hostPort` is missing",
+        ),
+        (
+            one(json!({"hostPort": 81})),
+            "`runtimeConfig.portMappings[1].containerPort` is missing",
+        ),
+        (
+            one(json!({"hostPort": 81, "containerPort": 0})),
+            "`runtimeConfig.portMappings[1].containerPort` must be a port from 1 to 65535, found 0",
+        ),
+        (
+            one(json!({"hostPort": 81, "containerPort": 80, "protocol": "icmp"})),
+            "`runtimeConfig.portMappings[1].protocol` must be tcp, udp or sctp, found \"icmp\"",
+        ),
+        (
+            one(json!({"hostPort": 81, "containerPort": 80, "protocol": 6})),
+            "`runtimeConfig.portMappings[1].protocol` must be a string, found a number",
+        ),
+        (
+            one(json!({"hostPort": 81, "containerPort": 80, "hostIP": "node-1"})),
+            "`runtimeConfig.portMappings[1].hostIP` must be an IP address or empty, found \
+             \"node-1\"",
+        ),
+        (
+            one(json!({"hostPort": 80, "containerPort": 8080, "protocol": "TCP"})),
+            "`runtimeConfig.portMappings[1]` repeats runtimeConfig.portMappings[0]: hostPort \
+             80/tcp twice",
+        ),
+    ];
+    for (runtime_config, want) in cases {
+        let err = parse_port_mappings(Some(&runtime_config)).expect_err("invalid");
+        assert_eq!(err.code(), code::INVALID_NETWORK_CONFIG, "{runtime_config}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(want),
+            "{runtime_config}: {msg:?} should contain {want:?}"
+        );
+    }
+    // The same port on two host IPs, or over two protocols, is two claims.
+    let two = json!({"portMappings": [
+        {"hostPort": 80, "containerPort": 80, "hostIP": "127.0.0.1"},
+        {"hostPort": 80, "containerPort": 80, "hostIP": "198.18.0.11"},
+        {"hostPort": 80, "containerPort": 80, "protocol": "udp", "hostIP": "198.18.0.11"}
+    ]});
+    assert_eq!(parse_port_mappings(Some(&two)).expect("valid").len(), 3);
+}
+
+#[test]
+fn port_mappings_are_read_for_add_only_so_a_del_always_gets_through() {
+    let conf = NetConf::parse(
+        br#"{"cniVersion": "1.1.0", "name": "skein", "type": "skein",
+             "runtimeConfig": {"portMappings": [{"hostPort": 0, "containerPort": 80}]}}"#,
+    )
+    .expect("the configuration itself is valid");
+    assert!(conf.port_mappings().is_err());
+    // The plugin refuses the ADD itself, before reaching for the daemon or the namespace.
+    let stdin = r#"{"cniVersion": "1.1.0", "name": "skein", "type": "skein",
+        "socket": "/nonexistent/skein.sock",
+        "runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "gre"}]}}"#;
+    let (out, ok) = run_json(&env("ADD", &[]), stdin);
+    assert!(!ok);
+    assert_eq!(out["code"], 7, "{out}");
+    assert!(
+        out["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("runtimeConfig.portMappings[0].protocol")),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_port_mapping_prints_as_people_write_it() {
+    let mut m = PortMapping {
+        host_port: 8080,
+        container_port: 80,
+        protocol: Protocol::Udp,
+        host_ip: None,
+    };
+    assert_eq!(m.to_string(), "8080/udp -> 80");
+    m.host_ip = Some("198.18.0.11".parse().expect("v4"));
+    assert_eq!(m.to_string(), "198.18.0.11:8080/udp -> 80");
+    m.host_ip = Some("fd00::11".parse().expect("v6"));
+    assert_eq!(m.to_string(), "[fd00::11]:8080/udp -> 80");
+}
+
+/// Answers DEL, and ADD with the mappings it was given (as the interface's name).
+struct Recording;
+
+impl Handler for Recording {
+    async fn add(&self, request: AddRequest) -> Result<AddResult, CniError> {
+        Ok(AddResult {
+            interfaces: request
+                .port_mappings
+                .iter()
+                .map(|m| Interface {
+                    name: m.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+    async fn del(&self, _: DelRequest) -> Result<(), CniError> {
+        Ok(())
+    }
+    async fn check(&self, _: CheckRequest) -> Result<(), CniError> {
+        panic!("check reached")
+    }
+    async fn status(&self) -> Result<(), CniError> {
+        panic!("status reached")
+    }
+    async fn gc(&self, _: GcRequest) -> Result<(), CniError> {
+        panic!("gc reached")
+    }
+}
+
+#[tokio::test]
+async fn the_daemon_hands_add_its_mappings_and_never_fails_a_del_over_them() {
+    let request = |command: &str, mappings: Value| {
+        json!({
+            "v": 1, "command": command, "containerId": "4c3f", "ifname": "eth0",
+            "netns": "/proc/self/ns/net", "netnsFd": true,
+            "config": {"cniVersion": "1.1.0", "name": "skein", "type": "skein",
+                       "runtimeConfig": {"portMappings": mappings}}
+        })
+        .to_string()
+    };
+    let netns = || {
+        vec![std::os::fd::OwnedFd::from(
+            std::fs::File::open("/proc/self/ns/net").expect("netns"),
+        )]
+    };
+    let add = request(
+        "ADD",
+        json!([{"hostPort": 8080, "containerPort": 80, "protocol": "TCP", "hostIP": ""}]),
+    );
+    let response = server::answer(&Recording, add.as_bytes(), netns()).await;
+    assert_eq!(response.error, None);
+    assert_eq!(
+        response.output.expect("a result")["interfaces"][0]["name"],
+        "8080/tcp -> 80"
+    );
+    let del = request("DEL", json!([{"hostPort": 0}]));
+    let response = server::answer(&Recording, del.as_bytes(), netns()).await;
+    assert_eq!(
+        response.error, None,
+        "a DEL is not refused over its mappings"
+    );
 }

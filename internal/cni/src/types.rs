@@ -176,6 +176,12 @@ impl NetConf {
             raw,
         })
     }
+
+    /// The hostPort mappings of `runtimeConfig.portMappings` (none without them). Read for ADD
+    /// only: a DEL must succeed whatever its configuration holds.
+    pub fn port_mappings(&self) -> Result<Vec<crate::PortMapping>, CniError> {
+        crate::parse_port_mappings(self.runtime_config.as_ref())
+    }
 }
 
 /// Decodes stdin as JSON, saying where it is malformed.

@@ -10,13 +10,35 @@ use std::path::{Path, PathBuf};
 pub const CONFLIST_NAME: &str = "10-skein.conflist";
 pub const PLUGIN_NAME: &str = "skein";
 
+/// Who takes the `portMappings` capability, i.e. forwards the pods' hostPorts. Only one may:
+/// both would DNAT the same packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortMappings {
+    /// skein's own plugin entry, and its service proxy programs them (`cni.portmap = false`).
+    Skein,
+    /// The reference portmap plugin, chained after skein's (`cni.portmap = true`).
+    Portmap,
+    /// Nobody: hostPorts are not forwarded (skein's proxy is off and portmap not chained).
+    Nobody,
+}
+
 /// The network configuration list: a pure function of the configuration. `cniVersion` 1.0.0
 /// keeps runtimes without 1.1 loading it; `cniVersions` lets newer ones pick 1.1.0.
-pub fn conflist(socket: &Path, portmap: bool) -> String {
-    let mut plugins = vec![serde_json::json!({ "type": PLUGIN_NAME, "socket": socket })];
-    if portmap {
-        // The reference portmap plugin speaks up to 1.0.0, which the list's version is.
-        plugins.push(serde_json::json!({ "type": "portmap", "capabilities": { "portMappings": true }, "snat": true }));
+pub fn conflist(socket: &Path, port_mappings: PortMappings) -> String {
+    let mut skein = serde_json::json!({ "type": PLUGIN_NAME, "socket": socket });
+    let mut plugins = Vec::new();
+    match port_mappings {
+        PortMappings::Skein => {
+            // The runtime then passes the pod's hostPorts as runtimeConfig.portMappings.
+            skein["capabilities"] = serde_json::json!({ "portMappings": true });
+            plugins.push(skein);
+        }
+        PortMappings::Portmap => {
+            plugins.push(skein);
+            // The reference portmap plugin speaks up to 1.0.0, which the list's version is.
+            plugins.push(serde_json::json!({ "type": "portmap", "capabilities": { "portMappings": true }, "snat": true }));
+        }
+        PortMappings::Nobody => plugins.push(skein),
     }
     let list = serde_json::json!({
         "cniVersion": "1.0.0",
@@ -65,7 +87,7 @@ pub fn install(
     conf_dir: &Path,
     bin_dir: &Path,
     socket: &Path,
-    portmap: bool,
+    port_mappings: PortMappings,
 ) -> std::io::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     let exe = std::env::current_exe()?;
@@ -76,7 +98,7 @@ pub fn install(
         written.push(plugin);
     }
     let list = conf_dir.join(CONFLIST_NAME);
-    if install_file(&list, conflist(socket, portmap).as_bytes(), 0o644)? {
+    if install_file(&list, conflist(socket, port_mappings).as_bytes(), 0o644)? {
         written.push(list);
     }
     Ok(written)

@@ -62,6 +62,13 @@ pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
     let store = Store::open(&settings.store.path).await?;
     let start_id = store.record_start(env!("CARGO_PKG_VERSION")).await?;
     tracing::info!(path = %store.path().display(), "state store open");
+    // The host ports of the last run, for the proxy's first sync: it adopts the kernel's table
+    // and would otherwise remove them until the cni part publishes its own. Unreadable, they
+    // wait for the cni part (which says why in the log); the daemon starts all the same.
+    let host_ports = store.host_ports().await.unwrap_or_else(|e| {
+        tracing::warn!("cannot read the host ports from the store: {e}");
+        Vec::new()
+    });
 
     let listen = settings.dashboard.listen;
     let listener = std::net::TcpListener::bind(listen)
@@ -84,7 +91,7 @@ pub async fn run(loaded: Loaded) -> Result<(), DaemonError> {
         .is_some_and(|v| v == "1")
         .then_some(faults_tx);
     spawn_parts(
-        &mut parts, &settings, &node, &reporting, &store, listener, &page, faults_tx,
+        &mut parts, &settings, &node, &reporting, &store, host_ports, listener, &page, faults_tx,
     );
 
     board.set_ready(true);
@@ -131,6 +138,7 @@ fn spawn_parts(
     node: &str,
     reporting: &sections::Reporting,
     store: &Store,
+    host_ports: Vec<skein_store::HostPortTarget>,
     listener: std::net::TcpListener,
     page: &str,
     faults: Option<tokio::sync::mpsc::Sender<control::Fault>>,
@@ -205,7 +213,13 @@ fn spawn_parts(
         bin_dir: settings.cni.bin_dir.clone(),
         bridge: settings.cni.bridge.clone(),
         mtu: settings.cni.mtu,
-        portmap: settings.cni.portmap,
+        port_mappings: if settings.cni.portmap {
+            cni_install::PortMappings::Portmap
+        } else if settings.proxy.enabled {
+            cni_install::PortMappings::Skein
+        } else {
+            cni_install::PortMappings::Nobody
+        },
         overlay_mtu,
         overlay: Some(settings.overlay.interface.clone()),
         cluster_cidrs: vec![settings.cluster.pod_cidr],
@@ -213,12 +227,17 @@ fn spawn_parts(
         resync,
     };
     let proxy_snapshots = snapshots.clone();
+    // The cni part publishes the node's host ports here, the proxy forwards them; like the
+    // snapshots, the channel outlives both parts' restarts.
+    let (host_ports_feed, host_ports) =
+        tokio::sync::watch::channel(std::sync::Arc::new(host_ports));
     let (cni_store, cni_report) = (store.clone(), reporting.clone());
     parts.spawn("cni", move |part| {
         cni_part::run(
             cni.clone(),
             cni_store.clone(),
             snapshots.clone(),
+            host_ports_feed.clone(),
             part,
             cni_report.clone(),
         )
@@ -241,6 +260,7 @@ fn spawn_parts(
             proxy_part::run(
                 proxy.clone(),
                 proxy_snapshots.clone(),
+                host_ports.clone(),
                 part,
                 proxy_report.clone(),
             )

@@ -321,20 +321,36 @@ mod pure {
 
     #[test]
     fn the_conflist_speaks_1_0_0_and_offers_1_1_0() {
-        let list: serde_json::Value = serde_json::from_str(&cni_install::conflist(
-            std::path::Path::new("/run/skein/cni.sock"),
-            false,
-        ))
-        .expect("json");
-        assert_eq!(list["cniVersion"], "1.0.0");
-        assert_eq!(list["cniVersions"], serde_json::json!(["1.0.0", "1.1.0"]));
-        assert_eq!(list["plugins"][0]["type"], "skein");
-        assert_eq!(list["plugins"][0]["socket"], "/run/skein/cni.sock");
-        assert_eq!(list["plugins"].as_array().map(Vec::len), Some(1));
-        let with_portmap: serde_json::Value =
-            serde_json::from_str(&cni_install::conflist(std::path::Path::new("/s"), true))
-                .expect("json");
-        assert_eq!(with_portmap["plugins"][1]["type"], "portmap");
+        use cni_install::PortMappings;
+        let list = |port_mappings| -> serde_json::Value {
+            serde_json::from_str(&cni_install::conflist(
+                std::path::Path::new("/run/skein/cni.sock"),
+                port_mappings,
+            ))
+            .expect("json")
+        };
+        let skein = list(PortMappings::Skein);
+        assert_eq!(skein["cniVersion"], "1.0.0");
+        assert_eq!(skein["cniVersions"], serde_json::json!(["1.0.0", "1.1.0"]));
+        assert_eq!(skein["plugins"][0]["type"], "skein");
+        assert_eq!(skein["plugins"][0]["socket"], "/run/skein/cni.sock");
+        assert_eq!(skein["plugins"].as_array().map(Vec::len), Some(1));
+        assert_eq!(
+            skein["plugins"][0]["capabilities"],
+            serde_json::json!({"portMappings": true}),
+            "skein takes the hostPorts itself"
+        );
+        // With portmap chained only portmap declares the capability: both would DNAT.
+        let portmap = list(PortMappings::Portmap);
+        assert_eq!(portmap["plugins"][1]["type"], "portmap");
+        assert_eq!(
+            portmap["plugins"][1]["capabilities"],
+            serde_json::json!({"portMappings": true})
+        );
+        assert_eq!(portmap["plugins"][0].get("capabilities"), None);
+        let nobody = list(PortMappings::Nobody);
+        assert_eq!(nobody["plugins"].as_array().map(Vec::len), Some(1));
+        assert_eq!(nobody["plugins"][0].get("capabilities"), None);
     }
 
     #[test]

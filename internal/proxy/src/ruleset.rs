@@ -5,20 +5,26 @@
 //!
 //! - `proxy_filter_pre` / `proxy_filter_out` (filter, prerouting / output, -110), new
 //!   connections only → `proxy_firewall`: exempt addresses return; load-balancer source ranges
-//!   (`firewall_ips` → `fw_…` chains); Service ports without endpoints (`no_endpoint_ips`,
-//!   `no_endpoint_nodeports` → `proxy_reject` or drop); a live ClusterIP on a port it does not
-//!   serve is rejected; any other address of the service CIDR is dropped.
+//!   (`firewall_ips` → `fw_…` chains), checked on the load balancer's own address.
 //! - `proxy_nat_pre` / `proxy_nat_out` (nat, prerouting / output, -100) → `proxy_services`:
-//!   `service_ips` (ClusterIPs → `svc_…`, external IPs → `ext_…`) and, for the node's NodePort
-//!   addresses, `service_nodeports` (→ `ext_…`).
-//! - `svc_…`: off-cluster sources marked for masquerade; ClientIP affinity (`aff_…` sets);
-//!   one endpoint drawn (`numgen random mod k` per rule, k = endpoints left, which is uniform);
-//!   `goto ep_…`.
+//!   `service_ips` (ClusterIPs → `svc_…`, external IPs → `ext_…`); for the node's own
+//!   addresses the pods' host ports (`host_ip_ports`, `host_ports` → `hp_…`, see
+//!   [`crate::host_ports`]); and, for the node's NodePort addresses, `service_nodeports`
+//!   (→ `ext_…`).
+//! - `proxy_services` also marks ClusterIP traffic from off the pod network for masquerade.
+//! - `svc_…`: ClientIP affinity (`aff_…` sets); one endpoint drawn (`numgen random mod k` per
+//!   rule, k = endpoints left, which is uniform), DNATed by that rule, or `goto ep_…` for a
+//!   local endpoint (hairpin) or with affinity.
 //! - `ext_…`: eTP Cluster marks for masquerade and goes to `svc_…`; eTP Local sends pod and
 //!   node traffic to `svc_…` (node traffic masqueraded) and the rest, with its source kept, to a
 //!   local endpoint.
-//! - `ep_…`: the endpoint reaching itself (hairpin) is marked for masquerade; affinity
-//!   recorded; DNAT.
+//! - `ep_…` (local endpoints, and all with affinity): the endpoint reaching itself (hairpin) is
+//!   marked for masquerade; affinity recorded; DNAT.
+//! - `proxy_check_in` / `_fwd` / `_out` (filter, input / forward / output, -10: after DNAT,
+//!   as kube-proxy's), new connections only → `proxy_checks`: what is still addressed to a
+//!   Service was not DNATed: ports without endpoints (`no_endpoint_ips`,
+//!   `no_endpoint_nodeports` → `proxy_reject`, or drop under a Local traffic policy), a live
+//!   ClusterIP on a port it does not serve (reject), any other service address (drop).
 //! - `postrouting` (the CNI part's chain) masquerades what is marked.
 //!
 //! Every chain and set a Service port owns carries a hash of the port's identity in its name,
@@ -40,14 +46,24 @@ use crate::service_map::{Backend, NodeContext, ServicePort};
 pub const CHAIN_FILTER_PRE: &str = "proxy_filter_pre";
 pub const CHAIN_FILTER_OUT: &str = "proxy_filter_out";
 pub const CHAIN_FIREWALL: &str = "proxy_firewall";
+pub const CHAIN_CHECK_IN: &str = "proxy_check_in";
+pub const CHAIN_CHECK_FWD: &str = "proxy_check_fwd";
+pub const CHAIN_CHECK_OUT: &str = "proxy_check_out";
+pub const CHAIN_CHECKS: &str = "proxy_checks";
 pub const CHAIN_REJECT: &str = "proxy_reject";
 pub const CHAIN_NAT_PRE: &str = "proxy_nat_pre";
 pub const CHAIN_NAT_OUT: &str = "proxy_nat_out";
 pub const CHAIN_SERVICES: &str = "proxy_services";
 
-/// The priority of the proxy's filter chains: before DNAT (-100), so a check sees the
-/// Service's own address.
+/// The priority of the proxy's firewall chains: before DNAT (-100), so the source-range check
+/// sees the load balancer's own address.
 pub const PRIORITY_FILTER: i32 = -110;
+
+/// The priority of the proxy's checks: after DNAT, in input, forward and output (kube-proxy's
+/// `filter - 10`), so they see only what nothing DNATed: a packet a Service chain sent on
+/// (a pod's short-circuit to every endpoint under eTP Local) is no longer addressed to the
+/// Service.
+pub const PRIORITY_CHECKS: i32 = -10;
 
 /// The shared sets and maps, per family (`false` IPv4, `true` IPv6).
 pub fn set_name(base: &str, ipv6: bool) -> String {
@@ -61,7 +77,6 @@ pub const SERVICE_IPS: &str = "service_ips";
 pub const SERVICE_NODEPORTS: &str = "service_nodeports";
 pub const NODEPORT_IPS: &str = "nodeport_ips";
 pub const CLUSTER_IPS: &str = "cluster_ips";
-pub const SERVICE_PORTS: &str = "service_ports";
 pub const NO_ENDPOINT_IPS: &str = "no_endpoint_ips";
 pub const NO_ENDPOINT_NODEPORTS: &str = "no_endpoint_nodeports";
 pub const FIREWALL_IPS: &str = "firewall_ips";
@@ -125,7 +140,7 @@ pub fn short_hash(identity: &str) -> String {
 
 /// `prefix_hash_readable`, cut to the longest name skein generates; characters nft names
 /// cannot hold become `_`.
-fn generated_name(prefix: &str, identity: &str, readable: &str) -> String {
+pub(crate) fn generated_name(prefix: &str, identity: &str, readable: &str) -> String {
     let readable: String = readable
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
@@ -137,7 +152,7 @@ fn generated_name(prefix: &str, identity: &str, readable: &str) -> String {
 
 /// Every generated name starts with one of these; anything else in the table with such a
 /// prefix that no Service wants is stale.
-pub const GENERATED_PREFIXES: [&str; 6] = ["svc_", "ext_", "ep_", "fw_", "aff_", "src_"];
+pub const GENERATED_PREFIXES: [&str; 7] = ["svc_", "ext_", "ep_", "fw_", "aff_", "src_", "hp_"];
 
 /// The names of one Service port's objects.
 #[derive(Debug, Clone)]
@@ -199,7 +214,7 @@ impl Names {
     }
 }
 
-fn fields(ipv6: bool) -> (Field, Field) {
+pub(crate) fn fields(ipv6: bool) -> (Field, Field) {
     if ipv6 {
         (Field::Ip6Saddr, Field::Ip6Daddr)
     } else {
@@ -207,7 +222,7 @@ fn fields(ipv6: bool) -> (Field, Field) {
     }
 }
 
-fn addr_type(ipv6: bool) -> KeyType {
+pub(crate) fn addr_type(ipv6: bool) -> KeyType {
     if ipv6 {
         KeyType::Ipv6Addr
     } else {
@@ -215,7 +230,7 @@ fn addr_type(ipv6: bool) -> KeyType {
     }
 }
 
-fn marked_for_masquerade(matches: Vec<Match>) -> Rule {
+pub(crate) fn marked_for_masquerade(matches: Vec<Match>) -> Rule {
     Rule::new(matches, Action::Continue).with_statement(Statement::SetMarkBits(MASQUERADE_MARK))
 }
 
@@ -272,6 +287,33 @@ fn endpoint_chain(p: &ServicePort, names: &Names, b: &Backend) -> ChainSpec {
     }
 }
 
+/// Whether an endpoint gets a chain of its own: only when something must happen besides the
+/// DNAT. A local endpoint may be the client itself (hairpin: a pod on this node reaching itself
+/// through its Service; a remote one never sends through this node's prerouting), and affinity
+/// records the client. Every other endpoint is DNATed by the rule that draws it, which keeps a
+/// Service with remote endpoints at one chain.
+fn has_chain(p: &ServicePort, b: &Backend) -> bool {
+    b.local || p.affinity.is_some()
+}
+
+/// What the rule that picks `b` does: go to its chain, or DNAT to it.
+fn to_endpoint(p: &ServicePort, names: &Names, b: &Backend) -> (Vec<Match>, Action) {
+    if has_chain(p, b) {
+        return (Vec::new(), goto(&names.ep(b)));
+    }
+    (
+        vec![Match::Cmp {
+            field: Field::L4Proto,
+            op: CmpOp::Eq,
+            value: Value::Proto(p.protocol),
+        }],
+        Action::Dnat {
+            addr: b.addr,
+            port: Some(b.port),
+        },
+    )
+}
+
 /// Rules that pick one of `endpoints`: affinity first (a client with a live entry goes back
 /// to its endpoint), then a uniform draw.
 fn pick_rules(p: &ServicePort, names: &Names, endpoints: &[Backend]) -> Vec<Rule> {
@@ -292,15 +334,22 @@ fn pick_rules(p: &ServicePort, names: &Names, endpoints: &[Backend]) -> Vec<Rule
     let n = endpoints.len();
     for (i, b) in endpoints.iter().enumerate() {
         let left = (n - i) as u32;
-        let matches = if left > 1 {
-            vec![Match::Random {
+        let (mut matches, action) = to_endpoint(p, names, b);
+        if left > 1 {
+            matches.push(Match::Random {
                 modulus: left,
                 value: 0,
-            }]
-        } else {
-            Vec::new()
-        };
-        rules.push(Rule::new(matches, goto(&names.ep(b))));
+            });
+        }
+        let mut rule = Rule::new(matches, action);
+        if matches!(rule.action, Action::Dnat { .. }) {
+            rule.comment = Some(NftComment::lossy(&format!(
+                "{} -> {}",
+                p.display(),
+                b.pod.as_deref().unwrap_or("endpoint")
+            )));
+        }
+        rules.push(rule);
     }
     rules
 }
@@ -332,7 +381,7 @@ pub fn service_fragment(p: &ServicePort, ctx: &NodeContext) -> Fragment {
         reached.extend(external.iter());
         reached.extend(p.cluster.iter());
     }
-    for b in &reached {
+    for b in reached.iter().filter(|b| has_chain(p, b)) {
         f.chains.push(endpoint_chain(p, &names, b));
         if let Some(timeout) = p.affinity {
             let mut set = Set::new(names.aff(b, timeout), vec![addr_type(p.ipv6)]);
@@ -345,22 +394,9 @@ pub fn service_fragment(p: &ServicePort, ctx: &NodeContext) -> Fragment {
     }
 
     // The service chain: ClusterIP traffic (internal policy).
+    // (Off-cluster sources are marked for masquerade by one static rule in `proxy_services`.)
     let svc = names.svc();
-    let mut rules = Vec::new();
-    for cidr in &family_cidrs {
-        rules.push(
-            marked_for_masquerade(vec![Match::Prefix {
-                field: saddr,
-                net: *cidr,
-                negate: true,
-            }])
-            .with_comment(NftComment::lossy(&format!(
-                "{} from off the pod network",
-                p.display()
-            ))),
-        );
-    }
-    rules.extend(pick_rules(p, &names, internal));
+    let mut rules = pick_rules(p, &names, internal);
     if let Some(first) = rules.first_mut()
         && first.comment.is_none()
     {
@@ -383,11 +419,17 @@ pub fn service_fragment(p: &ServicePort, ctx: &NodeContext) -> Fragment {
             &set_name(CLUSTER_IPS, p.ipv6),
             Element::key(vec![Value::Addr(*ip)]),
         );
-        f.element(&set_name(SERVICE_PORTS, p.ipv6), Element::key(key.clone()));
         if internal.is_empty() {
+            // As kube-proxy: a Service without any endpoint rejects; one whose endpoints are
+            // all elsewhere under internalTrafficPolicy Local drops.
+            let verdict = if p.cluster.is_empty() {
+                Verdict::Goto(CHAIN_REJECT.into())
+            } else {
+                Verdict::Drop
+            };
             f.element(
                 &set_name(NO_ENDPOINT_IPS, p.ipv6),
-                Element::mapped(key, Verdict::Goto(CHAIN_REJECT.into())),
+                Element::mapped(key, verdict),
             );
         } else {
             f.element(
@@ -461,15 +503,20 @@ pub fn service_fragment(p: &ServicePort, ctx: &NodeContext) -> Fragment {
     });
     // No external endpoint: eTP Local drops (as kube-proxy does: no reset, the client's
     // load balancer moves on by health check), eTP Cluster rejects.
+    // As kube-proxy: without any endpoint, external traffic is rejected; with endpoints but
+    // none for external traffic (eTP Local, none on this node), what the external chain does
+    // not send on (pods and the node itself are short-circuited to every endpoint) is dropped
+    // after DNAT, with no reset, so the client's load balancer moves on by its health check.
     let dead = if external.is_empty() {
-        Some(if p.external_local {
-            Verdict::Drop
-        } else {
+        Some(if p.cluster.is_empty() {
             Verdict::Goto(CHAIN_REJECT.into())
+        } else {
+            Verdict::Drop
         })
     } else {
         None
     };
+    let dispatch = !p.cluster.is_empty();
     let firewall = if p.source_ranges.is_empty() || p.load_balancer_ips.is_empty() {
         None
     } else {
@@ -506,15 +553,17 @@ pub fn service_fragment(p: &ServicePort, ctx: &NodeContext) -> Fragment {
     };
     for ip in &p.external_ips {
         let key = vec![Value::Addr(*ip), proto.clone(), port.clone()];
-        match &dead {
-            Some(v) => f.element(
+        if let Some(v) = &dead {
+            f.element(
                 &set_name(NO_ENDPOINT_IPS, p.ipv6),
                 Element::mapped(key.clone(), v.clone()),
-            ),
-            None => f.element(
+            );
+        }
+        if dispatch {
+            f.element(
                 &set_name(SERVICE_IPS, p.ipv6),
                 Element::mapped(key.clone(), Verdict::Goto(ext.clone())),
-            ),
+            );
         }
         if let Some(fw) = &firewall
             && p.load_balancer_ips.contains(ip)
@@ -527,15 +576,17 @@ pub fn service_fragment(p: &ServicePort, ctx: &NodeContext) -> Fragment {
     }
     if let Some(node_port) = p.node_port {
         let key = vec![proto.clone(), Value::Port(node_port)];
-        match &dead {
-            Some(v) => f.element(
+        if let Some(v) = &dead {
+            f.element(
                 &set_name(NO_ENDPOINT_NODEPORTS, p.ipv6),
-                Element::mapped(key, v.clone()),
-            ),
-            None => f.element(
+                Element::mapped(key.clone(), v.clone()),
+            );
+        }
+        if dispatch {
+            f.element(
                 &set_name(SERVICE_NODEPORTS, p.ipv6),
                 Element::mapped(key, Verdict::Goto(ext.clone())),
-            ),
+            );
         }
     }
     f
@@ -561,9 +612,24 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
         negate: false,
     };
     let to_firewall = Rule::new(
-        vec![new_only],
+        vec![new_only.clone()],
         Action::Verdict(Verdict::Jump(CHAIN_FIREWALL.into())),
     );
+    let to_checks = Rule::new(
+        vec![new_only],
+        Action::Verdict(Verdict::Jump(CHAIN_CHECKS.into())),
+    );
+    for (name, hook) in [
+        (CHAIN_CHECK_IN, HookPoint::Input),
+        (CHAIN_CHECK_FWD, HookPoint::Forward),
+        (CHAIN_CHECK_OUT, HookPoint::Output),
+    ] {
+        f.chains.push(ChainSpec {
+            chain: base(name, ChainType::Filter, hook, PRIORITY_CHECKS),
+            tier: Tier::Static,
+            rules: vec![to_checks.clone()],
+        });
+    }
     for (name, hook) in [
         (CHAIN_FILTER_PRE, HookPoint::Prerouting),
         (CHAIN_FILTER_OUT, HookPoint::Output),
@@ -608,6 +674,7 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
     });
 
     let mut firewall = Vec::new();
+    let mut checks = Vec::new();
     let mut services = Vec::new();
     for ipv6 in [false, true] {
         let (_, daddr) = fields(ipv6);
@@ -626,10 +693,20 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
         map(NO_ENDPOINT_IPS, full.clone(), true);
         map(NO_ENDPOINT_NODEPORTS, ports, true);
         map(FIREWALL_IPS, full.clone(), true);
-        map(SERVICE_PORTS, full, false);
         map(CLUSTER_IPS, vec![at], false);
         map(NODEPORT_IPS, vec![at], false);
         for ip in ctx.exempt_ips.iter().filter(|ip| ip.is_ipv6() == ipv6) {
+            checks.push(
+                Rule::new(
+                    vec![Match::Cmp {
+                        field: daddr,
+                        op: CmpOp::Eq,
+                        value: Value::Addr(*ip),
+                    }],
+                    Action::Verdict(Verdict::Return),
+                )
+                .with_comment(comment("answered on the node itself")),
+            );
             firewall.push(
                 Rule::new(
                     vec![Match::Cmp {
@@ -649,7 +726,7 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
                 map: set_name(FIREWALL_IPS, ipv6),
             },
         ));
-        firewall.push(Rule::new(
+        checks.push(Rule::new(
             Vec::new(),
             Action::Vmap {
                 key: svc_key.clone(),
@@ -661,45 +738,31 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
             set: set_name(NODEPORT_IPS, ipv6),
             negate: false,
         };
-        firewall.push(Rule::new(
+        checks.push(Rule::new(
             vec![on_nodeport_ip.clone()],
             Action::Vmap {
                 key: port_key.clone(),
                 map: set_name(NO_ENDPOINT_NODEPORTS, ipv6),
             },
         ));
-        firewall.push(
+        // Still addressed to a live ClusterIP after DNAT: a port it does not serve.
+        checks.push(
             Rule::new(
-                vec![
-                    Match::InSet {
-                        key: vec![daddr],
-                        set: set_name(CLUSTER_IPS, ipv6),
-                        negate: false,
-                    },
-                    Match::InSet {
-                        key: svc_key.clone(),
-                        set: set_name(SERVICE_PORTS, ipv6),
-                        negate: true,
-                    },
-                ],
+                vec![Match::InSet {
+                    key: vec![daddr],
+                    set: set_name(CLUSTER_IPS, ipv6),
+                    negate: false,
+                }],
                 goto(CHAIN_REJECT),
             )
             .with_comment(comment("a ClusterIP on a port it does not serve")),
         );
-        firewall.push(Rule::new(
-            vec![Match::InSet {
-                key: vec![daddr],
-                set: set_name(CLUSTER_IPS, ipv6),
-                negate: false,
-            }],
-            Action::Verdict(Verdict::Return),
-        ));
         for cidr in ctx
             .service_cidrs
             .iter()
             .filter(|c| c.addr().is_ipv6() == ipv6)
         {
-            firewall.push(
+            checks.push(
                 Rule::new(
                     vec![Match::Prefix {
                         field: daddr,
@@ -711,6 +774,28 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
                 .with_comment(comment("an unallocated service address")),
             );
         }
+        let (saddr, _) = fields(ipv6);
+        for cidr in ctx
+            .cluster_cidrs
+            .iter()
+            .filter(|c| c.addr().is_ipv6() == ipv6)
+        {
+            services.push(
+                marked_for_masquerade(vec![
+                    Match::InSet {
+                        key: vec![daddr],
+                        set: set_name(CLUSTER_IPS, ipv6),
+                        negate: false,
+                    },
+                    Match::Prefix {
+                        field: saddr,
+                        net: *cidr,
+                        negate: true,
+                    },
+                ])
+                .with_comment(comment("ClusterIP traffic from off the pod network")),
+            );
+        }
         services.push(Rule::new(
             Vec::new(),
             Action::Vmap {
@@ -718,6 +803,10 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
                 map: set_name(SERVICE_IPS, ipv6),
             },
         ));
+        // Host ports before NodePorts: a pod's hostPort is the node's port too.
+        let (host_port_maps, host_port_rules) = crate::host_ports::dispatch(ipv6);
+        f.sets.extend(host_port_maps);
+        services.extend(host_port_rules);
         services.push(Rule::new(
             vec![on_nodeport_ip],
             Action::Vmap {
@@ -733,6 +822,14 @@ pub fn static_fragment(ctx: &NodeContext) -> Fragment {
         },
         tier: Tier::Static,
         rules: firewall,
+    });
+    f.chains.push(ChainSpec {
+        chain: Chain {
+            name: CHAIN_CHECKS.into(),
+            hook: None,
+        },
+        tier: Tier::Static,
+        rules: checks,
     });
     f.chains.push(ChainSpec {
         chain: Chain {

@@ -1,13 +1,14 @@
 //! Which UDP conntrack entries must go after a sync (kube-proxy does the same): UDP has no
 //! connection end, so an entry DNATed to an endpoint that left keeps its client talking to
 //! nothing until it times out; and entries made while a Service port had no endpoint (not
-//! DNATed) would keep bypassing the endpoints it now has.
+//! DNATed) would keep bypassing the endpoints it now has. The pods' UDP host ports alike.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use skein_nft::L4Proto;
 
+use crate::host_ports::HostPort;
 use crate::service_map::ServicePort;
 
 /// One deletion to ask the kernel for.
@@ -58,6 +59,32 @@ pub fn udp_ports<'a>(ports: impl IntoIterator<Item = &'a ServicePort>) -> UdpPor
                     destinations,
                     node_port: p.node_port,
                     endpoints,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The UDP host ports programmed in a sync, as [`UdpPorts`] under names of their own (one per
+/// claim, so a port that passes to another pod changes endpoints): one bound to a host IP has
+/// that destination, one for any address is a port of every address, as a NodePort. Which
+/// flows go then is what the reference portmap plugin deletes after an ADD (every unNATed flow
+/// to a new port), and those to a pod that left the port.
+pub fn host_udp_ports<'a>(ports: impl IntoIterator<Item = &'a HostPort>) -> UdpPorts {
+    ports
+        .into_iter()
+        .filter(|p| p.protocol == L4Proto::Udp)
+        .map(|p| {
+            let bound = p.bound_to();
+            (
+                format!("hostPort {}", p.display()),
+                UdpPort {
+                    destinations: bound
+                        .map(|ip| SocketAddr::new(ip, p.host_port))
+                        .into_iter()
+                        .collect(),
+                    node_port: bound.is_none().then_some(p.host_port),
+                    endpoints: [p.addr].into(),
                 },
             )
         })

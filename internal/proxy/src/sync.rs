@@ -15,6 +15,7 @@ use std::sync::Arc;
 use skein_cluster::{EndpointSlice, ObjectKey, Service, Snapshot};
 use skein_nft::{Chain, Element, Op, Set, Transaction, Value, Verdict, fingerprint};
 
+use crate::host_ports::{HostPort, HostPortClash, HostPorts};
 use crate::ruleset::{
     CHAIN_FILTER_OUT, CHAIN_FILTER_PRE, CHAIN_FIREWALL, CHAIN_NAT_OUT, CHAIN_NAT_PRE, CHAIN_REJECT,
     CHAIN_SERVICES, ChainSpec, Fragment, GENERATED_PREFIXES, SetSpec, Tier, service_fragment,
@@ -27,6 +28,8 @@ use crate::service_map::{NodeContext, ServicePort, Unprogrammable, service_ports
 enum Owner {
     Static,
     Service(ObjectKey),
+    /// The pods' host ports, as one.
+    HostPorts,
 }
 
 /// A Service as last computed: its inputs (to skip it when they did not change) and output.
@@ -75,24 +78,29 @@ impl Mirror {
 
 /// Whether a chain or set name is the proxy's: a static name of its own or a generated one.
 pub fn is_proxy_object(name: &str) -> bool {
-    const STATIC: [&str; 7] = [
+    const STATIC: [&str; 11] = [
         CHAIN_FILTER_PRE,
         CHAIN_FILTER_OUT,
         CHAIN_FIREWALL,
+        crate::ruleset::CHAIN_CHECK_IN,
+        crate::ruleset::CHAIN_CHECK_FWD,
+        crate::ruleset::CHAIN_CHECK_OUT,
+        crate::ruleset::CHAIN_CHECKS,
         CHAIN_REJECT,
         CHAIN_NAT_PRE,
         CHAIN_NAT_OUT,
         CHAIN_SERVICES,
     ];
-    const SETS: [&str; 8] = [
+    const SETS: [&str; 9] = [
         crate::ruleset::SERVICE_IPS,
         crate::ruleset::SERVICE_NODEPORTS,
         crate::ruleset::NODEPORT_IPS,
         crate::ruleset::CLUSTER_IPS,
-        crate::ruleset::SERVICE_PORTS,
         crate::ruleset::NO_ENDPOINT_IPS,
         crate::ruleset::NO_ENDPOINT_NODEPORTS,
         crate::ruleset::FIREWALL_IPS,
+        crate::host_ports::HOST_PORTS,
+        crate::host_ports::HOST_IP_PORTS,
     ];
     STATIC.contains(&name)
         || SETS
@@ -162,6 +170,9 @@ pub struct ProxyState {
     claims: BTreeMap<(String, Vec<Value>), Owner>,
     mirror: Mirror,
     clashes: BTreeMap<ObjectKey, Vec<String>>,
+    host_ports: HostPorts,
+    /// The host ports' fragment the mirror holds, while a change waits for the next plan.
+    host_ports_before: Option<Fragment>,
 }
 
 /// What a sync computed, for the page.
@@ -169,6 +180,9 @@ pub struct ProxyState {
 pub struct Computation<'a> {
     pub ports: Vec<&'a ServicePort>,
     pub problems: Vec<Unprogrammable>,
+    /// The host ports programmed, and those left out because another pod holds their port.
+    pub host_ports: &'a [HostPort],
+    pub host_port_clashes: &'a [HostPortClash],
 }
 
 impl ProxyState {
@@ -185,7 +199,11 @@ impl ProxyState {
 
     /// Every programmed Service port, and every Service that could not be programmed and why.
     pub fn computation(&self) -> Computation<'_> {
-        let mut c = Computation::default();
+        let mut c = Computation {
+            host_ports: &self.host_ports.programmed,
+            host_port_clashes: &self.host_ports.clashes,
+            ..Computation::default()
+        };
         for (key, comp) in &self.computed {
             c.ports.extend(comp.ports.iter());
             for reason in comp
@@ -200,6 +218,18 @@ impl ProxyState {
             }
         }
         c
+    }
+
+    /// The pods' host ports, in the order their claims came (the first of two claims of one
+    /// port keeps it). Compared like a Service: the next plan sends only what changed, and
+    /// nothing when they are the same.
+    pub fn set_host_ports(&mut self, ports: Vec<HostPort>) {
+        if ports == self.host_ports.ports {
+            return;
+        }
+        let before = std::mem::replace(&mut self.host_ports, HostPorts::new(ports));
+        // Two changes before a plan: the mirror still holds the first one's predecessor.
+        self.host_ports_before.get_or_insert(before.fragment);
     }
 
     /// Replaces the mirror with the kernel's own view (start, after a failed transaction, after
@@ -266,13 +296,21 @@ impl ProxyState {
         if full {
             self.static_fragment = static_fragment(ctx);
         }
-        self.diff(&changed, &old, full)
+        let host_ports = self.host_ports_before.is_some();
+        old.extend(self.host_ports_before.take());
+        self.diff(&changed, &old, full, host_ports)
     }
 
     /// The desired chains, sets and elements of the owners to compare: all of them on a full
     /// plan, else the changed Services (plus the static part, which changes only with the node
-    /// context, so only on full plans).
-    fn diff(&mut self, changed: &BTreeSet<ObjectKey>, old: &[Fragment], full: bool) -> Plan {
+    /// context, so only on full plans; the host ports when `host_ports` says they changed).
+    fn diff(
+        &mut self,
+        changed: &BTreeSet<ObjectKey>,
+        old: &[Fragment],
+        full: bool,
+        host_ports: bool,
+    ) -> Plan {
         // Claims: recompute whole on a full plan; otherwise release the changed owners' claims.
         if full {
             self.claims.clear();
@@ -281,12 +319,16 @@ impl ProxyState {
             self.claims.retain(|_, owner| match owner {
                 Owner::Service(k) => !changed.contains(k),
                 Owner::Static => true,
+                Owner::HostPorts => !host_ports,
             });
             for k in changed {
                 self.clashes.remove(k);
             }
         }
         let mut owners: Vec<(Owner, &Fragment)> = Vec::new();
+        if full || host_ports {
+            owners.push((Owner::HostPorts, &self.host_ports.fragment));
+        }
         if full {
             owners.push((Owner::Static, &self.static_fragment));
             owners.extend(
@@ -327,6 +369,7 @@ impl ProxyState {
                                     match other {
                                         Owner::Service(o) => o.to_string(),
                                         Owner::Static => "the node".to_string(),
+                                        Owner::HostPorts => "a pod's hostPort".to_string(),
                                     }
                                 ));
                             }
@@ -407,6 +450,7 @@ impl ProxyState {
             self.static_fragment
                 .sets
                 .iter()
+                .chain(self.host_ports.fragment.sets.iter())
                 .chain(self.computed.values().flat_map(|c| c.fragment.sets.iter()))
                 .map(|s| (s.set.name.clone(), s.set.clone()))
                 .collect()
@@ -423,6 +467,7 @@ impl ProxyState {
             self.static_fragment
                 .sets
                 .iter()
+                .chain(self.host_ports.fragment.sets.iter())
                 .chain(self.computed.values().flat_map(|c| c.fragment.sets.iter()))
                 .filter(|s| !s.managed)
                 .map(|s| s.set.name.as_str())
@@ -570,6 +615,7 @@ impl ProxyState {
                 .static_fragment
                 .chains
                 .iter()
+                .chain(self.host_ports.fragment.chains.iter())
                 .chain(
                     self.computed
                         .values()

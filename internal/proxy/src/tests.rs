@@ -11,14 +11,17 @@ use skein_cluster::{
     AddressType, Endpoint, EndpointPort, EndpointSlice, Hints, ObjectKey, Protocol, Service,
     ServicePort as ApiPort, ServiceType, SessionAffinity, Snapshot, TargetPort, TrafficPolicy,
 };
-use skein_nft::Op;
+use skein_nft::{L4Proto, Op};
 
+use crate::host_ports::{HostPort, HostPorts};
 use crate::ruleset::{Fragment, static_fragment};
 use crate::service_map::NodeContext;
 use crate::sync::ProxyState;
 use crate::tracer::{Fate, Packet, RejectKind, Tracer};
 
 const NODE_IP: &str = "198.18.0.11";
+/// This node's IPv6 address, for the host ports of dual-stack pods.
+const NODE_IP6: &str = "fd18::11";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("address")
@@ -136,13 +139,19 @@ fn slice(service: &str, name: &str, eps: &[Ep], ports: &[(&str, Protocol, u16)])
 
 struct World {
     snapshot: Snapshot,
+    host_ports: Vec<HostPort>,
 }
 
 impl World {
     fn new() -> Self {
         World {
             snapshot: Snapshot::default(),
+            host_ports: Vec::new(),
         }
+    }
+    fn with_host_ports(mut self, ports: Vec<HostPort>) -> Self {
+        self.host_ports = ports;
+        self
     }
     fn with(mut self, s: Service, slices: Vec<EndpointSlice>) -> Self {
         for sl in slices {
@@ -159,7 +168,10 @@ impl World {
     fn fragments(&self) -> Vec<Fragment> {
         let ctx = ctx();
         let map = crate::service_map(&self.snapshot, &ctx);
-        let mut out = vec![static_fragment(&ctx)];
+        let mut out = vec![
+            static_fragment(&ctx),
+            HostPorts::new(self.host_ports.clone()).fragment,
+        ];
         out.extend(
             map.ports
                 .iter()
@@ -170,7 +182,10 @@ impl World {
     fn tracer(&self) -> Tracer {
         let fragments = self.fragments();
         let refs: Vec<&Fragment> = fragments.iter().collect();
-        Tracer::new(&refs, vec![ip(NODE_IP), ip("10.42.1.1"), ip("127.0.0.1")])
+        Tracer::new(
+            &refs,
+            vec![ip(NODE_IP), ip(NODE_IP6), ip("10.42.1.1"), ip("127.0.0.1")],
+        )
     }
     fn trace(&self, p: Packet) -> BTreeSet<Fate> {
         self.tracer().trace(&p).expect("trace")
@@ -301,6 +316,12 @@ fn external_traffic_policy_local_keeps_the_source_and_stays_on_the_node() {
         remote_only.trace(Packet::tcp("198.51.100.7", NODE_IP, 30080)),
         [Fate::Dropped].into()
     );
+    // Pods are still short-circuited to every endpoint there: the no-endpoint check runs
+    // after DNAT, as kube-proxy's does.
+    assert_eq!(
+        remote_only.trace(Packet::tcp("10.42.1.9", NODE_IP, 30080)),
+        reached(&[("10.42.2.6", 8080)], false)
+    );
 }
 
 #[test]
@@ -315,6 +336,29 @@ fn internal_traffic_policy_local_uses_local_endpoints_only() {
     assert_eq!(
         w.trace(Packet::tcp("10.42.1.9", "10.43.0.20", 80)),
         reached(&[("10.42.1.5", 8080)], false)
+    );
+}
+
+#[test]
+fn internal_traffic_policy_local_without_a_local_endpoint_drops() {
+    let mut w = World::new().with(
+        service("web", "10.43.0.20", &[("http", TCP, 80)]),
+        vec![slice(
+            "web",
+            "web-1",
+            &[ep("10.42.2.6", "n2")],
+            &[("http", TCP, 8080)],
+        )],
+    );
+    w.snapshot
+        .services
+        .get_mut(&ObjectKey::new("default", "web"))
+        .map(Arc::make_mut)
+        .unwrap()
+        .internal_traffic_policy = TrafficPolicy::Local;
+    assert_eq!(
+        w.trace(Packet::tcp("10.42.1.9", "10.43.0.20", 80)),
+        [Fate::Dropped].into()
     );
 }
 
@@ -631,7 +675,7 @@ fn one_endpoint_change_touches_only_its_service() {
         .map(Arc::make_mut)
         .unwrap()
         .endpoints
-        .pop();
+        .remove(0); // the local one, which has a chain of its own
     next.reindex();
     let plan = state.plan(&next, &ctx(), false);
     let script = plan.transaction().script();
@@ -735,7 +779,12 @@ fn big_plans_are_cut_into_bounded_transactions_at_group_boundaries() {
 #[test]
 fn the_tracer_refuses_a_rule_shape_it_does_not_know() {
     let mut f = static_fragment(&ctx());
-    f.chains[0].rules.insert(
+    let nat = f
+        .chains
+        .iter()
+        .position(|c| c.chain.name == crate::ruleset::CHAIN_NAT_PRE)
+        .expect("the nat chain");
+    f.chains[nat].rules.insert(
         0,
         skein_nft::Rule::new(Vec::new(), skein_nft::Action::MssClampToRouteMtu),
     );
@@ -805,4 +854,340 @@ fn a_udp_port_that_gets_its_first_endpoint_has_its_unnated_flows_cleared() {
     // TCP ports are left alone: their connections end on their own.
     let tcp = udp_of(&web());
     assert!(tcp.is_empty());
+}
+
+/// A hostPort of pod `pod` (at `addr`, container port 80).
+fn host_port(pod: &str, addr: &str, host_port: u16, host_ip: Option<&str>) -> HostPort {
+    HostPort {
+        pod: ObjectKey::new("default", pod),
+        addr: ip(addr),
+        port: 80,
+        host_port,
+        protocol: L4Proto::Tcp,
+        host_ip: host_ip.map(ip),
+    }
+}
+
+fn udp(mut p: HostPort) -> HostPort {
+    p.protocol = L4Proto::Udp;
+    p
+}
+
+#[test]
+fn a_host_port_reaches_its_pod_on_the_nodes_addresses_with_the_clients_source_kept() {
+    let w = World::new().with_host_ports(vec![host_port("web-1", "10.42.1.5", 8080, None)]);
+    let pod = reached(&[("10.42.1.5", 80)], false);
+    assert_eq!(
+        w.trace(Packet::tcp("198.51.100.7", NODE_IP, 8080)),
+        pod,
+        "from outside the cluster"
+    );
+    assert_eq!(
+        w.trace(Packet::tcp("10.42.1.9", NODE_IP, 8080)),
+        pod,
+        "from another pod on the node"
+    );
+    assert_eq!(
+        w.trace(Packet::tcp("198.18.0.12", NODE_IP, 8080)),
+        pod,
+        "from another node (its pods leave masqueraded to it)"
+    );
+    assert_eq!(
+        w.trace(Packet::tcp(NODE_IP, NODE_IP, 8080).from_node()),
+        pod,
+        "from the node itself"
+    );
+    assert_eq!(
+        w.trace(Packet::tcp("10.42.1.9", "10.42.1.1", 8080)),
+        pod,
+        "on the pod gateway too: it is one of the node's addresses, as with portmap"
+    );
+    for (what, packet) in [
+        (
+            "another protocol",
+            Packet::udp("198.51.100.7", NODE_IP, 8080),
+        ),
+        ("another port", Packet::tcp("198.51.100.7", NODE_IP, 8081)),
+        (
+            "an address not the node's",
+            Packet::tcp("10.42.1.9", "203.0.113.1", 8080),
+        ),
+        (
+            "the node's IPv6 address",
+            Packet::tcp("fd18::99", NODE_IP6, 8080),
+        ),
+    ] {
+        assert_eq!(
+            w.trace(packet),
+            [Fate::Passed { masquerade: false }].into(),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn a_pod_reaching_its_own_host_port_is_masqueraded() {
+    let w = World::new().with_host_ports(vec![host_port("web-1", "10.42.1.5", 8080, None)]);
+    assert_eq!(
+        w.trace(Packet::tcp("10.42.1.5", NODE_IP, 8080)),
+        reached(&[("10.42.1.5", 80)], true)
+    );
+}
+
+#[test]
+fn a_host_ip_restricts_the_port_to_that_address_and_others_may_hold_it_elsewhere() {
+    // The conformance test's three pods: one port on 127.0.0.1, on the node's address, and
+    // there over UDP.
+    let w = World::new().with_host_ports(vec![
+        host_port("pod1", "10.42.1.5", 54321, Some("127.0.0.1")),
+        host_port("pod2", "10.42.1.6", 54321, Some(NODE_IP)),
+        udp(host_port("pod3", "10.42.1.7", 54321, Some(NODE_IP))),
+    ]);
+    assert_eq!(
+        w.trace(Packet::tcp(NODE_IP, "127.0.0.1", 54321).from_node()),
+        reached(&[("10.42.1.5", 80)], false)
+    );
+    assert_eq!(
+        w.trace(Packet::tcp(NODE_IP, NODE_IP, 54321).from_node()),
+        reached(&[("10.42.1.6", 80)], false)
+    );
+    assert_eq!(
+        w.trace(Packet::udp(NODE_IP, NODE_IP, 54321).from_node()),
+        reached(&[("10.42.1.7", 80)], false)
+    );
+    assert_eq!(
+        w.trace(Packet::tcp("10.42.1.9", "10.42.1.1", 54321)),
+        [Fate::Passed { masquerade: false }].into(),
+        "no mapping on the pod gateway"
+    );
+    let mut state = ProxyState::new(ctx());
+    state.set_host_ports(w.host_ports.clone());
+    state.plan(&w.snapshot, &ctx(), true);
+    assert!(state.computation().host_port_clashes.is_empty());
+
+    // A host IP bound to a mapping for any address: the host IP's own is looked up first.
+    let both = World::new().with_host_ports(vec![
+        host_port("any", "10.42.1.5", 8080, None),
+        host_port("bound", "10.42.1.6", 8080, Some(NODE_IP)),
+    ]);
+    assert_eq!(
+        both.trace(Packet::tcp("198.51.100.7", NODE_IP, 8080)),
+        reached(&[("10.42.1.6", 80)], false)
+    );
+    assert_eq!(
+        both.trace(Packet::tcp("10.42.1.9", "10.42.1.1", 8080)),
+        reached(&[("10.42.1.5", 80)], false)
+    );
+}
+
+#[test]
+fn an_unspecified_host_ip_binds_every_address_of_its_family_only() {
+    let w = World::new().with_host_ports(vec![
+        host_port("v4", "10.42.1.5", 8080, Some("0.0.0.0")),
+        host_port("v6", "fd42::1:5", 8080, Some("::")),
+        host_port("v6", "fd42::1:5", 9090, None),
+        // A host IP of the other family forwards nothing (the store never pairs them).
+        host_port("mixed", "10.42.1.6", 7070, Some("fd18::11")),
+    ]);
+    assert_eq!(
+        w.trace(Packet::tcp("198.51.100.7", NODE_IP, 8080)),
+        reached(&[("10.42.1.5", 80)], false)
+    );
+    assert_eq!(
+        w.trace(Packet::tcp("fd18::99", NODE_IP6, 8080)),
+        reached(&[("fd42::1:5", 80)], false)
+    );
+    assert_eq!(
+        w.trace(Packet::tcp("fd42::1:5", NODE_IP6, 9090)),
+        reached(&[("fd42::1:5", 80)], true),
+        "the IPv6 hairpin"
+    );
+    assert_eq!(
+        w.trace(Packet::tcp("fd18::99", NODE_IP6, 7070)),
+        [Fate::Passed { masquerade: false }].into()
+    );
+}
+
+#[test]
+fn two_pods_claiming_one_host_port_are_reported_and_the_first_keeps_it() {
+    let ports = vec![
+        host_port("first", "10.42.1.5", 8080, None),
+        host_port("second", "10.42.1.6", 8080, None),
+        // Its own other family, and another port, are no clash.
+        host_port("second", "fd42::1:6", 8080, None),
+        host_port("second", "10.42.1.6", 8081, None),
+    ];
+    let w = World::new().with_host_ports(ports.clone());
+    assert_eq!(
+        w.trace(Packet::tcp("198.51.100.7", NODE_IP, 8080)),
+        reached(&[("10.42.1.5", 80)], false)
+    );
+    assert_eq!(
+        w.trace(Packet::tcp("198.51.100.7", NODE_IP, 8081)),
+        reached(&[("10.42.1.6", 80)], false)
+    );
+    let mut state = ProxyState::new(ctx());
+    state.set_host_ports(ports);
+    state.plan(&w.snapshot, &ctx(), true);
+    let clashes = state.computation().host_port_clashes;
+    assert_eq!(clashes.len(), 1, "{clashes:?}");
+    assert_eq!(clashes[0].pod.to_string(), "default/second");
+    assert_eq!(
+        clashes[0].reason,
+        "hostPort 8080/tcp is already taken by pod default/first"
+    );
+}
+
+#[test]
+fn a_host_port_is_looked_up_before_a_node_port_of_the_same_number() {
+    let w = nodeport(web(), TrafficPolicy::Cluster).with_host_ports(vec![host_port(
+        "hp",
+        "10.42.1.7",
+        30080,
+        None,
+    )]);
+    assert_eq!(
+        w.trace(Packet::tcp("198.51.100.7", NODE_IP, 30080)),
+        reached(&[("10.42.1.7", 80)], false)
+    );
+    // The ClusterIP is no node address: the Service keeps it.
+    assert_eq!(
+        w.trace(Packet::tcp("10.42.1.9", "10.43.0.20", 80)),
+        reached(&[("10.42.1.5", 8080), ("10.42.2.6", 8080)], false)
+    );
+}
+
+#[test]
+fn host_ports_are_diffed_like_a_service_and_only_their_change_is_sent() {
+    let w = web();
+    let mut state = ProxyState::new(ctx());
+    state.set_host_ports(vec![host_port("a", "10.42.1.5", 8080, None)]);
+    let first = state.plan(&w.snapshot, &ctx(), true).transaction().script();
+    assert!(first.contains("add chain inet skein hp_"), "{first}");
+    assert!(
+        first.contains("add element inet skein host_ports { tcp . 8080 : goto hp_"),
+        "{first}"
+    );
+
+    // The same again: nothing to send, also on a full plan against the mirror.
+    state.set_host_ports(vec![host_port("a", "10.42.1.5", 8080, None)]);
+    assert!(state.plan(&w.snapshot, &ctx(), false).is_empty());
+    assert!(state.plan(&w.snapshot, &ctx(), true).is_empty());
+
+    // A second pod's port: one chain and one element, no Service touched.
+    state.set_host_ports(vec![
+        host_port("a", "10.42.1.5", 8080, None),
+        host_port("b", "10.42.1.6", 9090, Some(NODE_IP)),
+    ]);
+    let plan = state.plan(&w.snapshot, &ctx(), false);
+    let script = plan.transaction().script();
+    assert!(!script.contains("svc_"), "{script}");
+    assert!(!script.contains("8080"), "{script}");
+    assert!(
+        script
+            .contains("add element inet skein host_ip_ports { 198.18.0.11 . tcp . 9090 : goto hp_"),
+        "{script}"
+    );
+    assert_eq!(plan.changed, 2, "{script}");
+
+    // The first pod gone: its element out, its chain flushed now and deleted later.
+    state.set_host_ports(vec![host_port("b", "10.42.1.6", 9090, Some(NODE_IP))]);
+    let plan = state.plan(&w.snapshot, &ctx(), false);
+    let script = plan.transaction().script();
+    assert!(
+        script.contains("delete element inet skein host_ports { tcp . 8080 : goto hp_"),
+        "{script}"
+    );
+    assert!(script.contains("flush chain inet skein hp_"), "{script}");
+    assert!(!script.contains("9090"), "{script}");
+    assert_eq!(plan.delete_later.len(), 1, "{:?}", plan.delete_later);
+    assert!(
+        state
+            .deletions(&plan.delete_later)
+            .script()
+            .starts_with("delete chain inet skein hp_")
+    );
+
+    // A Service change leaves the host ports alone; a full plan agrees with the mirror.
+    let mut next = w.snapshot.clone();
+    next.endpoint_slices.clear();
+    next.reindex();
+    let script = state.plan(&next, &ctx(), false).transaction().script();
+    assert!(!script.contains("hp_"), "{script}");
+    assert!(state.plan(&next, &ctx(), true).is_empty());
+}
+
+#[test]
+fn a_restart_adopting_the_kernels_host_ports_keeps_them() {
+    // What a restarted daemon does: a full plan against the kernel's table, with the host
+    // ports the store kept set before it. The chains and elements already there stay.
+    let ports = vec![host_port("a", "10.42.1.5", 8080, None)];
+    let w = web();
+    let mut before = ProxyState::new(ctx());
+    before.set_host_ports(ports.clone());
+    before.plan(&w.snapshot, &ctx(), true);
+    let mut after = ProxyState::new(ctx());
+    after.adopt(before.mirror().clone());
+    after.set_host_ports(ports);
+    let plan = after.plan(&w.snapshot, &ctx(), true);
+    assert!(plan.is_empty(), "{}", plan.transaction().script());
+    // Without them, the restart would take the host port away.
+    let mut forgetful = ProxyState::new(ctx());
+    forgetful.adopt(before.mirror().clone());
+    let script = forgetful
+        .plan(&w.snapshot, &ctx(), true)
+        .transaction()
+        .script();
+    assert!(script.contains("flush chain inet skein hp_"), "{script}");
+}
+
+#[test]
+fn udp_flows_of_a_host_port_are_cleared_when_it_appears_and_when_its_pod_changes() {
+    use crate::stale_flows::{StaleFlow, host_udp_ports, stale_flows};
+    let programmed = |ports: Vec<HostPort>| host_udp_ports(&HostPorts::new(ports).programmed);
+    let none = programmed(vec![]);
+    let a = programmed(vec![
+        udp(host_port("a", "10.42.1.5", 5353, None)),
+        udp(host_port("a", "10.42.1.5", 514, Some(NODE_IP))),
+        host_port("a", "10.42.1.5", 8080, None),
+    ]);
+    // New ports: the flows that reached the node unNATed before them (as portmap clears).
+    assert_eq!(
+        stale_flows(&none, &a),
+        [
+            StaleFlow::Unnated {
+                dst: "198.18.0.11:514".parse().unwrap()
+            },
+            StaleFlow::PortUnnated { port: 5353 },
+        ]
+        .into()
+    );
+    assert!(stale_flows(&a, &a).is_empty());
+    // Another pod takes the port: the flows DNATed to the first one go.
+    let b = programmed(vec![udp(host_port("b", "10.42.1.6", 5353, None))]);
+    assert_eq!(
+        stale_flows(&a, &b),
+        [
+            StaleFlow::Nat {
+                dst: "198.18.0.11:514".parse().unwrap(),
+                endpoint: ip("10.42.1.5")
+            },
+            StaleFlow::PortNat {
+                port: 5353,
+                endpoint: ip("10.42.1.5")
+            },
+        ]
+        .into()
+    );
+    // A port left out in a clash is no flow of its pod's.
+    let clash = programmed(vec![
+        udp(host_port("a", "10.42.1.5", 5353, None)),
+        udp(host_port("b", "10.42.1.6", 5353, None)),
+    ]);
+    assert_eq!(clash.len(), 1);
+    assert!(
+        stale_flows(&a, &clash)
+            .iter()
+            .all(|f| !matches!(f, StaleFlow::PortNat { .. }))
+    );
 }

@@ -143,35 +143,23 @@ impl Tracer {
     /// Every fate the packet can meet, walking the proxy's base chains in hook order:
     /// the filter chains at -110, then the nat chains at -100.
     pub fn trace(&self, packet: &Packet) -> Result<BTreeSet<Fate>, TraceError> {
-        let hook = match packet.origin {
-            Origin::Arriving => HookPoint::Prerouting,
-            Origin::Local => HookPoint::Output,
-        };
-        let mut bases: Vec<&ChainSpec> = self
-            .chains
-            .values()
-            .filter(|c| c.chain.hook.is_some_and(|h| h.hook == hook))
-            .collect();
-        bases.sort_by_key(|c| c.chain.hook.map(|h| h.priority));
-        let mut paths = vec![Path::default()];
         let mut fates = BTreeSet::new();
-        let mut dnat: Vec<(Path, Option<(IpAddr, u16)>)> = Vec::new();
-        for base in bases {
-            let mut next = Vec::new();
-            for path in paths {
-                for (path, flow) in self.run(&base.chain.name, packet, path, 0)? {
-                    match flow {
-                        Flow::End(f) => {
-                            fates.insert(f);
-                        }
-                        Flow::Accept(Some(to)) => dnat.push((path, Some(to))),
-                        Flow::Next | Flow::Return | Flow::Accept(None) => next.push(path),
-                    }
-                }
+        // Each live path: its state, the packet as rewritten so far, and where it was DNATed.
+        let start = vec![(Path::default(), packet.clone(), None)];
+        let live = match packet.origin {
+            Origin::Local => self.hook(HookPoint::Output, start, &mut fates)?,
+            Origin::Arriving => {
+                let routed = self.hook(HookPoint::Prerouting, start, &mut fates)?;
+                // After prerouting the packet is routed: to the node itself, or on.
+                let (local, forwarded): (Vec<_>, Vec<_>) = routed
+                    .into_iter()
+                    .partition(|(_, p, _)| self.local_addrs.contains(&p.dst));
+                let mut out = self.hook(HookPoint::Input, local, &mut fates)?;
+                out.extend(self.hook(HookPoint::Forward, forwarded, &mut fates)?);
+                out
             }
-            paths = next;
-        }
-        for (path, to) in dnat.into_iter().chain(paths.into_iter().map(|p| (p, None))) {
+        };
+        for (path, _, to) in live {
             let masquerade = path.mark & MASQUERADE_MARK != 0;
             fates.insert(match to {
                 Some((addr, port)) => Fate::Endpoint {
@@ -183,6 +171,46 @@ impl Tracer {
             });
         }
         Ok(fates)
+    }
+
+    /// Runs the base chains of one hook in priority order; a DNAT rewrites the packet for the
+    /// chains after it. Paths that end (dropped, rejected) go to `fates`.
+    #[expect(clippy::type_complexity, reason = "a private walk's working list")]
+    fn hook(
+        &self,
+        hook: HookPoint,
+        mut paths: Vec<(Path, Packet, Option<(IpAddr, u16)>)>,
+        fates: &mut BTreeSet<Fate>,
+    ) -> Result<Vec<(Path, Packet, Option<(IpAddr, u16)>)>, TraceError> {
+        let mut bases: Vec<&ChainSpec> = self
+            .chains
+            .values()
+            .filter(|c| c.chain.hook.is_some_and(|h| h.hook == hook))
+            .collect();
+        bases.sort_by_key(|c| c.chain.hook.map(|h| h.priority));
+        for base in bases {
+            let mut next = Vec::new();
+            for (path, packet, to) in paths {
+                for (path, flow) in self.run(&base.chain.name, &packet, path, 0)? {
+                    match flow {
+                        Flow::End(f) => {
+                            fates.insert(f);
+                        }
+                        Flow::Accept(Some((addr, port))) => {
+                            let mut rewritten = packet.clone();
+                            rewritten.dst = addr;
+                            rewritten.dport = port;
+                            next.push((path, rewritten, Some((addr, port))));
+                        }
+                        Flow::Next | Flow::Return | Flow::Accept(None) => {
+                            next.push((path, packet.clone(), to));
+                        }
+                    }
+                }
+            }
+            paths = next;
+        }
+        Ok(paths)
     }
 
     /// Runs one chain; each returned path says how it left the chain.

@@ -52,7 +52,7 @@ pub struct Lease {
 }
 
 /// The `family` column's value.
-fn family_column(cidr: IpNet) -> i64 {
+pub(crate) fn family_column(cidr: IpNet) -> i64 {
     match Family::of(cidr) {
         Family::V4 => 4,
         Family::V6 => 6,
@@ -154,9 +154,21 @@ impl Store {
     /// CIDR, that lease comes back unchanged: an ADD repeated after a crash gets its address
     /// again. Otherwise the next free address after the CIDR's cursor is taken.
     pub async fn lease(&self, req: &LeaseRequest) -> Result<Lease, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let lease = self.lease_in(&mut tx, req).await?;
+        tx.commit().await.map_err(|e| self.query_err(e))?;
+        Ok(lease)
+    }
+
+    /// [`Store::lease`]'s work inside the caller's transaction, which commits it (or, dropped,
+    /// rolls it back).
+    pub(crate) async fn lease_in(
+        &self,
+        tx: &mut WriteTx,
+        req: &LeaseRequest,
+    ) -> Result<Lease, StoreError> {
         let cidr = req.cidr.trunc();
         let family = family_column(cidr);
-        let mut tx = self.begin_write().await?;
 
         let held = sqlx::query(concat!(
             "SELECT ",
@@ -166,11 +178,10 @@ impl Store {
         .bind(&req.container_id)
         .bind(&req.ifname)
         .bind(family)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await
         .map_err(|e| self.query_err(e))?;
         if let Some(row) = held {
-            // Dropping the transaction rolls back what was only a read.
             let lease = self.parse_leases(&[row])?.remove(0);
             if lease.cidr == cidr {
                 return Ok(lease);
@@ -185,7 +196,7 @@ impl Store {
         // overlapping CIDR's leases are still in use.
         let used = sqlx::query_scalar::<_, String>("SELECT address FROM leases WHERE family = ?")
             .bind(family)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut **tx)
             .await
             .map_err(|e| self.query_err(e))?
             .iter()
@@ -198,7 +209,7 @@ impl Store {
         let cursor: Option<String> =
             sqlx::query_scalar("SELECT last_address FROM ipam_cursor WHERE cidr = ?")
                 .bind(cidr.to_string())
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await
                 .map_err(|e| self.query_err(e))?;
         // The cursor is only where the round-robin resumes; one that does not parse starts it
@@ -228,7 +239,7 @@ impl Store {
         .bind(&lease.pod.uid)
         .bind(lease.created_at)
         .bind(family)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(|e| self.query_err(e))?;
         sqlx::query(
@@ -237,15 +248,15 @@ impl Store {
         )
         .bind(lease.cidr.to_string())
         .bind(lease.address.to_string())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(|e| self.query_err(e))?;
-        tx.commit().await.map_err(|e| self.query_err(e))?;
         Ok(lease)
     }
 
-    /// Gives back every address of the attachment and returns what it held. Releasing an
-    /// attachment that holds nothing is no error: a CNI DEL may come more than once.
+    /// Gives back every address of the attachment, and its port mappings, and returns the
+    /// leases it held. Releasing an attachment that holds nothing is no error: a CNI DEL may
+    /// come more than once.
     pub async fn release(
         &self,
         container_id: &str,
@@ -262,12 +273,13 @@ impl Store {
         .await
         .map_err(|e| self.query_err(e))?;
         let freed = self.parse_leases(&rows)?;
+        self.unmap_in(&mut tx, container_id, ifname).await?;
         tx.commit().await.map_err(|e| self.query_err(e))?;
         Ok(freed)
     }
 
     /// Gives back every lease whose attachment (container id, interface name) is not in `keep`,
-    /// and returns what it freed. The caller decides what is gone; it must count an ADD still in
+    /// with the attachment's port mappings, and returns the leases it freed. The caller decides what is gone; it must count an ADD still in
     /// flight as kept, or that ADD's fresh lease goes too.
     pub async fn release_except(
         &self,
@@ -286,6 +298,7 @@ impl Store {
                 .await
                 .map_err(|e| self.query_err(e))?;
         }
+        self.unmap_except_in(&mut tx, keep).await?;
         tx.commit().await.map_err(|e| self.query_err(e))?;
         Ok(freed)
     }

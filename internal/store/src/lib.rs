@@ -3,7 +3,8 @@
 //! Only this crate touches SQLite. It makes the state directory (0700) and the database (0600),
 //! takes the directory's lock so a second daemon cannot share it, refuses a database written by
 //! a newer schema, and applies the migrations embedded from `migrations/`. It keeps the IPAM
-//! leases (see `leases.rs`).
+//! leases (see `leases.rs`) and the hostPort mappings that live and die with them
+//! (`port_mappings.rs`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -16,10 +17,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 mod leases;
+mod port_mappings;
 #[cfg(test)]
 mod tests;
 
 pub use leases::{Lease, LeaseRequest, PodRef};
+pub use port_mappings::{AttachRequest, HostPortTarget};
 
 /// The schema migrations, embedded at build time.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
@@ -62,6 +65,8 @@ pub enum StoreError {
     Query { path: PathBuf, source: sqlx::Error },
     #[error("state database {path} holds a malformed lease: {detail}")]
     Malformed { path: PathBuf, detail: String },
+    #[error("state database {path} holds a malformed port mapping: {detail}")]
+    MalformedMapping { path: PathBuf, detail: String },
     /// No address to hand out: the pod CIDR is full, or too small for pods; the message names it.
     #[error(transparent)]
     Ipam(#[from] skein_ipam::IpamError),

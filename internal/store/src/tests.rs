@@ -492,3 +492,267 @@ async fn release_except_keeps_exactly_the_kept_attachments() {
     );
     store.close().await;
 }
+
+fn mapping(host_port: u16, protocol: skein_cni::Protocol, host_ip: Option<&str>) -> PortMapping {
+    PortMapping {
+        host_port,
+        container_port: 8080,
+        protocol,
+        host_ip: host_ip.map(ip),
+    }
+}
+
+use skein_cni::{PortMapping, Protocol};
+
+fn attach_request(container_id: &str, cidrs: &[&str], mappings: &[PortMapping]) -> AttachRequest {
+    let base = request(container_id, cidrs[0]);
+    AttachRequest {
+        container_id: base.container_id,
+        ifname: base.ifname,
+        pod: base.pod,
+        cidrs: cidrs.iter().map(|c| c.parse().expect("cidr")).collect(),
+        port_mappings: mappings.to_vec(),
+    }
+}
+
+const DUAL: [&str; 2] = ["10.42.1.0/24", "fd00:42:1::/64"];
+
+#[tokio::test]
+async fn attach_leases_every_cidr_and_records_the_mappings_in_one_go() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = open_in(&tmp).await;
+    let web = [
+        mapping(80, Protocol::Tcp, None),
+        mapping(53, Protocol::Udp, Some("198.18.0.11")),
+    ];
+    let leases = store
+        .attach(&attach_request("c1", &DUAL, &web))
+        .await
+        .expect("attach");
+    let addresses: Vec<IpAddr> = leases.iter().map(|l| l.address).collect();
+    assert_eq!(addresses, [ip("10.42.1.2"), ip("fd00:42:1::2")]);
+    assert_eq!(store.port_mappings_of("c1", "eth0").await.expect("of"), web);
+    assert_eq!(store.lease_of("c1", "eth0").await.expect("of"), leases);
+
+    // A repeated ADD gets its addresses back and the mappings it asks for now.
+    let now = [mapping(8443, Protocol::Sctp, Some("fd00::11"))];
+    let again = store
+        .attach(&attach_request("c1", &DUAL, &now))
+        .await
+        .expect("again");
+    assert_eq!(again, leases);
+    assert_eq!(store.port_mappings_of("c1", "eth0").await.expect("of"), now);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_refused_attach_leaves_nothing_behind_and_what_was_held_stays() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = open_in(&tmp).await;
+    // A /30 holds one pod address; the second attachment's IPv4 lease fails after its IPv6
+    // one was taken in the same transaction.
+    let small = ["fd00:42:1::/64", "10.42.9.0/30"];
+    let held = [mapping(80, Protocol::Tcp, None)];
+    let first = store
+        .attach(&attach_request("c1", &small, &held))
+        .await
+        .expect("first");
+    let err = store
+        .attach(&attach_request(
+            "c2",
+            &small,
+            &[mapping(81, Protocol::Tcp, None)],
+        ))
+        .await
+        .expect_err("the /30 is full");
+    assert!(matches!(err, StoreError::Ipam(_)), "{err}");
+    assert_eq!(store.lease_of("c2", "eth0").await.expect("of"), []);
+    assert_eq!(store.port_mappings_of("c2", "eth0").await.expect("of"), []);
+
+    // The holder asking again from another CIDR is refused, and keeps its leases and mappings.
+    let err = store
+        .attach(&attach_request(
+            "c1",
+            &["fd00:42:1::/64", "10.43.0.0/24"],
+            &[mapping(9000, Protocol::Udp, None)],
+        ))
+        .await
+        .expect_err("another CIDR");
+    assert!(matches!(err, StoreError::LeaseElsewhere { .. }), "{err}");
+    let mut sorted = first.clone();
+    sorted.sort_by_key(|l| (l.cidr, l.address));
+    assert_eq!(store.lease_of("c1", "eth0").await.expect("of"), sorted);
+    assert_eq!(
+        store.port_mappings_of("c1", "eth0").await.expect("of"),
+        held
+    );
+    assert_eq!(store.leases().await.expect("leases").len(), 2);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn mappings_go_with_their_leases_on_release_and_garbage_collection() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = open_in(&tmp).await;
+    for c in ["c1", "c2", "c3"] {
+        store
+            .attach(&attach_request(
+                c,
+                &DUAL,
+                &[mapping(80, Protocol::Tcp, None)],
+            ))
+            .await
+            .expect("attach");
+    }
+    assert_eq!(store.release("c1", "eth0").await.expect("release").len(), 2);
+    assert_eq!(store.port_mappings_of("c1", "eth0").await.expect("of"), []);
+
+    let keep: BTreeSet<(String, String)> = [("c3".to_string(), "eth0".to_string())].into();
+    let freed = store.release_except(&keep).await.expect("gc");
+    assert_eq!(freed.len(), 2, "c2's two addresses");
+    assert_eq!(store.port_mappings_of("c2", "eth0").await.expect("of"), []);
+    assert_eq!(
+        store.port_mappings_of("c3", "eth0").await.expect("of"),
+        [mapping(80, Protocol::Tcp, None)]
+    );
+    let left: Vec<String> = store
+        .host_ports()
+        .await
+        .expect("host ports")
+        .into_iter()
+        .map(|t| t.container_id)
+        .collect();
+    assert_eq!(left, ["c3", "c3"]);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn host_ports_pair_each_mapping_with_its_addresses_of_the_right_family_first_come_first() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = open_in(&tmp).await;
+    store
+        .attach(&attach_request(
+            "late",
+            &DUAL,
+            &[
+                mapping(80, Protocol::Tcp, None),
+                mapping(443, Protocol::Tcp, Some("198.18.0.11")),
+                mapping(443, Protocol::Tcp, Some("fd00::11")),
+                mapping(53, Protocol::Udp, Some("0.0.0.0")),
+            ],
+        ))
+        .await
+        .expect("attach");
+    store
+        .attach(&attach_request(
+            "v4only",
+            &["10.42.1.0/24"],
+            &[mapping(8080, Protocol::Tcp, Some("fd00::11"))],
+        ))
+        .await
+        .expect("attach");
+    let got: Vec<(String, String, u16, Option<IpAddr>, IpAddr)> = store
+        .host_ports()
+        .await
+        .expect("host ports")
+        .into_iter()
+        .map(|t| {
+            (
+                t.container_id,
+                t.pod.name,
+                t.mapping.host_port,
+                t.mapping.host_ip,
+                t.address,
+            )
+        })
+        .collect();
+    let row = |c: &str, port, host_ip: Option<&str>, addr: &str| {
+        (
+            c.to_string(),
+            format!("pod-{c}"),
+            port,
+            host_ip.map(ip),
+            ip(addr),
+        )
+    };
+    assert_eq!(
+        got,
+        [
+            row("late", 80, None, "10.42.1.2"),
+            row("late", 80, None, "fd00:42:1::2"),
+            row("late", 443, Some("198.18.0.11"), "10.42.1.2"),
+            row("late", 443, Some("fd00::11"), "fd00:42:1::2"),
+            row("late", 53, Some("0.0.0.0"), "10.42.1.2"),
+            // An IPv6 host IP for a pod without an IPv6 address forwards nothing.
+        ]
+    );
+
+    // The order is the order of arrival, also across a reopen.
+    store
+        .attach(&attach_request(
+            "early",
+            &["10.42.1.0/24"],
+            &[mapping(80, Protocol::Tcp, None)],
+        ))
+        .await
+        .expect("attach");
+    store.close().await;
+    drop(store);
+    let store = open_in(&tmp).await;
+    let late = |mappings: &[PortMapping]| attach_request("late", &DUAL, mappings);
+    let before = store.host_ports().await.expect("host ports");
+    // An ADD repeated with the same mappings keeps their place...
+    store
+        .attach(&late(
+            &store.port_mappings_of("late", "eth0").await.expect("of"),
+        ))
+        .await
+        .expect("again");
+    assert_eq!(store.host_ports().await.expect("host ports"), before);
+    // ...one with others rewrites them: they now come after `early`'s.
+    store
+        .attach(&attach_request(
+            "late",
+            &DUAL,
+            &[mapping(80, Protocol::Tcp, None)],
+        ))
+        .await
+        .expect("again");
+    let order: Vec<String> = store
+        .host_ports()
+        .await
+        .expect("host ports")
+        .into_iter()
+        .map(|t| t.container_id)
+        .collect();
+    assert_eq!(order, ["early", "late", "late"]);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn the_schema_refuses_a_mapping_it_could_not_read_back() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = open_in(&tmp).await;
+    let insert = |port: i64, protocol: &str| {
+        sqlx::query(
+            "INSERT INTO port_mappings (container_id, ifname, host_port, container_port,
+                                        protocol, host_ip)
+             VALUES ('c1', 'eth0', ?, 80, ?, '')",
+        )
+        .bind(port)
+        .bind(protocol.to_string())
+        .execute(&store.pool)
+    };
+    insert(80, "tcp").await.expect("valid");
+    for (port, protocol, why) in [
+        (80, "tcp", "UNIQUE"),
+        (0, "tcp", "CHECK"),
+        (65536, "udp", "CHECK"),
+        (81, "TCP", "CHECK"),
+        (81, "icmp", "CHECK"),
+    ] {
+        let err = insert(port, protocol).await.expect_err("refused");
+        assert!(err.to_string().contains(why), "{port}/{protocol}: {err}");
+    }
+    store.close().await;
+}

@@ -85,6 +85,8 @@ impl PodNetwork {
         for lease in &freed {
             tracing::info!(address = %lease.address, pod = %format!("{}/{}", lease.pod.namespace, lease.pod.name), "lease reclaimed");
         }
+        // Also when nothing was freed: a failed read of the store is tried again here.
+        self.mapped.notify_one();
         Ok(freed.len())
     }
 }

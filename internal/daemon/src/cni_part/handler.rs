@@ -1,6 +1,7 @@
-//! The daemon's side of the CNI socket: ADD leases addresses from this node's pod CIDRs (one
-//! transaction in the store) and wires the pod (`skein-podnet`); DEL undoes both; CHECK and
-//! STATUS look; GC is in `gc.rs`.
+//! The daemon's side of the CNI socket: ADD leases addresses from this node's pod CIDRs and
+//! records the pod's hostPorts (one transaction in the store) and wires the pod
+//! (`skein-podnet`); DEL undoes both; CHECK and STATUS look; GC is in `gc.rs`. Each change of
+//! the host ports is then published for the proxy.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -13,7 +14,7 @@ use skein_cni::{
     IpConfig, Route,
 };
 use skein_podnet::{PodAttachment, PodNet, PodNetError};
-use skein_store::{LeaseRequest, PodRef, Store};
+use skein_store::{AttachRequest, PodRef, Store};
 use tokio::sync::{RwLock, watch};
 
 use super::{Settings, code};
@@ -77,6 +78,10 @@ pub struct PodNetwork {
     /// Wakes the task that refreshes the page's IPAM view: off the request path, coalesced.
     pub(super) reported: tokio::sync::Notify,
     pub(super) ipam: IpamBoard,
+    /// Where the proxy reads the node's host ports.
+    pub(super) host_ports: super::HostPortsFeed,
+    /// Wakes the task that publishes them: off the request path, coalesced.
+    pub(super) mapped: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for PodNetwork {
@@ -142,6 +147,24 @@ impl PodNetwork {
         Ok(gateways)
     }
 
+    /// Publishes the node's host ports from the store, when they differ from what the proxy
+    /// has. A store that cannot be read leaves the proxy with the last ones (tried again after
+    /// the next change, or the next garbage collection).
+    pub(super) async fn publish_host_ports(&self) {
+        match self.store.host_ports().await {
+            Ok(now) => {
+                self.host_ports.send_if_modified(|have| {
+                    let changed = **have != now;
+                    if changed {
+                        *have = Arc::new(now);
+                    }
+                    changed
+                });
+            }
+            Err(e) => tracing::warn!("cannot read the host ports from the store: {e}"),
+        }
+    }
+
     /// Publishes leases and use per CIDR on the status board.
     pub(super) async fn report(&self) {
         let (Ok(leases), Ok(usage)) = (self.store.leases().await, self.store.usage().await) else {
@@ -185,20 +208,21 @@ impl Handler for PodNetwork {
             name: request.pod.name.clone().unwrap_or_default(),
             uid: request.pod.uid.clone().unwrap_or_default(),
         };
-        let mut leases = Vec::new();
-        for (cidr, _) in &gateways {
-            let lease = self
-                .store
-                .lease(&LeaseRequest {
-                    container_id: request.container_id.clone(),
-                    ifname: request.ifname.clone(),
-                    pod: pod.clone(),
-                    cidr: *cidr,
-                })
-                .await
-                .map_err(store_error)?;
-            leases.push(lease);
-        }
+        // Every address and the hostPorts in one transaction: a refused ADD leaves nothing.
+        let leases = self
+            .store
+            .attach(&AttachRequest {
+                container_id: request.container_id.clone(),
+                ifname: request.ifname.clone(),
+                pod,
+                cidrs: gateways.iter().map(|(cidr, _)| *cidr).collect(),
+                port_mappings: request.port_mappings.clone(),
+            })
+            .await
+            .map_err(store_error)?;
+        // The mappings are in the store (or replaced, for a repeated ADD): the proxy may
+        // forward them from now on, whatever becomes of the interface below.
+        self.mapped.notify_one();
         let addresses: Vec<IpNet> = leases
             .iter()
             .filter_map(|l| IpNet::new(l.address, l.cidr.prefix_len()).ok())
@@ -227,6 +251,7 @@ impl Handler for PodNetwork {
                     .store
                     .release(&request.container_id, &request.ifname)
                     .await;
+                self.mapped.notify_one();
                 return Err(dataplane(e));
             }
         };
@@ -291,6 +316,7 @@ impl Handler for PodNetwork {
             .map_err(store_error)?;
         drop(_shared);
         self.reported.notify_one();
+        self.mapped.notify_one();
         Ok(())
     }
 

@@ -1,8 +1,9 @@
 //! The daemon's `cni` part: serves the CNI plugin's requests on `cni.socket` (`handler.rs`),
-//! reclaims leases of pods that are gone (`gc.rs`), installs the plugin and its conflist, and
-//! keeps the node's side of pod networking as it should be (`node.rs`): at start, whenever the
-//! kernel announces a change to the bridge or its ports or the ruleset changes, and on the
-//! resync timer, repairing only the difference and saying so on the page.
+//! reclaims leases of pods that are gone (`gc.rs`), publishes the node's host ports for the
+//! proxy (from the store, at start and after each ADD, DEL and GC), installs the plugin and its
+//! conflist, and keeps the node's side of pod networking as it should be (`node.rs`): at start,
+//! whenever the kernel announces a change to the bridge or its ports or the ruleset changes, and
+//! on the resync timer, repairing only the difference and saying so on the page.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,7 +47,9 @@ pub struct Settings {
     pub bin_dir: PathBuf,
     pub bridge: IfName,
     pub mtu: skein_config::Mtu,
-    pub portmap: bool,
+    /// Whether the conflist declares the `portMappings` capability for skein, for portmap, or
+    /// for nobody.
+    pub port_mappings: crate::cni_install::PortMappings,
     /// The overlay link's MTU; pods never get a larger one.
     pub overlay_mtu: u32,
     /// The overlay interface, when there is one: service traffic the proxy marked for
@@ -103,11 +106,16 @@ fn concerns_the_bridge(event: &KernelEvent, bridge: &IfName, bridge_index: Optio
     }
 }
 
+/// The node's host ports as the store pairs them with the pods' addresses; the daemon's channel
+/// outlives the part's restarts.
+pub type HostPortsFeed = watch::Sender<Arc<Vec<skein_store::HostPortTarget>>>;
+
 /// The part: install, prepare the node, garbage-collect, then serve until cancelled.
 pub async fn run(
     settings: Settings,
     store: Store,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    host_ports: HostPortsFeed,
     part: Part,
     report: Reporting,
 ) -> PartResult {
@@ -115,7 +123,7 @@ pub async fn run(
     let install = {
         let s = settings.clone();
         tokio::task::spawn_blocking(move || {
-            crate::cni_install::install(&s.conf_dir, &s.bin_dir, &s.socket, s.portmap)
+            crate::cni_install::install(&s.conf_dir, &s.bin_dir, &s.socket, s.port_mappings)
         })
     };
     let written = install
@@ -153,6 +161,8 @@ pub async fn run(
         ensured: tokio::sync::Mutex::new(None),
         reported: tokio::sync::Notify::new(),
         ipam: IpamBoard::register(&report),
+        host_ports,
+        mapped: tokio::sync::Notify::new(),
     });
     let serving = skein_cni::serve(
         listener,
@@ -164,6 +174,17 @@ pub async fn run(
         serving.await;
         Ok::<(), String>(())
     });
+    {
+        let network = network.clone();
+        part.spawn("host ports publisher", async move {
+            loop {
+                network.publish_host_ports().await;
+                network.mapped.notified().await;
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), String>(())
+        });
+    }
     {
         let network = network.clone();
         part.spawn("IPAM reporter", async move {

@@ -26,9 +26,10 @@ use crate::sections::Reporting;
 use crate::{Part, PartError, PartResult};
 
 mod health;
+mod host_ports;
+pub mod section;
 #[cfg(test)]
 mod tests;
-pub mod section;
 
 use health::{Health, HealthServers};
 use section::{ProblemRow, ServiceRow, ServicesBoard, ServicesSection, SyncRow};
@@ -154,6 +155,7 @@ fn sync(
 pub async fn run(
     settings: Settings,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    mut host_ports: watch::Receiver<Arc<Vec<skein_store::HostPortTarget>>>,
     part: Part,
     report: Reporting,
 ) -> PartResult {
@@ -202,6 +204,7 @@ pub async fn run(
     let mut error: Option<String> = None;
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
+        state.set_host_ports(host_ports::for_proxy(&host_ports.borrow_and_update()));
         if snapshot.version > 0 {
             let ctx = node_context(&settings, &snapshot);
             let full = full_due;
@@ -251,7 +254,10 @@ pub async fn run(
                     // UDP flows to endpoints that left, and those that bypassed a port's
                     // (new) endpoints.
                     let computation = state.computation();
-                    let udp_after = udp_ports(computation.ports.iter().copied());
+                    let mut udp_after = udp_ports(computation.ports.iter().copied());
+                    udp_after.extend(skein_proxy::stale_flows::host_udp_ports(
+                        computation.host_ports,
+                    ));
                     let flows = stale_flows(&udp_before, &udp_after);
                     udp_before = udp_after;
                     if !flows.is_empty() {
@@ -298,6 +304,7 @@ pub async fn run(
                         problem: u.reason.clone(),
                     })
                     .collect();
+                problems.extend(host_ports::problems(&computation));
                 for bind in health.update(&part, &want) {
                     problems.push(ProblemRow {
                         service: String::new(),
@@ -346,6 +353,11 @@ pub async fn run(
                     if !wait.is_zero() {
                         tokio::time::sleep(wait).await;
                     }
+                }
+            }
+            changed = host_ports.changed() => {
+                if changed.is_err() {
+                    return Err(PartError::ViewClosed);
                 }
             }
             _ = resync.tick() => full_due = true,

@@ -71,10 +71,10 @@ impl ServiceRow {
                     in_use: in_use.contains(b),
                 })
                 .collect(),
-            verdict: in_use.is_empty().then_some(if p.internal_local {
-                "rejected: no endpoint on this node (internalTrafficPolicy Local)"
+            verdict: in_use.is_empty().then_some(if p.cluster.is_empty() {
+                "rejected: no usable endpoint"
             } else {
-                "rejected: no ready endpoint"
+                "dropped: no endpoint on this node (internalTrafficPolicy Local)"
             }),
         }
     }

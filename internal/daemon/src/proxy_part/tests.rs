@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use skein_cluster::{
-    AddressType, Endpoint, EndpointPort, EndpointSlice, ObjectKey, Protocol, Service,
-    ServicePort, ServiceType, SessionAffinity, Snapshot, TargetPort, TrafficPolicy,
+    AddressType, Endpoint, EndpointPort, EndpointSlice, ObjectKey, Protocol, Service, ServicePort,
+    ServiceType, SessionAffinity, Snapshot, TargetPort, TrafficPolicy,
 };
 use skein_nft::{Backend, Netlink};
 use skein_proxy::{Mirror, NodeContext, ProxyState};
@@ -101,7 +101,7 @@ pub fn services(n: usize, per: usize) -> Snapshot {
 }
 
 /// Runs `work` on a thread of its own in a fresh network namespace.
-fn in_private_netns<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+pub(super) fn in_private_netns<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
         work()
@@ -144,11 +144,20 @@ fn run(n: usize) -> (f64, usize, f64, usize, f64) {
         next.reindex();
         let started = Instant::now();
         let plan = again.plan(&next, &ctx(), false);
+        let planned = started.elapsed();
         let changed = plan.changed;
         for tx in plan.transactions(super::MAX_TRANSACTION) {
             nl.apply(&tx).expect("apply");
         }
         let one = started.elapsed().as_secs_f64();
+        if n >= 1000 {
+            println!(
+                "  one endpoint at {n}: plan {:.2} ms, kernel {:.2} ms: {}",
+                planned.as_secs_f64() * 1000.0,
+                (started.elapsed() - planned).as_secs_f64() * 1000.0,
+                plan.transaction().script().replace('\n', "; ")
+            );
+        }
         (full, restart_changes, restart, changed, one)
     })
 }
@@ -159,9 +168,15 @@ fn a_restart_adopts_the_kernels_table_unchanged_and_one_endpoint_changes_one_ser
         return;
     }
     let (_, restart_changes, _, changed, _) = run(50);
-    assert_eq!(restart_changes, 0, "a restart with nothing new changes nothing");
+    assert_eq!(
+        restart_changes, 0,
+        "a restart with nothing new changes nothing"
+    );
     // The Service chain rewritten, the gone endpoint's chain flushed.
-    assert!((1..=3).contains(&changed), "{changed} changes for one endpoint");
+    assert!(
+        (1..=3).contains(&changed),
+        "{changed} changes for one endpoint"
+    );
 }
 
 #[test]
