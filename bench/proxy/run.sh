@@ -31,7 +31,8 @@ result=${RESULT:-/tmp/skein-bench-proxy.json}
 
 [[ $EUID -eq 0 ]] || { echo "bench/proxy/run.sh needs root (network namespaces, nftables)" >&2; exit 1; }
 tests/install-deps.sh bench-proxy
-cargo build --release --locked -p skein -p skein-lab -p skein-bench-proxy -q
+# NO_BUILD=1: the release binaries already in the target directory, as they are.
+[[ -n ${NO_BUILD:-} ]] || cargo build --release --locked -p skein -p skein-lab -p skein-bench-proxy -q
 rel="${CARGO_TARGET_DIR:-target}/release"
 skein_lab=$rel/skein-lab
 bench=$rel/skein-bench-proxy
