@@ -93,9 +93,12 @@ pub async fn run(
         listen_port: settings.listen_port,
     }));
     let (events_driver, mut events) = skein_podnet::kernel_events()?;
+    let stop = part.cancel.clone();
     part.spawn("kernel notifications", async move {
-        events_driver.await;
-        Err::<(), _>("the netlink socket closed")
+        tokio::select! {
+            () = events_driver => Err::<(), _>("the netlink socket closed"),
+            () = stop.cancelled() => Ok(()),
+        }
     });
     let mut ruleset = skein_nft::RulesetChanges::subscribe()?;
     let mut mss = Some((

@@ -126,8 +126,13 @@ pub async fn run(
             crate::cni_install::install(&s.conf_dir, &s.bin_dir, &s.socket, s.port_mappings)
         })
     };
-    let written = install
-        .await
+    // Copying the binary can take seconds (a debug build is hundreds of MB, fsynced); a stop
+    // meanwhile does not wait for it.
+    let installed = tokio::select! {
+        r = install => r,
+        () = cancel.cancelled() => return Ok(()),
+    };
+    let written = installed
         .map_err(|e| PartError::Failed(format!("installing the CNI plugin: {e}")))?
         .map_err(PartError::io(format!(
             "installing the CNI plugin into {} and {}",
@@ -139,9 +144,12 @@ pub async fn run(
     }
     let net = PodNet::connect()?;
     let (events_driver, mut events) = skein_podnet::kernel_events()?;
+    let stop = part.cancel.clone();
     part.spawn("kernel notifications", async move {
-        events_driver.await;
-        Err::<(), _>("the netlink socket closed")
+        tokio::select! {
+            () = events_driver => Err::<(), _>("the netlink socket closed"),
+            () = stop.cancelled() => Ok(()),
+        }
     });
     let mut ruleset = skein_nft::RulesetChanges::subscribe()?;
     let mtu = pod_mtu(settings.mtu, settings.overlay_mtu);
@@ -176,25 +184,37 @@ pub async fn run(
     });
     {
         let network = network.clone();
+        let stop = part.cancel.clone();
         part.spawn("host ports publisher", async move {
-            loop {
-                network.publish_host_ports().await;
-                network.mapped.notified().await;
+            let publish = async {
+                loop {
+                    network.publish_host_ports().await;
+                    network.mapped.notified().await;
+                }
+            };
+            tokio::select! {
+                () = publish => {}
+                () = stop.cancelled() => {}
             }
-            #[allow(unreachable_code)]
             Ok::<(), String>(())
         });
     }
     {
         let network = network.clone();
+        let stop = part.cancel.clone();
         part.spawn("IPAM reporter", async move {
-            loop {
-                network.reported.notified().await;
-                network.report().await;
-                // At most a few refreshes a second, however many pods come and go.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            let report = async {
+                loop {
+                    network.reported.notified().await;
+                    network.report().await;
+                    // At most a few refreshes a second, however many pods come and go.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            };
+            tokio::select! {
+                () = report => {}
+                () = stop.cancelled() => {}
             }
-            #[allow(unreachable_code)]
             Ok::<(), String>(())
         });
     }
