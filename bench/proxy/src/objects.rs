@@ -155,14 +155,15 @@ pub async fn create(
             let (services, slices, done) = (services.clone(), slices.clone(), done.clone());
             async move {
                 let name = service_name(i);
-                ignore_exists(
-                    services
-                        .create(&PostParams::default(), &service(&name, None))
-                        .await,
-                )
+                let svc = service(&name, None);
+                retry(|| async {
+                    ignore_exists(services.create(&PostParams::default(), &svc).await)
+                })
+                .await
                 .with_context(|| format!("creating Service {name}"))?;
                 let s = slice(&name, &slice_name(i), &addresses(i, None), None);
-                ignore_exists(slices.create(&PostParams::default(), &s).await)
+                retry(|| async { ignore_exists(slices.create(&PostParams::default(), &s).await) })
+                    .await
                     .with_context(|| format!("creating EndpointSlice {}", slice_name(i)))?;
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if n % 1000 == 0 {
@@ -207,6 +208,27 @@ pub async fn target(
             .await,
     )?;
     Ok(())
+}
+
+/// A request tried again after a dropped connection or a server error (a loaded API server
+/// on SQLite sheds some of thousands of creations), up to 5 times.
+async fn retry<F, Fut>(mut request: F) -> Result<(), kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), kube::Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        match request().await {
+            Err(kube::Error::Api(e)) if e.code < 500 => return Err(kube::Error::Api(e)),
+            Err(e) if attempt < 5 => {
+                attempt += 1;
+                eprintln!("  retrying after: {e}");
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 fn ignore_exists<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
