@@ -224,7 +224,7 @@ fn a_node_cut_off_from_a_running_api_server_recovers_when_the_path_returns() {
     // New connections to the API are reset, and the ones open now are aborted.
     let cut = format!(
         "table ip skein_test_cutoff {{ chain out {{ type filter hook output priority -300; \
-         ip daddr {api} tcp dport {port} reject with tcp reset; }} }}"
+         ip daddr {api} tcp dport {port} reject with tcp reset; }}; }}"
     );
     let (ok, out) = lab.exec(&netns, &["nft", &cut]);
     assert!(ok, "{out}");
