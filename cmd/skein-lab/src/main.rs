@@ -583,7 +583,7 @@ fn up(
     lab.save()?;
     let rt = runtime()?;
     rt.block_on(async {
-        let client = wait_for_api(&lab, started).await?;
+        let client = wait_for_api(&mut lab, started).await?;
         progress(started, "RBAC for the nodes' skein");
         objects::apply_yaml(&client, &rbac_text, &rbac_path.display().to_string()).await?;
         progress(started, "starting kube-controller-manager");
@@ -681,16 +681,37 @@ async fn admin_client(lab: &Lab) -> anyhow::Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
-async fn wait_for_api(lab: &Lab, started: Instant) -> anyhow::Result<kube::Client> {
+/// The last lines of a log, for an error that names what went wrong without a second look.
+fn log_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(8)..].join("\n")
+}
+
+async fn wait_for_api(lab: &mut Lab, started: Instant) -> anyhow::Result<kube::Client> {
     let client = admin_client(lab).await?;
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut last_note = Instant::now();
+    let mut agent_restarted = false;
     loop {
         for p in ["kine", "apiserver", "agent"] {
             let process = &lab.processes[p];
             if !process.pid.is_some_and(lab::alive) {
+                let tail = log_tail(&process.log);
+                // The agent only forwards and sends heartbeats: once, it is started again
+                // (saying why it stopped) rather than failing the whole lab.
+                if p == "agent" && !agent_restarted {
+                    agent_restarted = true;
+                    progress(
+                        started,
+                        &format!("the lab agent exited; starting it again. Its log ended:\n{tail}"),
+                    );
+                    lab.spawn("agent")?;
+                    lab.save()?;
+                    continue;
+                }
                 bail!(
-                    "{p} exited while the lab was starting; its log: {}",
+                    "{p} exited while the lab was starting; its log ({}) ends:\n{tail}",
                     process.log.display()
                 );
             }
