@@ -55,7 +55,7 @@ mod tests;
 
 pub use model::*;
 pub use monitor::RulesetChanges;
-pub use netlink::{Netlink, element_bytes};
+pub use netlink::{Netlink, element_bytes, element_key_bytes};
 pub use owned::{ChainSync, OwnedChain};
 pub use render::fingerprint;
 

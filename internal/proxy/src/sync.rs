@@ -550,19 +550,50 @@ impl ProxyState {
                         (skein_nft::element_bytes(def, &e), e)
                     })
                     .collect();
-                let extra = dumped.iter().any(|b| !want_bytes.contains_key(b));
+                let extra: Vec<&Vec<u8>> = dumped
+                    .iter()
+                    .filter(|b| !want_bytes.contains_key(*b))
+                    .collect();
+                // Extra elements that are only new values of wanted keys (an endpoint changed
+                // while skein was away, or since the last plan) are replaced one by one; only
+                // an element of a key nobody wants (known here by its bytes alone) makes the
+                // set's content be replaced whole.
+                let by_key: BTreeMap<Vec<u8>, &Element> = if def.interval {
+                    BTreeMap::new()
+                } else {
+                    want_bytes
+                        .values()
+                        .map(|e| (skein_nft::element_key_bytes(def, e), e))
+                        .collect()
+                };
+                let key_len = by_key.keys().next().map_or(0, Vec::len);
+                let changed_keys: Option<Vec<Element>> = extra
+                    .iter()
+                    .map(|b| {
+                        b.get(..key_len)
+                            .and_then(|k| by_key.get(k))
+                            .map(|e| (*e).clone())
+                    })
+                    .collect();
+                let flush = !extra.is_empty() && changed_keys.is_none();
                 let mut group = Vec::new();
-                let missing: Vec<Element> = if extra {
+                let missing: Vec<Element> = if flush {
                     group.push(Op::FlushSet(set.clone()));
                     want_bytes.values().cloned().collect()
                 } else {
+                    if let Some(keys) = changed_keys.filter(|k| !k.is_empty()) {
+                        group.push(Op::DeleteElements {
+                            set: set.clone(),
+                            elements: keys,
+                        });
+                    }
                     want_bytes
                         .iter()
                         .filter(|(b, _)| !dumped.contains(*b))
                         .map(|(_, e)| e.clone())
                         .collect()
                 };
-                plan.changed += missing.len() + usize::from(extra);
+                plan.changed += missing.len() + usize::from(flush);
                 if !missing.is_empty() {
                     group.push(Op::AddElements {
                         set: set.clone(),

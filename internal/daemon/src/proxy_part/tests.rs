@@ -192,3 +192,49 @@ fn timing_of_full_and_partial_syncs() {
         );
     }
 }
+
+#[test]
+fn a_restart_that_missed_an_endpoint_change_replaces_that_element_not_the_map() {
+    if !skein_lab::skip::require_root("nftables in a private network namespace") {
+        return;
+    }
+    in_private_netns(|| {
+        let snapshot = services(50, 5);
+        let mut nl = Netlink::new().expect("netlink");
+        let mut state = ProxyState::new(ctx());
+        for tx in state
+            .plan(&snapshot, &ctx(), true)
+            .transactions(super::MAX_TRANSACTION)
+        {
+            nl.apply(&tx).expect("apply");
+        }
+        // While skein is away, one endpoint's address changes.
+        let mut next = snapshot.clone();
+        let key = ObjectKey::new("bench", "svc-7");
+        Arc::make_mut(next.endpoint_slices.get_mut(&key).expect("slice")).endpoints[0].addresses =
+            vec!["10.42.250.1".parse().expect("address")];
+        next.reindex();
+        let mut again = ProxyState::new(ctx());
+        again.adopt(Mirror::from_dump(&nl.dump().expect("dump").expect("table")));
+        let plan = again.plan(&next, &ctx(), true);
+        let script = plan.transaction().script();
+        assert!(!script.contains("flush set"), "{script}");
+        // That Service's entries only (its endpoints are drawn in address order, so a new
+        // address can move the others' indices): at most its 5.
+        assert!((1..=5).contains(&plan.changed), "{script}");
+        assert!(script.contains("10.42.250.1"), "{script}");
+        let svc7 = skein_cluster::ObjectKey::new("bench", "svc-7");
+        let ip = next.services[&svc7].cluster_ips[0].to_string();
+        assert!(
+            script.lines().all(|l| l.contains(&format!("{{ {ip} . "))),
+            "only {ip}'s entries: {script}"
+        );
+        for tx in plan.transactions(super::MAX_TRANSACTION) {
+            nl.apply(&tx).expect("apply");
+        }
+        // The kernel now holds what a fresh start wants: adopting it again finds nothing.
+        let mut third = ProxyState::new(ctx());
+        third.adopt(Mirror::from_dump(&nl.dump().expect("dump").expect("table")));
+        assert_eq!(third.plan(&next, &ctx(), true).changed, 0);
+    });
+}

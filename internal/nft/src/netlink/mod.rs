@@ -22,7 +22,7 @@ mod probe;
 mod tests;
 mod wire;
 
-pub use objects::element_bytes;
+pub use objects::{element_bytes, element_key_bytes};
 pub use probe::probe;
 
 use consts::*;

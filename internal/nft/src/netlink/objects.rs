@@ -430,6 +430,12 @@ pub fn element_bytes(set: &Set, element: &Element) -> Vec<u8> {
     )
 }
 
+/// The key part of [`element_bytes`] (for a set without intervals, where the key comes first):
+/// what tells a changed value of one key from an element of another key.
+pub fn element_key_bytes(set: &Set, element: &Element) -> Vec<u8> {
+    encode_element(Shape::of(set), element).key
+}
+
 pub(crate) fn canonical(
     key: &[u8],
     end: Option<&[u8]>,
