@@ -99,30 +99,22 @@ pub fn run(count: usize, shards: usize, repeats: usize) -> anyhow::Result<()> {
 
     // The maps and the rules that look them up.
     let mut tx = Transaction::default();
-    tx.push(Op::AddSet(map("hash_map", false)));
-    tx.push(Op::AddRule {
+    let lookup = |map: String| Op::AddRule {
         chain: "dispatch".into(),
         rule: Rule::new(
             Vec::new(),
             Action::Vmap {
                 key: KEY.to_vec(),
-                map: "hash_map".into(),
+                map,
             },
         ),
-    });
+    };
+    tx.push(Op::AddSet(map("hash_map", false)));
+    tx.push(lookup("hash_map".into()));
     for s in 0..shards {
         let name = format!("shard_{s:02}");
         tx.push(Op::AddSet(map(&name, true)));
-        tx.push(Op::AddRule {
-            chain: "dispatch".into(),
-            rule: Rule::new(
-                Vec::new(),
-                Action::Vmap {
-                    key: KEY.to_vec(),
-                    map: name,
-                },
-            ),
-        });
+        tx.push(lookup(name));
     }
     nl.apply(&tx)?;
 

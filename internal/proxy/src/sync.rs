@@ -261,6 +261,7 @@ impl ProxyState {
         // most of a small plan.
         let mut todo = Vec::new();
         let mut gone = Vec::new();
+        let mut locals_changed = false;
         {
             let mut computed = self.computed.iter().peekable();
             let mut slices = snapshot.slices_by_service.iter().peekable();
@@ -300,7 +301,7 @@ impl ProxyState {
                     fragment.elements.entry(set).or_default().extend(elements);
                 }
             }
-            count_local(&mut self.local_endpoints, &ports, true);
+            locals_changed |= count_local(&mut self.local_endpoints, &ports, true);
             let previous = self.computed.insert(
                 key.clone(),
                 Computed {
@@ -312,14 +313,14 @@ impl ProxyState {
                 },
             );
             if let Some(previous) = previous {
-                count_local(&mut self.local_endpoints, &previous.ports, false);
+                locals_changed |= count_local(&mut self.local_endpoints, &previous.ports, false);
                 old.push((Owner::Service(key.clone()), previous.fragment));
             }
             changed.insert(key.clone());
         }
         for key in gone {
             if let Some(c) = self.computed.remove(&key) {
-                count_local(&mut self.local_endpoints, &c.ports, false);
+                locals_changed |= count_local(&mut self.local_endpoints, &c.ports, false);
                 old.push((Owner::Service(key.clone()), c.fragment));
             }
             changed.insert(key);
@@ -329,9 +330,11 @@ impl ProxyState {
         }
         let host_ports = self.host_ports_before.is_some();
         old.extend(self.host_ports_before.take().map(|f| (Owner::HostPorts, f)));
-        let hairpin = crate::ruleset::hairpin_fragment(self.local_endpoints.keys());
-        let hairpin_changed = hairpin != self.hairpin;
-        if hairpin_changed {
+        // Rebuilt only when an address came or went, not on every plan.
+        let hairpin =
+            locals_changed.then(|| crate::ruleset::hairpin_fragment(self.local_endpoints.keys()));
+        let hairpin_changed = hairpin.as_ref().is_some_and(|h| *h != self.hairpin);
+        if let Some(hairpin) = hairpin.filter(|_| hairpin_changed) {
             old.push((
                 Owner::Hairpin,
                 std::mem::replace(&mut self.hairpin, hairpin),
@@ -799,17 +802,27 @@ pub fn chain_of(spec: &ChainSpec) -> &Chain {
 }
 
 /// Counts each local endpoint address of `ports` once, up (`add`) or down.
-fn count_local(counts: &mut BTreeMap<std::net::IpAddr, usize>, ports: &[ServicePort], add: bool) {
+/// True when an address gained its first Service or lost its last: the hairpin pairs change.
+fn count_local(
+    counts: &mut BTreeMap<std::net::IpAddr, usize>,
+    ports: &[ServicePort],
+    add: bool,
+) -> bool {
+    let mut changed = false;
     for addr in crate::ruleset::local_endpoint_addrs(ports) {
         if add {
-            *counts.entry(addr).or_default() += 1;
+            let n = counts.entry(addr).or_default();
+            changed |= *n == 0;
+            *n += 1;
         } else if let Some(n) = counts.get_mut(&addr) {
             *n -= 1;
             if *n == 0 {
                 counts.remove(&addr);
+                changed = true;
             }
         }
     }
+    changed
 }
 
 /// The pointer first: an object the API did not change is the same allocation.
