@@ -8,7 +8,13 @@ endpoint a change put into the rules), or nothing after TIMEOUT_SECONDS. Run und
 exec`. nft monitor reads the ruleset before it listens (seconds with 60,000 chains), so
 readiness is proven, not assumed: a scratch table is added and deleted until the monitor shows
 it, and only then is "ready" printed on stderr.
+
+The monitor never outlives this script (also when it is killed): a listener of the nftables
+notifications anywhere on the machine, in any namespace, makes the kernel build a notification
+per changed element for every commit in every namespace, which would slow each later
+measurement of either proxy.
 """
+import signal
 import subprocess
 import sys
 import threading
@@ -18,6 +24,15 @@ address, timeout = sys.argv[1], float(sys.argv[2])
 probe = 'skein_bench_probe'
 monitor = subprocess.Popen(['nft', 'monitor'],
                            stdout=subprocess.PIPE, text=True, bufsize=1)
+
+
+def stop(*_):
+    monitor.kill()
+    sys.exit(1)
+
+
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
 timer = threading.Timer(timeout, monitor.kill)
 timer.daemon = True
 timer.start()

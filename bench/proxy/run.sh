@@ -60,6 +60,11 @@ cleanup() {
 }
 "$skein_lab" --name "$lab" down >/dev/null 2>&1 || true
 trap cleanup EXIT
+# A listener of the nftables notifications anywhere on the machine makes every commit in every
+# namespace build a notification per changed element: both proxies' figures would be slower.
+if pgrep -x -a nft | grep -q monitor; then
+    log "warning: an 'nft monitor' is running ($(pgrep -x nft | tr '\n' ' ')); commits are slower while it does"
+fi
 
 log "lab up (1 node)"
 "$skein_lab" --name "$lab" up --nodes 1 --controlplane-bin "$cp_bin" >/dev/null

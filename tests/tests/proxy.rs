@@ -1,7 +1,8 @@
 //! The service proxy end to end, in 3-node labs through the real API server and EndpointSlice
 //! controller: ClusterIP from pods and nodes, the API server through the `kubernetes` Service,
 //! NodePort, ClientIP affinity and its expiry, externalTrafficPolicy and internalTrafficPolicy
-//! Local (with the health check node port), rejection without endpoints, hairpin, a UDP flow
+//! Local (with the health check node port), load-balancer source ranges, topology hints,
+//! rejection without endpoints, hairpin, a UDP flow
 //! leaving a removed endpoint, terminating endpoints, and a killed daemon that comes back to
 //! the same ruleset without breaking a connection.
 //!
@@ -134,6 +135,31 @@ fn wait_ready_endpoints(lab: &Lab, name: &str, ips: &[&str]) {
                 .map(|e| e.address.as_str())
                 .collect();
             (ready == want).then_some(())
+        },
+    );
+}
+
+/// Waits until `node`'s proxy has programmed Service `name` with exactly the endpoint
+/// addresses `ips`: its page lists what the last sync put into the kernel. A probe that must
+/// be dropped there waits for this first; before the node has the endpoints, a Service it
+/// knows without any is refused, which is a different (and right) answer.
+fn wait_programmed(lab: &Lab, node: &str, name: &str, ips: &[&str]) {
+    let want: BTreeSet<&str> = ips.iter().copied().collect();
+    lab.wait(
+        &format!("{node}'s proxy to program Service {name} with endpoints {ips:?}"),
+        PROGRAMMED,
+        || {
+            let section = services_section(lab, node)?;
+            let rows = section["services"].as_array()?;
+            let mut seen = BTreeSet::new();
+            for row in rows.iter().filter(|r| r["name"] == name) {
+                for e in row["endpoints"].as_array()? {
+                    let address: std::net::SocketAddr = e["address"].as_str()?.parse().ok()?;
+                    seen.insert(address.ip().to_string());
+                }
+            }
+            let seen: BTreeSet<&str> = seen.iter().map(String::as_str).collect();
+            (seen == want).then_some(())
         },
     );
 }
@@ -315,9 +341,7 @@ fn a_node_port_answers_on_every_nodes_address_from_another_node_and_from_outside
     // The external IP, routed by the outside machine through a node with an endpoint and
     // through one without.
     for via in ["node-1", "node-3"] {
-        let route = ["ip", "route", "replace", "203.0.113.10/32", "via"];
-        let (ok, out) = lab.exec(&outside, &[&route[..], &[&lab.address(via)]].concat());
-        assert!(ok, "{out}");
+        route_via(&lab, &outside, "203.0.113.10", via);
         for protocol in ["tcp", "udp"] {
             first_answer(&lab, &outside, protocol, "203.0.113.10:80");
             for (name, _) in answers(&lab, &outside, protocol, "203.0.113.10:80", 5) {
@@ -456,6 +480,7 @@ fn external_traffic_policy_local_keeps_the_client_address_and_drops_where_no_end
     // node-2 has no local endpoint: the connection is dropped (times out), not refused or
     // reset, so the client's load balancer moves on by its health check.
     for n in ["node-2", "node-3"] {
+        wait_programmed(&lab, n, "local", &[&pods[0].1]);
         let p = lab.probe_outcome(&outside, "tcp", &node(n, 30081), &["--timeout", "2s"]);
         assert_eq!(
             p.error_kind.as_deref(),
@@ -533,6 +558,7 @@ fn internal_traffic_policy_local_reaches_only_the_clients_own_node() {
     // node-3 has no endpoint of its own: its pods' connections are dropped, as kube-proxy
     // drops them (the Service has endpoints, just none here; kube-proxy rejects only a
     // Service without any endpoint).
+    wait_programmed(&lab, "node-3", "itp", &[&pods[0].1, &pods[1].1]);
     let p = lab.probe_outcome(&pods[4].0, "tcp", &vip, &["--timeout", "2s"]);
     assert_eq!(
         p.error_kind.as_deref(),
@@ -632,6 +658,173 @@ fn a_pod_reaches_itself_through_its_service() {
         for (name, _) in answers(&lab, ns, protocol, &vip, 5) {
             assert_eq!(name, "hp");
         }
+    }
+}
+
+/// Routes `address/32` from the outside namespace `ns` through `node`, as a router in front
+/// of the cluster would send a load balancer's or an external IP's traffic.
+fn route_via(lab: &Lab, ns: &str, address: &str, node: &str) {
+    let route = format!("{address}/32");
+    let via = lab.address(node);
+    let (ok, out) = lab.exec(ns, &["ip", "route", "replace", &route, "via", &via]);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn load_balancer_source_ranges_admit_only_their_clients_to_the_load_balancer_address() {
+    let Some(_one) = lab::exclusive() else {
+        return;
+    };
+    let lab = Lab::up(3, &[]);
+    const INGRESS: &str = "203.0.113.20";
+    const DENIED: &str = "198.18.0.201";
+    // The lab has no load balancer: the Service's status names the ingress address, as a
+    // cloud controller would set it.
+    let lb = |ranges: &str| {
+        format!(
+            "{}status: {{loadBalancer: {{ingress: [{{ip: {INGRESS}}}]}}}}\n",
+            service(
+                "lb",
+                "lb",
+                &format!(
+                    "type: LoadBalancer, loadBalancerSourceRanges: [{ranges}], \
+                     ports: [{{port: 80, targetPort: 8080}}]"
+                ),
+            )
+        )
+    };
+    let pods = apply_and_run(
+        &lab,
+        &[
+            pod("lb-1", "node-1", "lb", ""),
+            lb(&format!("{OUTSIDE}/32")),
+        ],
+        &["lb-1"],
+    );
+    wait_ready_endpoints(&lab, "lb", &[&pods[0].1]);
+    let node_port = service_object(&lab, "lb")["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .expect("a nodePort");
+    let allowed = lab.outside("out", OUTSIDE);
+    let denied = lab.outside("deny", DENIED);
+    let target = format!("{INGRESS}:80");
+    // Through a node with the endpoint and through one without (eTP Cluster forwards).
+    for via in ["node-1", "node-3"] {
+        route_via(&lab, &allowed, INGRESS, via);
+        route_via(&lab, &denied, INGRESS, via);
+        let (name, _) = first_answer(&lab, &allowed, "tcp", &target);
+        assert_eq!(name, "lb-1", "the allowed client via {via}");
+        let p = lab.probe_outcome(&denied, "tcp", &target, &["--timeout", "2s"]);
+        assert_eq!(
+            p.error_kind.as_deref(),
+            Some("timeout"),
+            "a client outside loadBalancerSourceRanges is dropped at the load balancer's \
+             address via {via}: {p:?}"
+        );
+    }
+    // The ranges guard the load balancer's address only, as kube-proxy's do: the same client
+    // reaches the Service's NodePort.
+    let (name, _) = first_answer(
+        &lab,
+        &denied,
+        "tcp",
+        &format!("{}:{node_port}", lab.address("node-3")),
+    );
+    assert_eq!(name, "lb-1");
+    // Its address added to the ranges, it is admitted too: the ranges, not the route, kept it
+    // out.
+    lab.apply(&lb(&format!("{OUTSIDE}/32, {DENIED}/32")));
+    let (name, _) = first_answer(&lab, &denied, "tcp", &target);
+    assert_eq!(name, "lb-1");
+    let (name, _) = first_answer(&lab, &allowed, "tcp", &target);
+    assert_eq!(name, "lb-1");
+}
+
+/// The zones the EndpointSlice controller hinted for each endpoint address of Service `name`,
+/// once every endpoint has some.
+fn zone_hints(lab: &Lab, name: &str) -> Option<BTreeMap<String, Vec<String>>> {
+    let out = lab.run(&["get", "endpointslices", "-o", "json"]).1;
+    let slices: serde_json::Value = serde_json::from_str(&out).ok()?;
+    let mut hints = BTreeMap::new();
+    for slice in slices.as_array()?.iter().filter(|s| slice_of(s, name)) {
+        for ep in slice["endpoints"].as_array()? {
+            let zones: Vec<String> = ep["hints"]["forZones"]
+                .as_array()?
+                .iter()
+                .filter_map(|z| z["name"].as_str().map(String::from))
+                .collect();
+            hints.insert(ep["addresses"][0].as_str()?.to_string(), zones);
+        }
+    }
+    (!hints.is_empty()).then_some(hints)
+}
+
+#[test]
+fn topology_hints_keep_a_clients_connections_in_its_own_zone() {
+    let Some(_one) = lab::exclusive() else {
+        return;
+    };
+    let lab = Lab::up(3, &[]);
+    // node-1 and node-2 in zone-a, node-3 in zone-b; the EndpointSlice controller gives each
+    // endpoint its node's zone (`trafficDistribution: PreferClose`).
+    for (node, zone) in [
+        ("node-1", "zone-a"),
+        ("node-2", "zone-a"),
+        ("node-3", "zone-b"),
+    ] {
+        lab.apply(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {node}, labels: \
+             {{topology.kubernetes.io/zone: {zone}}}}}\n"
+        ));
+    }
+    let pods = apply_and_run(
+        &lab,
+        &[
+            pod("web-1", "node-1", "web", ""),
+            pod("web-3", "node-3", "web", ""),
+            pod("c-2", "node-2", "client", ""),
+            pod("c-3", "node-3", "client", ""),
+            service(
+                "web",
+                "web",
+                "trafficDistribution: PreferClose, ports: [{port: 80, targetPort: 8080}]",
+            ),
+        ],
+        &["web-1", "web-3", "c-2", "c-3"],
+    );
+    wait_ready_endpoints(&lab, "web", &[&pods[0].1, &pods[1].1]);
+    let hints = lab.wait("zone hints on every endpoint", PROGRAMMED, || {
+        zone_hints(&lab, "web")
+    });
+    assert_eq!(
+        hints,
+        BTreeMap::from([
+            (pods[0].1.clone(), vec!["zone-a".to_string()]),
+            (pods[1].1.clone(), vec!["zone-b".to_string()]),
+        ]),
+        "the controller's hints"
+    );
+    let vip = format!("{}:80", cluster_ip(&lab, "web"));
+    // Before the hints reach a node its rules use both endpoints (and a connection to the
+    // other zone's may go unanswered while the overlay to its node comes up): wait for a run
+    // of answers from the client's zone alone, then every later one must be from it too.
+    for (client, zone_endpoint) in [(&pods[2], "web-1"), (&pods[3], "web-3")] {
+        lab.wait(
+            &format!("{} to reach only {zone_endpoint}", client.0),
+            PROGRAMMED,
+            || {
+                let got = (0..10)
+                    .map(|_| lab.ask(&client.0, "tcp", &vip).map(|(name, _)| name))
+                    .collect::<Option<BTreeSet<String>>>()?;
+                (got.len() == 1 && got.contains(zone_endpoint)).then_some(())
+            },
+        );
+        let got = names(&answers(&lab, &client.0, "tcp", &vip, 20));
+        assert_eq!(
+            got,
+            BTreeSet::from([zone_endpoint.to_string()]),
+            "a client in {zone_endpoint}'s zone"
+        );
     }
 }
 

@@ -90,8 +90,8 @@ pub fn run(count: usize, changes: usize) -> anyhow::Result<()> {
     state.adopt(dump.as_ref().map(Mirror::from_dump).unwrap_or_default());
     let dumped = t.elapsed();
     let t = Instant::now();
-    let plan = state.plan(&snap, &ctx, true);
-    let txs = plan.transactions(MAX_TRANSACTION);
+    let mut plan = state.plan(&snap, &ctx, true);
+    let txs = plan.take_transactions(MAX_TRANSACTION);
     let planned = t.elapsed();
     let t = Instant::now();
     for tx in &txs {
@@ -117,8 +117,8 @@ pub fn run(count: usize, changes: usize) -> anyhow::Result<()> {
     state.adopt(dump.as_ref().map(Mirror::from_dump).unwrap_or_default());
     let redumped = t.elapsed();
     let t = Instant::now();
-    let plan = state.plan(&snap, &ctx, true);
-    let txs = plan.transactions(MAX_TRANSACTION);
+    let mut plan = state.plan(&snap, &ctx, true);
+    let txs = plan.take_transactions(MAX_TRANSACTION);
     for tx in &txs {
         nl.apply(tx)?;
     }
@@ -143,8 +143,8 @@ pub fn run(count: usize, changes: usize) -> anyhow::Result<()> {
         next.reindex();
         snap = next;
         let t = Instant::now();
-        let plan = state.plan(&snap, &ctx, false);
-        let txs = plan.transactions(MAX_TRANSACTION);
+        let mut plan = state.plan(&snap, &ctx, false);
+        let txs = plan.take_transactions(MAX_TRANSACTION);
         let p = t.elapsed();
         let t = Instant::now();
         for tx in &txs {

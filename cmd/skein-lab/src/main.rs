@@ -72,7 +72,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Create or update the objects in a YAML file (server-side apply).
+    /// Create or update the objects in a YAML file (server-side apply; a `status` in a document
+    /// goes to the status subresource, as a cloud controller would set it).
     Apply {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,

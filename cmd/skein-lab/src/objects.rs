@@ -1,5 +1,6 @@
 //! `skein-lab apply -f` and `skein-lab get`: any kind the API server serves, found through
-//! discovery, applied server-side (like `kubectl apply --server-side`).
+//! discovery, applied server-side (like `kubectl apply --server-side`); a document's `status`
+//! is applied to the status subresource as well.
 
 use anyhow::Context;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -63,6 +64,17 @@ pub async fn apply_yaml(
         )
         .await
         .with_context(|| format!("{origin}: applying {}/{name}", types.kind))?;
+        // The lab has no cloud controller nor kubelet for every field: a document that carries
+        // a `status` (a Service's load-balancer ingress, say) sets it as their owner would.
+        if object.data.get("status").is_some_and(|s| !s.is_null()) {
+            api.patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&object),
+            )
+            .await
+            .with_context(|| format!("{origin}: applying the status of {}/{name}", types.kind))?;
+        }
         applied.push(format!("{}/{name}", types.kind.to_lowercase()));
     }
     Ok(applied)

@@ -20,9 +20,11 @@ use crate::health::{ApiHealth, Kind, describe};
 use crate::snapshot::Snapshot;
 use crate::state::{ClusterState, Report};
 
-/// Long enough to gather a rollout's burst of pod and EndpointSlice changes into one snapshot,
-/// short enough that a new endpoint is served without a noticeable delay.
-pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(30);
+/// Long enough to gather a burst of pod and EndpointSlice changes (the API sends one change's
+/// events within a few milliseconds) into one snapshot, short enough that it is not most of a
+/// new endpoint's programming latency: a publish costs 0.01 ms at 10,000 Services, the proxy's
+/// partial sync a few, so at 30 ms the wait was three quarters of the median.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Clone)]
 pub struct ViewOptions {

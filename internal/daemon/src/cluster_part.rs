@@ -6,14 +6,14 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use skein_cluster::{ApiHealth, NodeAnnouncement, Snapshot, WireGuardPublicKey};
 use skein_status::{PartHandle, StatusBoard};
 use tokio::sync::watch;
 
 use crate::overlay_part::Identity;
-use crate::sections::{ClusterSection, NodeSummary, ServiceSummary};
+use crate::sections::ClusterSection;
 use crate::{Part, PartError, PartResult};
 use skein_names::IfName;
 
@@ -50,61 +50,6 @@ pub fn annotations_outdated(
     match snapshot.node(node) {
         Some(n) => desired.iter().any(|(k, v)| n.skein.get(k) != Some(v)),
         None => !desired.is_empty(),
-    }
-}
-
-/// The status board's picture of a snapshot.
-pub fn summarize(snapshot: &Snapshot, health: &ApiHealth, me: &str) -> ClusterSection {
-    ClusterSection {
-        api_reachable: health.reachable,
-        api_since: health
-            .since
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        synced: health.synced,
-        snapshot_version: snapshot.version,
-        nodes: snapshot
-            .nodes
-            .values()
-            .map(|n| NodeSummary {
-                name: n.name.clone(),
-                pod_cidrs: n.pod_cidrs.iter().map(ToString::to_string).collect(),
-                internal_ip: n.internal_ip.map(|ip| ip.to_string()),
-                underlay_address: NodeAnnouncement::from_annotations(&n.skein)
-                    .ok()
-                    .and_then(|a| a.underlay_address)
-                    .map(|ip| ip.to_string()),
-                ready: n.ready,
-                this_node: n.name == me,
-            })
-            .collect(),
-        services: snapshot
-            .services
-            .iter()
-            .map(|(key, s)| {
-                // The slice index, not a walk of every slice per Service: at 10,000 Services
-                // that walk took seconds, on the path every snapshot takes to the other parts.
-                let mut endpoints: Vec<String> = snapshot
-                    .slices_of(key)
-                    .iter()
-                    .flat_map(|e| {
-                        e.endpoints
-                            .iter()
-                            .filter(|ep| ep.ready)
-                            .flat_map(|ep| ep.addresses.iter())
-                    })
-                    .map(ToString::to_string)
-                    .collect();
-                endpoints.sort();
-                endpoints.dedup();
-                ServiceSummary {
-                    namespace: s.namespace.clone(),
-                    name: s.name.clone(),
-                    cluster_ips: s.cluster_ips.iter().map(ToString::to_string).collect(),
-                    endpoints,
-                }
-            })
-            .collect(),
     }
 }
 
@@ -208,10 +153,6 @@ pub async fn run(
     let mut publish_error: Option<String> = None;
     let mut next_publish = tokio::time::Instant::now();
     let section = crate::sections::cluster_section(&board);
-    // The page's cluster section: at most once a second (a row per Service), and a second
-    // after a snapshot it missed.
-    let mut next_section = tokio::time::Instant::now();
-    let mut section_version = 0;
 
     loop {
         let snapshot: Arc<Snapshot> = snapshots.borrow().clone();
@@ -221,12 +162,8 @@ pub async fn run(
             if feed.borrow().version != snapshot.version {
                 feed.send_replace(snapshot.clone());
             }
-            let now = tokio::time::Instant::now();
-            if now >= next_section {
-                section.set(&summarize(&snapshot, &api, &node));
-                section_version = snapshot.version;
-                next_section = now + SECTION_EVERY;
-            }
+            // The page's section holds the snapshot; its rows are made when someone asks.
+            section.set(ClusterSection::new(snapshot.clone(), &api, &node));
         }
         if api.synced
             && tokio::time::Instant::now() >= next_publish
@@ -259,12 +196,9 @@ pub async fn run(
                 next_publish = tokio::time::Instant::now();
             },
             _ = tokio::time::sleep_until(next_publish), if publish_error.is_some() || annotations_outdated(&snapshot, &node, &desired) => {}
-            _ = tokio::time::sleep_until(next_section), if api.synced && section_version != snapshot.version => {}
         }
     }
 }
-
-const SECTION_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the part last told the board, so the board hears only changes.
 #[derive(Debug, Default, PartialEq)]

@@ -115,7 +115,7 @@ async fn each_section_is_served_at_its_own_path_with_its_lists_paged() {
         (200, "null"),
         "before the part reports"
     );
-    peers.set(&Peers {
+    peers.set(Peers {
         interface: "skein-wg".into(),
         peers: (0..7).collect(),
     });

@@ -9,6 +9,7 @@
 //! the transaction's size.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -378,33 +379,41 @@ impl Set {
 pub enum Mapped {
     Verdict(Verdict),
     /// One value per part of the map's data type.
-    Data(Vec<Value>),
+    Data(Values),
 }
+
+/// The values of an element's key or data, shared: a proxy holds each element in several
+/// places (what a Service wants, who claims the key, what the kernel has) and copies it into
+/// every plan, so a copy is a reference count, not an allocation.
+pub type Values = Arc<[Value]>;
 
 /// One element of a set or map: a key (one value per part of the set's key; a [`Value::Net`]
 /// for a range in an interval set) and, in a map, what it maps to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Element {
-    pub key: Vec<Value>,
+    pub key: Values,
     pub value: Option<Mapped>,
 }
 
 impl Element {
-    pub fn key(key: Vec<Value>) -> Self {
-        Self { key, value: None }
+    pub fn key(key: impl Into<Values>) -> Self {
+        Self {
+            key: key.into(),
+            value: None,
+        }
     }
 
-    pub fn mapped(key: Vec<Value>, verdict: Verdict) -> Self {
+    pub fn mapped(key: impl Into<Values>, verdict: Verdict) -> Self {
         Self {
-            key,
+            key: key.into(),
             value: Some(Mapped::Verdict(verdict)),
         }
     }
 
-    pub fn data(key: Vec<Value>, data: Vec<Value>) -> Self {
+    pub fn data(key: impl Into<Values>, data: impl Into<Values>) -> Self {
         Self {
-            key,
-            value: Some(Mapped::Data(data)),
+            key: key.into(),
+            value: Some(Mapped::Data(data.into())),
         }
     }
 

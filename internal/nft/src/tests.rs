@@ -354,9 +354,10 @@ fn only_commits_that_touch_skeins_table_count() {
     let newgen = nlmsg((10 << 8) | 15, &[0, 0, 0, 0]);
     let scan = |datagrams: &[Vec<u8>]| {
         let mut touched = false;
+        let mut elsewhere = Vec::new();
         datagrams
             .iter()
-            .map(|d| crate::monitor::scan(d, &mut touched))
+            .map(|d| crate::monitor::scan(d, &mut touched, &mut elsewhere))
             .collect::<Vec<_>>()
     };
     // Another program's table, and a table named skein in another family: no change for skein.

@@ -156,9 +156,7 @@ impl HostPorts {
             let (set, key) = claim.clone();
             fragment
                 .elements
-                .entry(set)
-                .or_default()
-                .insert(Element::mapped(key, Verdict::Goto(chain)));
+                .insert(&set, Element::mapped(key, Verdict::Goto(chain)));
             claimed.insert(claim, p);
             programmed.push(p.clone());
         }

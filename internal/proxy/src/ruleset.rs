@@ -39,7 +39,7 @@
 //! Every chain and set a Service port owns carries a hash of the port's identity in its name,
 //! so no two collide, and a readable tail for people.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -158,15 +158,93 @@ pub struct SetSpec {
 pub struct Fragment {
     pub chains: Vec<ChainSpec>,
     pub sets: Vec<SetSpec>,
-    pub elements: BTreeMap<String, BTreeSet<Element>>,
+    pub elements: SetElements,
 }
 
 impl Fragment {
     fn element(&mut self, set: &str, element: Element) {
-        self.elements
-            .entry(set.to_string())
-            .or_default()
-            .insert(element);
+        self.elements.insert(set, element);
+    }
+}
+
+/// Elements by set: the sets in name order, each set's elements in order and unique (what a
+/// `BTreeMap<String, BTreeSet<Element>>` holds, in vectors). A Service's fragment has a few
+/// elements in each of a few sets, and kept 10,000 times: a B-tree's node is sized for eleven,
+/// which made these maps the largest thing the proxy held.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetElements(Vec<(String, Vec<Element>)>);
+
+impl SetElements {
+    /// Adds `element` to `set` (once: an equal element is kept as it is).
+    pub fn insert(&mut self, set: &str, element: Element) {
+        let elements = self.set_mut(set);
+        if let Err(at) = elements.binary_search(&element) {
+            elements.insert(at, element);
+        }
+    }
+
+    /// Adds every one of `elements` to `set`.
+    pub fn extend(&mut self, set: &str, elements: impl IntoIterator<Item = Element>) {
+        for e in elements {
+            self.insert(set, e);
+        }
+    }
+
+    fn set_mut(&mut self, set: &str) -> &mut Vec<Element> {
+        let at = match self.0.binary_search_by(|(name, _)| name.as_str().cmp(set)) {
+            Ok(at) => at,
+            Err(at) => {
+                self.0.insert(at, (set.to_string(), Vec::new()));
+                at
+            }
+        };
+        &mut self.0[at].1
+    }
+
+    pub fn get(&self, set: &str) -> Option<&[Element]> {
+        self.0
+            .binary_search_by(|(name, _)| name.as_str().cmp(set))
+            .ok()
+            .map(|at| self.0[at].1.as_slice())
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(name, _)| name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &[Element])> {
+        self.0.iter().map(|(name, e)| (name, e.as_slice()))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Gives back the room the vectors grew into: the fragment is kept as it is now.
+    pub fn shrink_to_fit(&mut self) {
+        for (_, elements) in &mut self.0 {
+            elements.shrink_to_fit();
+        }
+        self.0.shrink_to_fit();
+    }
+}
+
+impl<'a> IntoIterator for &'a SetElements {
+    type Item = (&'a String, &'a [Element]);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (String, Vec<Element>)>,
+        fn(&'a (String, Vec<Element>)) -> (&'a String, &'a [Element]),
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(name, e)| (name, e.as_slice()))
+    }
+}
+
+impl IntoIterator for SetElements {
+    type Item = (String, Vec<Element>);
+    type IntoIter = std::vec::IntoIter<(String, Vec<Element>)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
     }
 }
 

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use skein_cluster::{EndpointSlice, ObjectKey, Service, Snapshot};
-use skein_nft::{Chain, Element, Mapped, Op, Set, Transaction, Value, fingerprint};
+use skein_nft::{Chain, Element, Mapped, Op, Set, Transaction, Value, Values, fingerprint};
 
 use crate::host_ports::{HostPort, HostPortClash, HostPorts};
 use crate::ruleset::{
@@ -27,7 +27,8 @@ use crate::service_map::{NodeContext, ServicePort, Unprogrammable, service_ports
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Owner {
     Static,
-    Service(ObjectKey),
+    /// Shared: every element a Service claims names it.
+    Service(Arc<ObjectKey>),
     /// The pods' host ports, as one.
     HostPorts,
     /// The hairpin pairs of every local endpoint, which Services share.
@@ -39,7 +40,8 @@ enum Owner {
 struct Computed {
     service: Arc<Service>,
     slices: Vec<Arc<EndpointSlice>>,
-    ports: Vec<ServicePort>,
+    /// Shared, so the page can show them off the sync's path.
+    ports: Arc<[ServicePort]>,
     fragment: Fragment,
     problems: Vec<String>,
 }
@@ -51,7 +53,7 @@ pub struct Mirror {
     pub chains: BTreeMap<String, Vec<Option<u64>>>,
     pub sets: BTreeSet<String>,
     /// Set → key → what it maps to, for sets whose elements skein manages.
-    pub elements: BTreeMap<String, BTreeMap<Vec<Value>, Option<Mapped>>>,
+    pub elements: BTreeMap<String, BTreeMap<Values, Option<Mapped>>>,
     /// Sets known only from a kernel dump: their elements' bytes ([`skein_nft::element_bytes`]).
     pub dumped: BTreeMap<String, BTreeSet<Vec<u8>>>,
 }
@@ -138,18 +140,19 @@ impl Plan {
     }
 
     /// The groups packed into transactions of at most `max_weight` ([`Op::weight`]) each, in
-    /// order; a group bigger than that is a transaction of its own.
-    pub fn transactions(&self, max_weight: usize) -> Vec<Transaction> {
+    /// order; a group bigger than that is a transaction of its own. The groups move into them:
+    /// a full sync's tens of thousands of elements are not held twice.
+    pub fn take_transactions(&mut self, max_weight: usize) -> Vec<Transaction> {
         let mut out: Vec<Transaction> = Vec::new();
         let mut current = Transaction::default();
         let mut weight = 0;
-        for group in &self.groups {
+        for group in std::mem::take(&mut self.groups) {
             let w: usize = group.iter().map(Op::weight).sum();
             if weight > 0 && weight + w > max_weight {
                 out.push(std::mem::take(&mut current));
                 weight = 0;
             }
-            current.ops.extend(group.iter().cloned());
+            current.ops.extend(group);
             weight += w;
         }
         if !current.is_empty() {
@@ -172,9 +175,9 @@ pub struct ProxyState {
     ctx: NodeContext,
     computed: BTreeMap<ObjectKey, Computed>,
     static_fragment: Fragment,
-    /// Which owner holds each element key of the shared maps (the first one, in key order,
-    /// when two Services claim the same destination).
-    claims: BTreeMap<(String, Vec<Value>), Owner>,
+    /// Which owner holds each element key of the shared maps, per set (the first one, in key
+    /// order, when two Services claim the same destination).
+    claims: BTreeMap<String, BTreeMap<Values, Owner>>,
     mirror: Mirror,
     clashes: BTreeMap<ObjectKey, Vec<String>>,
     host_ports: HostPorts,
@@ -228,6 +231,12 @@ impl ProxyState {
             }
         }
         c
+    }
+
+    /// Every programmed Service port, a list per Service, shared rather than copied: what the
+    /// page shows, built on another thread than the sync's.
+    pub fn port_lists(&self) -> Vec<Arc<[ServicePort]>> {
+        self.computed.values().map(|c| c.ports.clone()).collect()
     }
 
     /// The pods' host ports, in the order their claims came (the first of two claims of one
@@ -298,30 +307,33 @@ impl ProxyState {
                 fragment.chains.extend(f.chains);
                 fragment.sets.extend(f.sets);
                 for (set, elements) in f.elements {
-                    fragment.elements.entry(set).or_default().extend(elements);
+                    fragment.elements.extend(&set, elements);
                 }
             }
+            fragment.elements.shrink_to_fit();
+            fragment.chains.shrink_to_fit();
+            fragment.sets.shrink_to_fit();
             locals_changed |= count_local(&mut self.local_endpoints, &ports, true);
             let previous = self.computed.insert(
                 key.clone(),
                 Computed {
                     service: service.clone(),
                     slices: own.to_vec(),
-                    ports,
+                    ports: ports.into(),
                     fragment,
                     problems,
                 },
             );
             if let Some(previous) = previous {
                 locals_changed |= count_local(&mut self.local_endpoints, &previous.ports, false);
-                old.push((Owner::Service(key.clone()), previous.fragment));
+                old.push((Owner::Service(Arc::new(key.clone())), previous.fragment));
             }
             changed.insert(key.clone());
         }
         for key in gone {
             if let Some(c) = self.computed.remove(&key) {
                 locals_changed |= count_local(&mut self.local_endpoints, &c.ports, false);
-                old.push((Owner::Service(key.clone()), c.fragment));
+                old.push((Owner::Service(Arc::new(key.clone())), c.fragment));
             }
             changed.insert(key);
         }
@@ -363,10 +375,12 @@ impl ProxyState {
             // claim): the keys of their old fragments they held.
             for (owner, fragment) in old {
                 for (set, elements) in &fragment.elements {
+                    let Some(claims) = self.claims.get_mut(set) else {
+                        continue;
+                    };
                     for e in elements {
-                        let claim = (set.clone(), e.key.clone());
-                        if self.claims.get(&claim) == Some(owner) {
-                            self.claims.remove(&claim);
+                        if claims.get(&e.key) == Some(owner) {
+                            claims.remove(&e.key);
                         }
                     }
                 }
@@ -388,21 +402,20 @@ impl ProxyState {
             owners.extend(
                 self.computed
                     .iter()
-                    .map(|(k, c)| (Owner::Service(k.clone()), &c.fragment)),
+                    .map(|(k, c)| (Owner::Service(Arc::new(k.clone())), &c.fragment)),
             );
         } else {
             owners.extend(changed.iter().filter_map(|k| {
                 self.computed
                     .get(k)
-                    .map(|c| (Owner::Service(k.clone()), &c.fragment))
+                    .map(|c| (Owner::Service(Arc::new(k.clone())), &c.fragment))
             }));
         }
 
         // What the compared owners want.
         let mut want_chains: BTreeMap<&str, &ChainSpec> = BTreeMap::new();
         let mut want_sets: BTreeMap<&str, &SetSpec> = BTreeMap::new();
-        let mut want_elements: BTreeMap<String, BTreeMap<Vec<Value>, Option<Mapped>>> =
-            BTreeMap::new();
+        let mut want_elements: BTreeMap<String, BTreeMap<Values, Option<Mapped>>> = BTreeMap::new();
         for (owner, fragment) in &owners {
             for c in &fragment.chains {
                 want_chains.insert(&c.chain.name, c);
@@ -411,12 +424,13 @@ impl ProxyState {
                 want_sets.insert(&s.set.name, s);
             }
             for (set, elements) in &fragment.elements {
+                let claims = self.claims.entry(set.clone()).or_default();
+                let wanted = want_elements.entry(set.clone()).or_default();
                 for e in elements {
-                    let claim = (set.clone(), e.key.clone());
-                    match self.claims.get(&claim) {
+                    match claims.get(&e.key) {
                         Some(other) if other != owner => {
                             if let Owner::Service(k) = owner {
-                                self.clashes.entry(k.clone()).or_default().push(format!(
+                                self.clashes.entry((**k).clone()).or_default().push(format!(
                                     "{} {} is already taken by {}",
                                     set,
                                     key_text(&e.key),
@@ -431,13 +445,10 @@ impl ProxyState {
                             continue;
                         }
                         _ => {
-                            self.claims.insert(claim, owner.clone());
+                            claims.insert(e.key.clone(), owner.clone());
                         }
                     }
-                    want_elements
-                        .entry(set.clone())
-                        .or_default()
-                        .insert(e.key.clone(), e.value.clone());
+                    wanted.insert(e.key.clone(), e.value.clone());
                 }
             }
         }
@@ -612,14 +623,14 @@ impl ProxyState {
             let have = self.mirror.elements.entry(set.clone()).or_default();
             // The keys to compare: on a full plan all of them; on a partial one those the
             // changed owners want now or had before.
-            let candidates: BTreeSet<Vec<Value>> = if full {
+            let candidates: BTreeSet<Values> = if full {
                 have.keys().chain(want.keys()).cloned().collect()
             } else {
                 want.keys()
                     .cloned()
                     .chain(
                         old.iter()
-                            .filter_map(|f| f.elements.get(&set))
+                            .filter_map(|f| f.elements.get(set.as_str()))
                             .flatten()
                             .map(|e| e.key.clone()),
                     )
@@ -631,7 +642,7 @@ impl ProxyState {
                 if !full
                     && !want.contains_key(&key)
                     && matches!(
-                        self.claims.get(&(set.clone(), key.clone())),
+                        self.claims.get(&set).and_then(|c| c.get(&key)),
                         Some(Owner::Static) | Some(Owner::Service(_))
                     )
                 {

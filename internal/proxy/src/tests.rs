@@ -823,11 +823,12 @@ fn big_plans_are_cut_into_bounded_transactions_at_group_boundaries() {
         );
     }
     let mut state = ProxyState::new(ctx());
-    let plan = state.plan(&w.snapshot, &ctx(), true);
-    let txs = plan.transactions(500);
+    let mut plan = state.plan(&w.snapshot, &ctx(), true);
+    let all = plan.transaction().ops;
+    let txs = plan.take_transactions(500);
     assert!(txs.len() > 2, "{}", txs.len());
-    let total: usize = txs.iter().map(|t| t.ops.len()).sum();
-    assert_eq!(total, plan.transaction().ops.len());
+    let packed: Vec<Op> = txs.iter().flat_map(|t| t.ops.iter().cloned()).collect();
+    assert_eq!(packed, all, "every op, once, in order");
     // A flushed chain is refilled in the same transaction.
     for tx in &txs {
         let flushed: Vec<&String> = tx

@@ -470,7 +470,7 @@ impl Tracer {
                 for k in keys {
                     let found = elements.iter().find(|e| key_matches(&e.key, &k));
                     out.push(match found.map(|e| &e.value) {
-                        Some(Some(Mapped::Data(d))) => match d.as_slice() {
+                        Some(Some(Mapped::Data(d))) => match &d[..] {
                             [Value::Addr(a), Value::Port(p)] => {
                                 (path.clone(), Flow::Accept(Some((*a, *p))))
                             }

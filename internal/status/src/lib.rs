@@ -16,7 +16,9 @@ mod section;
 #[cfg(test)]
 mod tests;
 
-pub use section::{Page, Section, SectionHandle, SectionOverview, valid_section_name};
+pub use section::{
+    Page, Section, SectionHandle, SectionOverview, paged_details, valid_section_name,
+};
 
 /// A part's health, as the page shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

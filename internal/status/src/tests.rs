@@ -140,7 +140,7 @@ fn a_registered_section_shows_its_summary_in_the_overview() {
     assert_eq!(v["sections"]["ipam"]["summary"], serde_json::Value::Null);
     assert_eq!(v["sections"]["ipam"]["href"], "/api/v1/ipam");
     assert_eq!(v["sections"]["ipam"]["title"], "Pods");
-    section.set(&pods(3));
+    section.set(pods(3));
     let v = serde_json::to_value(b.report()).expect("json");
     assert_eq!(
         v["sections"]["ipam"]["summary"],
@@ -156,7 +156,7 @@ fn a_registered_section_shows_its_summary_in_the_overview() {
 #[test]
 fn section_details_page_their_lists_and_tell_totals() {
     let b = board();
-    b.section::<Pods>("ipam").set(&pods(5));
+    b.section::<Pods>("ipam").set(pods(5));
     let all = b
         .section_details("ipam", Page::default())
         .expect("registered");
@@ -181,13 +181,13 @@ fn section_details_page_their_lists_and_tell_totals() {
 #[test]
 fn a_section_registered_again_keeps_its_last_value() {
     let b = board();
-    b.section::<Pods>("ipam").set(&pods(2));
+    b.section::<Pods>("ipam").set(pods(2));
     let again = b.section::<Pods>("ipam");
     let details = b
         .section_details("ipam", Page::default())
         .expect("registered");
     assert_eq!(details["page"]["totals"]["pods"], 2);
-    again.set(&pods(1));
+    again.set(pods(1));
     assert_eq!(
         b.section_details("ipam", Page::default())
             .expect("registered")["page"]["totals"]["pods"],

@@ -136,7 +136,7 @@ mod tests {
                 state.set_host_ports(ports.clone());
                 for tx in state
                     .plan(&snapshot, &ctx, true)
-                    .transactions(super::super::MAX_TRANSACTION)
+                    .take_transactions(super::super::MAX_TRANSACTION)
                 {
                     nl.apply(&tx).expect("the kernel takes the host port rules");
                 }
@@ -147,8 +147,8 @@ mod tests {
                 let restart = again.plan(&snapshot, &ctx, true);
 
                 again.set_host_ports(ports[1..].to_vec());
-                let removal = again.plan(&snapshot, &ctx, false);
-                for tx in removal.transactions(super::super::MAX_TRANSACTION) {
+                let mut removal = again.plan(&snapshot, &ctx, false);
+                for tx in removal.take_transactions(super::super::MAX_TRANSACTION) {
                     nl.apply(&tx).expect("apply the removal");
                 }
                 nl.apply(&again.deletions(&removal.delete_later))

@@ -32,7 +32,7 @@ pub mod section;
 mod tests;
 
 use health::{Health, HealthServers};
-use section::{ProblemRow, ServiceRow, ServicesBoard, ServicesSection, SyncRow};
+use section::{ProblemRow, ServicesBoard, ServicesSection, SyncRow};
 
 /// The most kernel messages one transaction carries: the kernel's commit time grows faster
 /// than linearly with a transaction's size, so a full sync of thousands of Services is cut.
@@ -123,25 +123,35 @@ struct Synced {
     transactions: usize,
     duration: Duration,
     delete_later: Vec<Stale>,
+    /// The ruleset's generation at which the kernel's table is known to be what the proxy
+    /// holds, if it is known.
+    generation: Option<u32>,
 }
 
 /// Plans and applies one sync; on a full one, the mirror is first replaced with a dump.
+/// `known`: the generation the table was known to be at before (see [`Synced::generation`]).
 fn sync(
     nl: &mut Netlink,
     state: &mut ProxyState,
     snapshot: &Snapshot,
     ctx: &NodeContext,
     full: bool,
+    known: Option<u32>,
 ) -> Result<Synced, NftError> {
     let started = Instant::now();
+    let mut generation = known;
     if full {
+        // Read before the dump: a commit in between is in the dump but not in the
+        // generation, which only costs another full sync later.
+        generation = nl.generation().ok();
         let dump = nl.dump()?;
         state.adopt(dump.as_ref().map(Mirror::from_dump).unwrap_or_default());
     }
-    let plan = state.plan(snapshot, ctx, full);
-    let txs = plan.transactions(MAX_TRANSACTION);
+    let mut plan = state.plan(snapshot, ctx, full);
+    let txs = plan.take_transactions(MAX_TRANSACTION);
     for tx in &txs {
         nl.apply(tx)?;
+        generation = nl.committed_generation();
     }
     Ok(Synced {
         full,
@@ -149,6 +159,7 @@ fn sync(
         transactions: txs.len(),
         duration: started.elapsed(),
         delete_later: plan.delete_later,
+        generation,
     })
 }
 
@@ -210,15 +221,16 @@ pub async fn run(
         if snapshot.version > 0 {
             let ctx = node_context(&settings, &snapshot);
             let full = full_due;
-            let outcome =
-                tokio::task::block_in_place(|| sync(&mut nl, &mut state, &snapshot, &ctx, full));
+            let outcome = tokio::task::block_in_place(|| {
+                sync(&mut nl, &mut state, &snapshot, &ctx, full, our_generation)
+            });
             last_sync = Some(Instant::now());
             match outcome {
                 Ok(done) => {
                     full_due = false;
                     error = None;
                     syncs += 1;
-                    our_generation = nl.generation().ok();
+                    our_generation = done.generation;
                     let m = &board.metrics;
                     let secs = done.duration.as_secs_f64();
                     m.sync_duration.observe(secs);
@@ -322,29 +334,19 @@ pub async fn run(
                         problem: bind.clone(),
                     });
                 }
-                board.section.set(&ServicesSection {
-                    services: computation
-                        .ports
-                        .iter()
-                        .map(|p| ServiceRow::of(p))
-                        .collect(),
-                    problems: problems.clone(),
-                    last_sync: last_row.clone(),
-                    syncs,
-                    failures,
-                });
-                match (&error, problems.len()) {
-                    (Some(e), _) => handle.degraded(e.clone()),
-                    (None, 0) => handle.ok(format!(
-                        "{} Service ports · {} chains",
-                        computation.ports.len(),
-                        state.chain_count()
-                    )),
-                    (None, n) => handle.degraded(format!(
-                        "{n} Service problem(s), e.g. {}: {}",
-                        problems[0].service, problems[0].problem
-                    )),
-                }
+                show_page(
+                    &board.section,
+                    handle,
+                    PageInputs {
+                        ports: state.port_lists(),
+                        problems,
+                        last_sync: last_row.clone(),
+                        syncs,
+                        failures,
+                        error: error.clone(),
+                        chains: state.chain_count(),
+                    },
+                );
             }
         } else {
             handle.detail("waiting for the cluster view");
@@ -371,7 +373,18 @@ pub async fn run(
                     return Err(PartError::ViewClosed);
                 }
             }
-            _ = resync.tick() => full_due = true,
+            // The periodic look at the kernel: a full sync (a dump and a comparison, seconds
+            // at 10,000 Services) only when the ruleset's generation moved since the table was
+            // last known to be the proxy's, or when it is not known.
+            // Commits of other programs to their own tables move the generation too: those
+            // heard carry the known generation along.
+            _ = resync.tick() => {
+                our_generation = ruleset.advance(our_generation);
+                let now = tokio::task::block_in_place(|| nl.generation().ok());
+                if our_generation.is_none() || now != our_generation {
+                    full_due = true;
+                }
+            }
             _ = tokio::time::sleep(RETRY_AFTER), if retry => {}
             changed = ruleset.next() => {
                 changed?;
@@ -395,12 +408,53 @@ pub async fn run(
                         tracing::warn!("proxy: deleting stale chains: {e}");
                         full_due = true;
                     } else {
-                        our_generation = nl.generation().ok();
+                        our_generation = nl.committed_generation();
                     }
                 }
             }
         }
     }
+}
+
+/// What the page shows of the proxy (the ports are the proxy's own lists, shared).
+struct PageInputs {
+    ports: Vec<Arc<[skein_proxy::ServicePort]>>,
+    problems: Vec<ProblemRow>,
+    last_sync: Option<SyncRow>,
+    syncs: u64,
+    failures: u64,
+    error: Option<String>,
+    chains: usize,
+}
+
+/// Writes the page's section and the part's line. Cheap at any size: the section keeps the
+/// shared port lists and makes rows only for the page someone asks for.
+fn show_page(
+    section: &skein_status::SectionHandle<ServicesSection>,
+    handle: &skein_status::PartHandle,
+    page: PageInputs,
+) {
+    let service_ports: usize = page.ports.iter().map(|p| p.len()).sum();
+    match (&page.error, page.problems.first()) {
+        (Some(e), _) => handle.degraded(e.clone()),
+        (None, None) => handle.ok(format!(
+            "{service_ports} Service ports · {} chains",
+            page.chains
+        )),
+        (None, Some(first)) => handle.degraded(format!(
+            "{} Service problem(s), e.g. {}: {}",
+            page.problems.len(),
+            first.service,
+            first.problem
+        )),
+    }
+    section.set(ServicesSection {
+        ports: page.ports,
+        problems: page.problems,
+        last_sync: page.last_sync,
+        syncs: page.syncs,
+        failures: page.failures,
+    });
 }
 
 async fn sleep_until(at: Option<Instant>) {

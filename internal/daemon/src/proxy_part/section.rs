@@ -3,10 +3,12 @@
 //! to traffic), the Services it could not program and why, and its last sync; and its metrics,
 //! under kube-proxy's names with the `skein_` prefix.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use skein_metrics::{Counter, Gauge, Histogram, exponential_buckets};
 use skein_proxy::ServicePort;
-use skein_status::{Section, SectionHandle};
+use skein_status::{Page, Section, SectionHandle, paged_details};
 
 use crate::sections::Reporting;
 
@@ -99,13 +101,28 @@ pub struct SyncRow {
     pub transactions: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The proxy's section. Its Service ports are the proxy's own lists (shared, not copied): a
+/// row is made for the ports of the page asked for, so at 10,000 Services the section costs
+/// neither memory nor time until someone looks.
+#[derive(Debug, Clone, Serialize)]
 pub struct ServicesSection {
-    pub services: Vec<ServiceRow>,
+    #[serde(serialize_with = "rows", rename = "services")]
+    pub ports: Vec<Arc<[ServicePort]>>,
     pub problems: Vec<ProblemRow>,
     pub last_sync: Option<SyncRow>,
     pub syncs: u64,
     pub failures: u64,
+}
+
+impl ServicesSection {
+    fn each_port(&self) -> impl Iterator<Item = &ServicePort> {
+        self.ports.iter().flat_map(|p| p.iter())
+    }
+}
+
+/// A row per Service port, as the page shows them.
+fn rows<S: serde::Serializer>(ports: &[Arc<[ServicePort]>], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(ports.iter().flat_map(|p| p.iter()).map(ServiceRow::of))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -122,11 +139,34 @@ impl Section for ServicesSection {
     type Summary = ServicesOverview;
     fn summary(&self) -> ServicesOverview {
         ServicesOverview {
-            service_ports: self.services.len(),
-            without_endpoints: self.services.iter().filter(|s| s.verdict.is_some()).count(),
+            service_ports: self.each_port().count(),
+            without_endpoints: self
+                .each_port()
+                .filter(|p| p.internal_endpoints().is_empty())
+                .count(),
             problems: self.problems.len(),
             last_sync: self.last_sync.clone(),
         }
+    }
+
+    fn details(&self, page: Page) -> serde_json::Value {
+        let services = page.rows(self.each_port(), ServiceRow::of);
+        let problems = page.rows(self.problems.iter(), |p| p);
+        let mut plain = serde_json::Map::new();
+        plain.insert(
+            "last_sync".into(),
+            serde_json::to_value(&self.last_sync).unwrap_or_default(),
+        );
+        plain.insert("syncs".into(), self.syncs.into());
+        plain.insert("failures".into(), self.failures.into());
+        paged_details(
+            page,
+            plain,
+            vec![
+                ("services".into(), self.each_port().count(), services),
+                ("problems".into(), self.problems.len(), problems),
+            ],
+        )
     }
 }
 
@@ -185,5 +225,96 @@ impl ServicesBoard {
                 ),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skein_cluster::ObjectKey;
+    use skein_proxy::Backend;
+
+    fn port(i: usize, endpoints: usize) -> ServicePort {
+        let backend = |j: usize| Backend {
+            addr: format!("10.42.0.{}", j + 1).parse().expect("ip"),
+            port: 8080,
+            local: j == 0,
+            ready: true,
+            serving: true,
+            terminating: false,
+            pod: Some(format!("web-{j}")),
+        };
+        let all: Vec<Backend> = (0..endpoints).map(backend).collect();
+        ServicePort {
+            service: ObjectKey::new("default", format!("svc-{i}")),
+            port_name: String::new(),
+            ipv6: false,
+            protocol: skein_nft::L4Proto::Tcp,
+            port: 80,
+            cluster_ips: vec![format!("10.43.0.{}", i + 1).parse().expect("ip")],
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            source_ranges: Vec::new(),
+            node_port: None,
+            external_local: false,
+            internal_local: false,
+            affinity: None,
+            cluster: all.clone(),
+            local: all[..endpoints.min(1)].to_vec(),
+            all,
+        }
+    }
+
+    /// The whole section serialized and cut, as sections without their own paging are.
+    fn cut_whole(section: &ServicesSection, page: Page) -> serde_json::Value {
+        let whole = serde_json::to_value(section).expect("serializes");
+        let mut plain = whole.as_object().expect("an object").clone();
+        let mut lists = Vec::new();
+        for key in ServicesSection::LISTS {
+            let items = plain.remove(*key).expect("the list");
+            let items = items.as_array().expect("an array").clone();
+            let shown = items.iter().skip(page.offset).take(page.limit).cloned();
+            lists.push((key.to_string(), items.len(), shown.collect()));
+        }
+        paged_details(page, plain, lists)
+    }
+
+    #[test]
+    fn the_services_page_makes_only_its_rows_and_matches_the_whole_section_cut() {
+        let section = ServicesSection {
+            ports: vec![
+                Arc::from(vec![port(0, 2), port(1, 0)]),
+                Arc::from(vec![port(2, 3)]),
+                Arc::from(Vec::new()),
+                Arc::from(vec![port(3, 1)]),
+            ],
+            problems: vec![ProblemRow {
+                service: "default/bad".into(),
+                problem: "no ports".into(),
+            }],
+            last_sync: None,
+            syncs: 4,
+            failures: 1,
+        };
+        for (offset, limit) in [(0, 100), (1, 2), (3, 5), (9, 1)] {
+            let page = Page::new(Some(offset), Some(limit));
+            let paged = section.details(page);
+            assert_eq!(paged, cut_whole(&section, page), "page {offset}+{limit}");
+            assert_eq!(paged["page"]["totals"]["services"], 4);
+        }
+        let page = section.details(Page::new(Some(1), Some(2)));
+        let names: Vec<&str> = page["services"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| r["name"].as_str().expect("name"))
+            .collect();
+        assert_eq!(names, ["svc-1", "svc-2"]);
+        assert_eq!(
+            page["services"][0]["verdict"], "rejected: no usable endpoint",
+            "a port without endpoints says what happens to its traffic"
+        );
+        let summary = section.summary();
+        assert_eq!((summary.service_ports, summary.without_endpoints), (4, 1));
     }
 }

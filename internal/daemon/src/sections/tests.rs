@@ -237,3 +237,82 @@ fn ipam_metrics_follow_the_cidrs_the_node_has() {
         "{text}"
     );
 }
+
+fn cluster_node(name: &str, ready: Option<bool>) -> skein_cluster::Node {
+    skein_cluster::Node {
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        pod_cidrs: vec!["10.42.1.0/24".parse().expect("cidr")],
+        internal_ip: Some("198.18.0.11".parse().expect("ip")),
+        internal_ips: vec!["198.18.0.11".parse().expect("ip")],
+        zone: None,
+        ready,
+        skein: Default::default(),
+        unschedulable: false,
+    }
+}
+
+fn cluster_service(name: &str, ip: &str) -> skein_cluster::Service {
+    skein_cluster::Service {
+        namespace: "default".into(),
+        name: name.into(),
+        service_type: skein_cluster::ServiceType::ClusterIp,
+        cluster_ips: vec![ip.parse().expect("ip")],
+        headless: false,
+        external_name: None,
+        selector: Default::default(),
+        ports: Vec::new(),
+        external_traffic_policy: skein_cluster::TrafficPolicy::Cluster,
+        internal_traffic_policy: skein_cluster::TrafficPolicy::Cluster,
+        session_affinity: skein_cluster::SessionAffinity::None,
+        external_ips: Vec::new(),
+        load_balancer_ips: Vec::new(),
+        load_balancer_source_ranges: Vec::new(),
+        health_check_node_port: None,
+        problems: Vec::new(),
+    }
+}
+
+#[test]
+fn the_cluster_page_makes_only_its_rows_and_matches_the_whole_section_cut() {
+    let mut snapshot = skein_cluster::Snapshot {
+        version: 7,
+        ..Default::default()
+    };
+    for (i, ready) in [Some(true), None, Some(true)].into_iter().enumerate() {
+        let name = format!("node-{}", i + 1);
+        snapshot
+            .nodes
+            .insert(name.clone(), cluster_node(&name, ready));
+    }
+    for i in 0..5 {
+        let name = format!("svc-{i}");
+        let key = skein_cluster::ObjectKey::new("default", &name);
+        let service = cluster_service(&name, &format!("10.43.0.{}", i + 1));
+        snapshot.services.insert(key, Arc::new(service));
+    }
+    let health = skein_cluster::ApiHealth::starting(std::time::SystemTime::now());
+    let section = ClusterSection::new(Arc::new(snapshot), &health, "node-2");
+    let whole = serde_json::to_value(&section).expect("serializes");
+    for (offset, limit) in [(0, 100), (1, 2), (4, 3), (9, 1)] {
+        let page = skein_status::Page::new(Some(offset), Some(limit));
+        let paged = section.details(page);
+        for list in ["nodes", "services"] {
+            let all = whole[list].as_array().expect("rows");
+            let want: Vec<_> = all.iter().skip(offset).take(limit).cloned().collect();
+            assert_eq!(
+                paged[list],
+                serde_json::Value::Array(want),
+                "{list} {offset}+{limit}"
+            );
+            assert_eq!(paged["page"]["totals"][list], all.len());
+        }
+        assert_eq!(paged["snapshot_version"], 7);
+    }
+    assert_eq!(whole["nodes"][1]["this_node"], true);
+    let summary = section.summary();
+    assert_eq!(
+        (summary.nodes, summary.nodes_ready, summary.services),
+        (3, 2, 5)
+    );
+}

@@ -20,7 +20,7 @@ mod objects;
 mod probe;
 #[cfg(test)]
 mod tests;
-mod wire;
+pub(crate) mod wire;
 
 pub use objects::{element_bytes, element_key_bytes};
 pub use probe::probe;
@@ -33,6 +33,10 @@ pub struct Netlink {
     set_ids: u32,
     /// `skein`, or the probe's scratch table while it runs.
     table: &'static str,
+    /// The socket's network namespace, whose subscriptions its commits quiet.
+    netns: Option<u64>,
+    /// See [`Netlink::committed_generation`].
+    committed: Option<u32>,
 }
 
 impl std::fmt::Debug for Netlink {
@@ -57,7 +61,18 @@ impl Netlink {
             channel: io::Channel::open()?,
             set_ids: 0,
             table: crate::TABLE,
+            netns: crate::monitor::netns_id(),
+            committed: None,
         })
+    }
+
+    /// The ruleset's generation right after the last batch this socket sent, when that batch
+    /// committed and no other commit came between (known from the generation read around
+    /// it while this process's change subscriptions were quieted; `None` otherwise, and when
+    /// the process has no subscription). A caller that holds this generation and later finds
+    /// the same one knows the kernel's ruleset is exactly as it left it.
+    pub fn committed_generation(&self) -> Option<u32> {
+        self.committed
     }
 
     /// Like [`Backend::apply`], but refused (as [`NftError::Raced`]) when the ruleset's
@@ -101,9 +116,16 @@ impl Netlink {
         let shapes = self.shapes(ops)?;
         let batch = self.build(ops, generation, &shapes)?;
         let acks = batch.index.len();
+        let quiet = crate::monitor::Quiet::begin(self.netns, || self.read_generation().ok());
         let outcome = self
             .channel
-            .batch(&batch.bytes, batch.first, batch.last, acks)?;
+            .batch(&batch.bytes, batch.first, batch.last, acks);
+        self.committed = None;
+        if let Some(quiet) = quiet {
+            let committed = outcome.as_ref().is_ok_and(|o| o.error.is_none() && !o.lost);
+            self.committed = quiet.end(committed, || self.read_generation().ok());
+        }
+        let outcome = outcome?;
         if let Some((seq, errno)) = outcome.error {
             if let (Some(expected), libc::ERESTART) = (generation, errno) {
                 let found = self.read_generation()?;

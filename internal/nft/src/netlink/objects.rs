@@ -376,7 +376,7 @@ fn after(value: &Value, last: &[u8]) -> Option<Vec<u8>> {
 pub(crate) fn encode_element(shape: Shape, element: &Element) -> Encoded {
     let mut key = Vec::new();
     let mut last = Vec::new();
-    for value in &element.key {
+    for value in element.key.iter() {
         let (mut first, mut end) = part(value);
         if shape.concat {
             first.resize(super::wire::align4(first.len()), 0);
@@ -385,7 +385,7 @@ pub(crate) fn encode_element(shape: Shape, element: &Element) -> Encoded {
         key.extend_from_slice(&first);
         last.extend_from_slice(&end);
     }
-    let (key_end, closing) = match (shape.interval, shape.concat, element.key.as_slice()) {
+    let (key_end, closing) = match (shape.interval, shape.concat, &element.key[..]) {
         (true, true, _) => (Some(last), None),
         (true, false, [value]) => (None, after(value, &last)),
         _ => (None, None),
@@ -393,7 +393,7 @@ pub(crate) fn encode_element(shape: Shape, element: &Element) -> Encoded {
     let data = match &element.value {
         Some(Mapped::Data(values)) => {
             let mut bytes = Vec::new();
-            for v in values {
+            for v in values.iter() {
                 let (mut b, _) = part(v);
                 if values.len() > 1 {
                     b.resize(super::wire::align4(b.len()), 0);
@@ -508,7 +508,7 @@ fn elements_messages(
     let mut first = 0;
     let header = m.len();
     for (i, element) in elements.iter().enumerate() {
-        for value in &element.key {
+        for value in element.key.iter() {
             if let Value::IfName(n) = value {
                 expr::ifname(n)?;
             }

@@ -1185,3 +1185,100 @@ fn timing_of_a_large_ruleset_by_batch_size() {
         );
     }
 }
+
+/// A current-thread runtime for the change monitor's socket (its reactor), in the test's
+/// namespace thread.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Whether `changes` reports a commit within `within`.
+async fn reports(changes: &mut crate::RulesetChanges, within: Duration) -> bool {
+    tokio::time::timeout(within, changes.next())
+        .await
+        .map(|r| r.expect("monitor"))
+        .is_ok()
+}
+
+#[test]
+fn skeins_own_commits_wake_no_subscription_and_another_programs_does() {
+    if !(kernel("nftables in a network namespace") && nft_present()) {
+        return;
+    }
+    in_netns(|| {
+        runtime().block_on(async {
+            let mut changes = crate::RulesetChanges::subscribe().expect("subscribe");
+            let mut nl = Netlink::new().expect("socket");
+            let s = Set::new("own", vec![KeyType::Ipv4Addr]);
+            let mut tx = Transaction::default();
+            tx.push(Op::AddTable)
+                .push(Op::AddSet(s))
+                .push(Op::AddElements {
+                    set: "own".into(),
+                    elements: (1..=100u32)
+                        .map(|i| Element::key(vec![Value::Addr(IpAddr::V4(i.into()))]))
+                        .collect(),
+                });
+            nl.apply(&tx).expect("apply");
+            assert!(
+                !reports(&mut changes, Duration::from_millis(500)).await,
+                "skein's own commit reached its own subscription"
+            );
+            // The commit was the only one: its generation is known, and is the kernel's.
+            let ours = nl.committed_generation().expect("the commit's generation");
+            assert_eq!(nl.generation().expect("generation"), ours);
+            // Another program's commit to its own table wakes nothing, and carries what skein
+            // knows of its table along to the new generation.
+            nft(&["add", "table", "ip", "someone_else"]);
+            assert!(!reports(&mut changes, Duration::from_millis(500)).await);
+            let now = nl.generation().expect("generation");
+            assert_eq!(now, ours.wrapping_add(1));
+            assert_eq!(changes.advance(Some(ours)), Some(now));
+            let ours = now;
+            // The socket is back in the group: nft's commit is heard, and moves the generation.
+            nft(&["add", "chain", "inet", "skein", "edited"]);
+            assert!(
+                reports(&mut changes, Duration::from_secs(5)).await,
+                "another program's commit to skein's table went unheard"
+            );
+            let now = nl.generation().expect("generation");
+            assert_ne!(now, ours);
+            // A commit that touched skein's table is not carried over.
+            assert_eq!(changes.advance(Some(ours)), Some(ours));
+        })
+    });
+}
+
+#[test]
+fn a_commit_that_moved_the_generation_beyond_its_own_reports_a_missed_change() {
+    if !kernel("nftables in a network namespace") {
+        return;
+    }
+    in_netns(|| {
+        runtime().block_on(async {
+            let mut changes = crate::RulesetChanges::subscribe().expect("subscribe");
+            let netns = crate::monitor::netns_id();
+            // One commit of skein's own: the generation moved by one, nothing was hidden.
+            let quiet = crate::monitor::Quiet::begin(netns, || Some(7)).expect("subscribed");
+            quiet.end(true, || Some(8));
+            assert!(!reports(&mut changes, Duration::from_millis(300)).await);
+            // A refused batch commits nothing: a move of one was someone else's.
+            let quiet = crate::monitor::Quiet::begin(netns, || Some(8)).expect("subscribed");
+            quiet.end(false, || Some(9));
+            assert!(reports(&mut changes, Duration::from_secs(1)).await);
+            // Two moves for one commit: one was someone else's.
+            let quiet = crate::monitor::Quiet::begin(netns, || Some(9)).expect("subscribed");
+            quiet.end(true, || Some(11));
+            assert!(reports(&mut changes, Duration::from_secs(1)).await);
+            // An unreadable generation: anything may have happened.
+            let quiet = crate::monitor::Quiet::begin(netns, || None).expect("subscribed");
+            quiet.end(true, || Some(12));
+            assert!(reports(&mut changes, Duration::from_secs(1)).await);
+            // Subscriptions in another namespace are not this commit's.
+            assert!(crate::monitor::Quiet::begin(netns.map(|n| n + 1), || Some(1)).is_none());
+        })
+    });
+}
