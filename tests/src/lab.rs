@@ -519,6 +519,20 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // `down` removes the lab's directory: a failed test keeps its logs, whole, for a look
+        // after the run (a failure message has only their tails).
+        if std::thread::panicking() {
+            let kept = std::env::temp_dir().join(format!("skein-failed-{}", self.name));
+            let copied = std::process::Command::new("cp")
+                .arg("-r")
+                .arg(format!("{}/logs", self.dir()))
+                .arg(&kept)
+                .status()
+                .is_ok_and(|s| s.success());
+            if copied {
+                eprintln!("the lab's logs are kept in {}", kept.display());
+            }
+        }
         for mut child in self
             .workloads
             .lock()

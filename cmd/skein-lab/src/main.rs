@@ -655,7 +655,7 @@ fn node_config(
     overlay_interface: &str,
 ) -> String {
     format!(
-        "# skein on lab node {node}\n[node]\nname = \"{node}\"\n\n[cluster]\nkubeconfig = \"{kc}\"\n\n[cni]\nsocket = \"{d}/cni.sock\"\nconf_dir = \"{d}/net.d\"\nbin_dir = \"{d}/bin\"\n\n[overlay]\nmode = \"userspace\"\ninterface = \"{overlay_interface}\"\n\n[store]\npath = \"{s}/state.db\"\n\n[dashboard]\nlisten = \"127.0.0.1:9610\"\n",
+        "# skein on lab node {node}\n[node]\nname = \"{node}\"\n\n[cluster]\nkubeconfig = \"{kc}\"\n\n[cni]\nsocket = \"{d}/cni.sock\"\nconf_dir = \"{d}/net.d\"\nbin_dir = \"{d}/bin\"\n\n[overlay]\nmode = \"userspace\"\ninterface = \"{overlay_interface}\"\n\n[store]\npath = \"{s}/state.db\"\n\n[dashboard]\nlisten = \"127.0.0.1:9610\"\n\n[log]\n# Each watch event and sync in the node's log, to tell a late node's cause from its log.\nlevel = \"info,skein_cluster=debug,skein_daemon=debug\"\n",
         kc = kubeconfig.display(),
         d = dir.display(),
         s = state_dir.display(),

@@ -98,7 +98,10 @@ where
     let watch = watcher::watcher(api.clone(), config)
         .default_backoff()
         .map(move |item| match item {
-            Ok(event) => wrap(event),
+            Ok(event) => {
+                trace_event(kind, &event);
+                wrap(event)
+            }
             Err(error) => Report::Failed {
                 kind,
                 failure: describe(kind, &error),
@@ -118,6 +121,32 @@ where
         }
     };
     with_recovery_probe(watch, kind, PROBE_EVERY, probe)
+}
+
+/// At debug level, one line per watch event: when a node is late to act on a change, its log
+/// says whether the change reached it.
+fn trace_event<K: Resource>(kind: Kind, event: &Event<K>) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let (what, object) = match event {
+        Event::Apply(o) => ("apply", Some(o)),
+        Event::Delete(o) => ("delete", Some(o)),
+        Event::Init => ("relist", None),
+        Event::InitApply(o) => ("listed", Some(o)),
+        Event::InitDone => ("relisted", None),
+    };
+    if what == "listed" {
+        return;
+    }
+    let meta = object.map(|o| o.meta());
+    tracing::debug!(
+        %kind,
+        namespace = meta.and_then(|m| m.namespace.as_deref()).unwrap_or(""),
+        name = meta.and_then(|m| m.name.as_deref()).unwrap_or(""),
+        version = meta.and_then(|m| m.resource_version.as_deref()).unwrap_or(""),
+        "watch event: {what}"
+    );
 }
 
 /// How often a failing kind is probed, and how long one probe may take.

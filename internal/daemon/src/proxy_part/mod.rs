@@ -247,6 +247,7 @@ pub async fn run(
                     m.last_sync.set(skein_status::unix_now() as i64);
                     if done.changed > 0 {
                         tracing::debug!(
+                            snapshot = snapshot.version,
                             full = done.full,
                             changed = done.changed,
                             transactions = done.transactions,

@@ -1,6 +1,13 @@
 //! The start-up probe: every expression kind the model can produce, tried in a scratch table
 //! of its own (`inet skein_probe`, always deleted afterwards), one batch per kind, so a kernel
 //! without a module skein needs is named at start rather than at the first rule that uses it.
+//!
+//! It runs in the namespace whose traffic skein serves, so no probe rule may ever see a
+//! packet: the base chains (which prove the chain types) stay empty, and every rule is added
+//! to a regular chain nothing jumps to. The kernel loads and checks an expression when its
+//! rule is added, wherever the rule is; only the hook checks of a reachable chain are left
+//! out, and those concern skein's own rules, not the kernel. (Rules on the hooks reset and
+//! NATed the node's live connections while the table existed.)
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -47,6 +54,7 @@ fn tcp() -> Match {
     cmp(Field::L4Proto, Value::Proto(L4Proto::Tcp))
 }
 
+/// A base chain of the probe's: it proves that the kernel has the chain type and stays empty.
 fn base(name: &str, kind: ChainType, hook: HookPoint, priority: i32) -> Op {
     Op::AddChain(Chain {
         name: name.into(),
@@ -58,9 +66,17 @@ fn base(name: &str, kind: ChainType, hook: HookPoint, priority: i32) -> Op {
     })
 }
 
+/// A chain for the probe's rules, on no hook and jumped to from none: no packet reaches it.
+fn unhooked(name: &str) -> Op {
+    Op::AddChain(Chain {
+        name: name.into(),
+        hook: None,
+    })
+}
+
 /// The probe's batches, each with the feature it needs, in an order where each relies only on
 /// what the ones before it proved.
-fn kinds() -> Vec<(&'static str, Vec<Op>)> {
+pub(super) fn kinds() -> Vec<(&'static str, Vec<Op>)> {
     let v4 = |a: [u8; 4]| IpAddr::V4(Ipv4Addr::from(a));
     let mut dynamic = Set::new("recent", vec![KeyType::Ipv4Addr, KeyType::InetService]);
     dynamic.timeout = Some(Duration::from_secs(60));
@@ -89,18 +105,17 @@ fn kinds() -> Vec<(&'static str, Vec<Op>)> {
             "nf_tables (the inet family, regular and filter base chains)",
             vec![
                 Op::AddTable,
-                Op::AddChain(Chain {
-                    name: "jumped".into(),
-                    hook: None,
-                }),
+                unhooked("jumped"),
+                unhooked("filter"),
+                unhooked("input"),
                 base(
-                    "filter",
+                    "hook_forward",
                     ChainType::Filter,
                     HookPoint::Forward,
                     priority::MANGLE,
                 ),
                 base(
-                    "input",
+                    "hook_input",
                     ChainType::Filter,
                     HookPoint::Input,
                     priority::FILTER,
@@ -110,14 +125,16 @@ fn kinds() -> Vec<(&'static str, Vec<Op>)> {
         (
             "nat chains (nft_chain_nat)",
             vec![
+                unhooked("nat_pre"),
+                unhooked("nat_post"),
                 base(
-                    "nat_pre",
+                    "hook_nat_pre",
                     ChainType::Nat,
                     HookPoint::Prerouting,
                     priority::DSTNAT,
                 ),
                 base(
-                    "nat_post",
+                    "hook_nat_post",
                     ChainType::Nat,
                     HookPoint::Postrouting,
                     priority::SRCNAT,

@@ -1045,6 +1045,142 @@ fn the_probe_passes_and_leaves_no_table() {
     });
 }
 
+/// What keeps the probe off the traffic, checked on its batches: every rule is in a chain on
+/// no hook, and every base chain stays empty.
+#[test]
+fn every_probe_rule_is_in_a_chain_no_packet_reaches() {
+    let kinds = super::probe::kinds();
+    let hooked: BTreeSet<String> = kinds
+        .iter()
+        .flat_map(|(_, ops)| ops)
+        .filter_map(|op| match op {
+            Op::AddChain(c) if c.hook.is_some() => Some(c.name.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(!hooked.is_empty(), "the probe proves base chains too");
+    for (feature, ops) in &kinds {
+        for op in ops {
+            if let Op::AddRule { chain, .. } = op {
+                assert!(
+                    !hooked.contains(chain),
+                    "{feature}: a rule on the hooked chain {chain}"
+                );
+            }
+            if let Op::AddRule { rule, .. } = op
+                && let Action::Verdict(Verdict::Jump(to) | Verdict::Goto(to)) = &rule.action
+            {
+                assert!(!hooked.contains(to), "{feature}: a jump to {to}");
+            }
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().expect("ip runs");
+    assert!(status.success(), "ip {}", args.join(" "));
+}
+
+/// The probe runs on a live node, in the namespace whose traffic skein serves: a rule of its
+/// on a hook would DNAT, SNAT or reset that traffic for as long as its table lives (a start
+/// that reset the daemon's own API connections left its watches silent). Streams from a peer
+/// namespace over a veth pair, a message and its echo at a time, live through twenty probes.
+#[test]
+fn the_probe_leaves_the_traffic_of_its_namespace_alone() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+    const STREAMS: usize = 8;
+    if !kernel("nftables in a network namespace") {
+        return;
+    }
+    in_netns(|| {
+        ip(&[
+            "link", "add", "probe0", "type", "veth", "peer", "name", "probe1",
+        ]);
+        // The peer: a namespace of its own, held by its thread until the streams exist (the
+        // sockets hold it after that).
+        let (tid_tx, tid_rx) = mpsc::channel::<String>();
+        let (port_tx, port_rx) = mpsc::channel::<u16>();
+        let peer = std::thread::spawn(move || -> Vec<TcpStream> {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            let me = std::fs::read_link("/proc/thread-self").expect("thread-self");
+            let tid = me.file_name().expect("tid").to_string_lossy().into_owned();
+            tid_tx.send(tid).expect("send tid");
+            let port = port_rx.recv().expect("port");
+            ip(&["addr", "add", "192.0.2.2/24", "dev", "probe1"]);
+            ip(&["link", "set", "probe1", "up"]);
+            (0..STREAMS)
+                .map(|_| TcpStream::connect(("192.0.2.1", port)).expect("connect"))
+                .collect()
+        });
+        let tid = tid_rx.recv().expect("the peer's thread id");
+        ip(&["link", "set", "probe1", "netns", &tid]);
+        ip(&["addr", "add", "192.0.2.1/24", "dev", "probe0"]);
+        ip(&["link", "set", "probe0", "up"]);
+        let listener = TcpListener::bind("192.0.2.1:0").expect("listen");
+        port_tx
+            .send(listener.local_addr().expect("address").port())
+            .expect("send port");
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 512];
+                    while let Ok(n) = conn.read(&mut buf) {
+                        if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let done = Arc::new(AtomicBool::new(false));
+        let talkers: Vec<_> = peer
+            .join()
+            .expect("the peer's streams")
+            .into_iter()
+            .map(|mut client| {
+                client
+                    .set_read_timeout(Some(Duration::from_secs(2)))
+                    .expect("timeout");
+                let stop = done.clone();
+                std::thread::spawn(move || -> Result<u64, String> {
+                    let mut echoed = 0u64;
+                    let mut buf = [0u8; 64];
+                    while !stop.load(Ordering::Relaxed) {
+                        client
+                            .write_all(&[7u8; 64])
+                            .map_err(|e| format!("send: {e}"))?;
+                        client
+                            .read_exact(&mut buf)
+                            .map_err(|e| format!("echo {echoed}: {e}"))?;
+                        echoed += 1;
+                    }
+                    Ok(echoed)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        let mut nl = Netlink::new().expect("socket");
+        for _ in 0..20 {
+            probe(&mut nl).expect("the probe");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        done.store(true, Ordering::Relaxed);
+        let outcomes: Vec<_> = talkers
+            .into_iter()
+            .map(|t| t.join().expect("talker"))
+            .collect();
+        assert!(
+            outcomes.iter().all(|o| o.as_ref().is_ok_and(|n| *n > 0)),
+            "streams broke while the probe ran: {outcomes:?}"
+        );
+    });
+}
+
 /// A service-proxy-sized ruleset: `chains` chains of 5 rules each behind one verdict map of
 /// `elements` entries, reached from a nat base chain (so each commit validates the jumps).
 fn large(chains: usize, elements: usize) -> Transaction {
