@@ -1090,7 +1090,7 @@ fn the_probe_leaves_the_traffic_of_its_namespace_alone() {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::mpsc;
     const STREAMS: usize = 8;
     if !kernel("nftables in a network namespace") {
@@ -1138,6 +1138,7 @@ fn the_probe_leaves_the_traffic_of_its_namespace_alone() {
             }
         });
         let done = Arc::new(AtomicBool::new(false));
+        let echoes = Arc::new(AtomicU64::new(0));
         let talkers: Vec<_> = peer
             .join()
             .expect("the peer's streams")
@@ -1147,6 +1148,7 @@ fn the_probe_leaves_the_traffic_of_its_namespace_alone() {
                     .set_read_timeout(Some(Duration::from_secs(2)))
                     .expect("timeout");
                 let stop = done.clone();
+                let total = echoes.clone();
                 std::thread::spawn(move || -> Result<u64, String> {
                     let mut echoed = 0u64;
                     let mut buf = [0u8; 64];
@@ -1158,17 +1160,28 @@ fn the_probe_leaves_the_traffic_of_its_namespace_alone() {
                             .read_exact(&mut buf)
                             .map_err(|e| format!("echo {echoed}: {e}"))?;
                         echoed += 1;
+                        total.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(echoed)
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(100));
+        // Every stream is talking before the probes, and still after them.
+        let progressed = |beyond: u64| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while echoes.load(Ordering::Relaxed) < beyond + 10 * STREAMS as u64
+                && Instant::now() < deadline
+            {
+                std::thread::yield_now();
+            }
+            echoes.load(Ordering::Relaxed)
+        };
+        let before = progressed(0);
         let mut nl = Netlink::new().expect("socket");
         for _ in 0..20 {
             probe(&mut nl).expect("the probe");
         }
-        std::thread::sleep(Duration::from_millis(100));
+        progressed(before);
         done.store(true, Ordering::Relaxed);
         let outcomes: Vec<_> = talkers
             .into_iter()
