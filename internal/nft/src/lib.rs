@@ -147,7 +147,7 @@ pub fn overlay_mss_clamp(ifname: &IfName) -> Transaction {
                     Match::Cmp {
                         field: dir,
                         op: CmpOp::Eq,
-                        value: Value::IfName(ifname.to_string()),
+                        value: Value::IfName(ifname.as_str().into()),
                     },
                     Match::Cmp {
                         field: Field::L4Proto,
@@ -218,7 +218,7 @@ pub fn masquerade(plan: &MasqueradePlan) -> Transaction {
                         Match::Cmp {
                             field: Field::OifName,
                             op: CmpOp::Eq,
-                            value: Value::IfName(ifname.to_string()),
+                            value: Value::IfName(ifname.as_str().into()),
                         },
                     ],
                     Action::Snat { addr: *gateway },

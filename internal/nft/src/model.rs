@@ -128,7 +128,9 @@ pub enum Value {
     /// A 32-bit number in host byte order (`meta mark`).
     Mark(u32),
     /// An interface name (matched whole, NUL-padded to 16 bytes).
-    IfName(String),
+    /// Boxed rather than a `String`: this keeps every `Value` at 24 bytes, and a proxy holds
+    /// hundreds of thousands of them in its element keys.
+    IfName(Box<str>),
     AddrType(AddrType),
     /// `ipv4` (`false`) or `ipv6` (`true`) for `meta nfproto`.
     NfProto {

@@ -41,7 +41,7 @@ pub struct Backend {
     pub serving: bool,
     pub terminating: bool,
     /// The backing pod's name, for the page.
-    pub pod: Option<String>,
+    pub pod: Option<Box<str>>,
 }
 
 /// One port of one Service in one address family.
@@ -304,7 +304,11 @@ fn categorize(
     if cluster.is_empty() && topology.is_some() {
         cluster = pick(all.iter().collect());
     }
-    let local = pick(all.iter().filter(|b| b.local).collect());
+    let mut local = pick(all.iter().filter(|b| b.local).collect());
+    // Kept for every Service port until it changes: no spare room (a filtered collect of five
+    // reserves eight).
+    cluster.shrink_to_fit();
+    local.shrink_to_fit();
     (cluster, local)
 }
 

@@ -81,7 +81,7 @@ struct Ep {
     ready: bool,
     serving: bool,
     terminating: bool,
-    hints: Option<Hints>,
+    hints: Option<Box<Hints>>,
 }
 
 fn ep(addr: &'static str, node: &'static str) -> Ep {
@@ -119,8 +119,8 @@ fn slice(service: &str, name: &str, eps: &[Ep], ports: &[(&str, Protocol, u16)])
                 ready: e.ready,
                 serving: e.serving,
                 terminating: e.terminating,
-                node_name: e.node.map(str::to_string),
-                pod_name: Some(format!("pod-{}", e.addr)),
+                node_name: e.node.map(Into::into),
+                pod_name: Some(format!("pod-{}", e.addr).into()),
                 hostname: None,
                 zone: None,
                 hints: e.hints.clone(),
@@ -553,10 +553,10 @@ fn a_dual_stack_service_gets_rules_per_family() {
 #[test]
 fn topology_hints_narrow_the_cluster_set_when_every_endpoint_has_them() {
     let hinted = |e: Ep, zone: &str| Ep {
-        hints: Some(Hints {
+        hints: Some(Box::new(Hints {
             for_zones: vec![zone.into()],
             for_nodes: vec![],
-        }),
+        })),
         ..e
     };
     let w = World::new().with(

@@ -65,7 +65,7 @@ impl ServiceRow {
                 .iter()
                 .map(|b| EndpointRow {
                     address: format!("{}", std::net::SocketAddr::new(b.addr, b.port)),
-                    pod: b.pod.clone(),
+                    pod: b.pod.as_deref().map(String::from),
                     local: b.local,
                     ready: b.ready,
                     serving: b.serving,
@@ -242,7 +242,7 @@ mod tests {
             ready: true,
             serving: true,
             terminating: false,
-            pod: Some(format!("web-{j}")),
+            pod: Some(format!("web-{j}").into()),
         };
         let all: Vec<Backend> = (0..endpoints).map(backend).collect();
         ServicePort {
