@@ -9,13 +9,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-/// mimalloc, not the C library's allocator: the daemon's full syncs build and drop tens of
-/// megabytes on several threads, and glibc's per-thread arenas keep what they freed resident
-/// (at 10,000 Services the daemon's RSS after its first sync was 165 MB, 145 MB with glibc
-/// limited to one arena; bench/README.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser, Debug)]
 #[command(
     name = "skein",
