@@ -16,7 +16,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 // `MALLOC_CONF`-style settings in the `_RJEM_MALLOC_CONF` environment variable still win.
 #[allow(unsafe_code)] // a symbol jemalloc looks up by name; the bytes are a C string
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+pub static MALLOC_CONF: &[u8; 60] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -116,7 +116,7 @@ impl ClusterSection {
                 e.endpoints
                     .iter()
                     .filter(|ep| ep.ready)
-                    .flat_map(|ep| ep.addresses.iter())
+                    .filter_map(|ep| ep.address.as_ref())
             })
             .map(ToString::to_string)
             .collect();

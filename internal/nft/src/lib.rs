@@ -52,6 +52,7 @@ pub mod render;
 mod rule_text;
 #[cfg(test)]
 mod tests;
+mod values;
 
 pub use model::*;
 pub use monitor::RulesetChanges;

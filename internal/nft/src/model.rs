@@ -9,7 +9,6 @@
 //! the transaction's size.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -384,10 +383,7 @@ pub enum Mapped {
     Data(Values),
 }
 
-/// The values of an element's key or data, shared: a proxy holds each element in several
-/// places (what a Service wants, who claims the key, what the kernel has) and copies it into
-/// every plan, so a copy is a reference count, not an allocation.
-pub type Values = Arc<[Value]>;
+pub use crate::values::Values;
 
 /// One element of a set or map: a key (one value per part of the set's key; a [`Value::Net`]
 /// for a range in an interval set) and, in a map, what it maps to.

@@ -160,11 +160,11 @@ fn elements_text(elements: &[Element]) -> String {
     elements
         .iter()
         .map(|e| {
-            let key: Vec<String> = e.key.iter().map(value).collect();
+            let key: Vec<String> = e.key.iter().map(|v| value(&v)).collect();
             match &e.value {
                 Some(Mapped::Verdict(v)) => format!("{} : {}", key.join(" . "), verdict(v)),
                 Some(Mapped::Data(d)) => {
-                    let data: Vec<String> = d.iter().map(value).collect();
+                    let data: Vec<String> = d.iter().map(|v| value(&v)).collect();
                     format!("{} : {}", key.join(" . "), data.join(" . "))
                 }
                 None => key.join(" . "),

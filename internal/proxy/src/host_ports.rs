@@ -94,14 +94,16 @@ impl HostPort {
             "hp",
             &format!(
                 "{}/{}/{}/{host_ip}/{}/{family}",
-                self.pod.namespace,
-                self.pod.name,
+                self.pod.namespace(),
+                self.pod.name(),
                 self.protocol.name(),
                 self.host_port
             ),
             &format!(
                 "{}_{}_{}",
-                self.pod.namespace, self.pod.name, self.host_port
+                self.pod.namespace(),
+                self.pod.name(),
+                self.host_port
             ),
         )
     }

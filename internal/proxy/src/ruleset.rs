@@ -290,15 +290,15 @@ impl Names {
         Self {
             identity: format!(
                 "{}/{}/{}/{}/{family}",
-                p.service.namespace,
-                p.service.name,
+                p.service.namespace(),
+                p.service.name(),
                 p.protocol.name(),
                 p.port_name
             ),
             readable: format!(
                 "{}_{}_{}",
-                p.service.namespace,
-                p.service.name,
+                p.service.namespace(),
+                p.service.name(),
                 if p.port_name.is_empty() {
                     p.port.to_string()
                 } else {

@@ -63,12 +63,14 @@ pub struct ServicePort {
     pub external_local: bool,
     pub internal_local: bool,
     pub affinity: Option<Duration>,
+    // Shared lists: when every endpoint is ready (the usual case) the cluster set is the whole
+    // list, and is kept once rather than twice for each of 10,000 Services.
     /// Every endpoint of the port in this family, whatever its conditions.
-    pub all: Vec<Backend>,
+    pub all: Arc<[Backend]>,
     /// What cluster-policy traffic (ClusterIP; external traffic with eTP Cluster) reaches.
-    pub cluster: Vec<Backend>,
+    pub cluster: Arc<[Backend]>,
     /// The local endpoints external traffic with eTP Local reaches.
-    pub local: Vec<Backend>,
+    pub local: Arc<[Backend]>,
 }
 
 impl ServicePort {
@@ -163,8 +165,17 @@ pub fn service_ports(
                 Protocol::Udp => L4Proto::Udp,
                 Protocol::Sctp => L4Proto::Sctp,
             };
-            let all = backends(service, &sp.name, sp.protocol, ipv6, slices, ctx);
+            let all: Arc<[Backend]> =
+                backends(service, &sp.name, sp.protocol, ipv6, slices, ctx).into();
             let (cluster, local) = categorize(&all, slices, &sp.name, ctx);
+            let share = |set: Vec<Backend>| -> Arc<[Backend]> {
+                if set[..] == all[..] {
+                    all.clone()
+                } else {
+                    set.into()
+                }
+            };
+            let (cluster, local) = (share(cluster), share(local));
             out.push(ServicePort {
                 service: key.clone(),
                 port_name: sp.name.clone(),
@@ -240,9 +251,7 @@ fn backends(
             continue;
         };
         for ep in &slice.endpoints {
-            // One address per endpoint is what Kubernetes allows in practice; kube-proxy uses
-            // the first.
-            let Some(addr) = ep.addresses.first().copied() else {
+            let Some(addr) = ep.address else {
                 continue;
             };
             if addr.is_ipv6() != ipv6 {
@@ -304,11 +313,7 @@ fn categorize(
     if cluster.is_empty() && topology.is_some() {
         cluster = pick(all.iter().collect());
     }
-    let mut local = pick(all.iter().filter(|b| b.local).collect());
-    // Kept for every Service port until it changes: no spare room (a filtered collect of five
-    // reserves eight).
-    cluster.shrink_to_fit();
-    local.shrink_to_fit();
+    let local = pick(all.iter().filter(|b| b.local).collect());
     (cluster, local)
 }
 
@@ -327,8 +332,8 @@ fn topology_filter(
     let mut hints = BTreeMap::new();
     for slice in slices {
         for ep in &slice.endpoints {
-            if let Some(addr) = ep.addresses.first() {
-                hints.insert(*addr, ep.hints.clone());
+            if let Some(addr) = ep.address {
+                hints.insert(addr, ep.hints.clone());
             }
         }
     }

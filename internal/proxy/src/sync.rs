@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use skein_cluster::{EndpointSlice, ObjectKey, Service, Snapshot};
-use skein_nft::{Chain, Element, Mapped, Op, Set, Transaction, Value, Values, fingerprint};
+use skein_nft::{Chain, Element, Mapped, Op, Set, Transaction, Values, fingerprint};
 
 use crate::host_ports::{HostPort, HostPortClash, HostPorts};
 use crate::ruleset::{
@@ -827,9 +827,9 @@ impl ProxyState {
     }
 }
 
-fn key_text(key: &[Value]) -> String {
+fn key_text(key: &Values) -> String {
     key.iter()
-        .map(skein_nft::render::value)
+        .map(|v| skein_nft::render::value(&v))
         .collect::<Vec<_>>()
         .join(" . ")
 }

@@ -115,7 +115,7 @@ fn slice(service: &str, name: &str, eps: &[Ep], ports: &[(&str, Protocol, u16)])
         endpoints: eps
             .iter()
             .map(|e| Endpoint {
-                addresses: vec![ip(e.addr)],
+                address: Some(ip(e.addr)),
                 ready: e.ready,
                 serving: e.serving,
                 terminating: e.terminating,
@@ -623,7 +623,7 @@ fn a_value_skein_cannot_read_is_reported_and_the_service_left_out() {
     assert_eq!(map.problems.len(), 1);
     assert_eq!(map.problems[0].service.to_string(), "default/bad");
     assert!(map.problems[0].reason.contains("spec.externalIPs[0]"));
-    assert!(map.ports.iter().any(|p| p.service.name == "web"));
+    assert!(map.ports.iter().any(|p| p.service.name() == "web"));
 }
 
 #[test]

@@ -470,9 +470,9 @@ impl Tracer {
                 for k in keys {
                     let found = elements.iter().find(|e| key_matches(&e.key, &k));
                     out.push(match found.map(|e| &e.value) {
-                        Some(Some(Mapped::Data(d))) => match &d[..] {
+                        Some(Some(Mapped::Data(d))) => match d.to_vec()[..] {
                             [Value::Addr(a), Value::Port(p)] => {
-                                (path.clone(), Flow::Accept(Some((*a, *p))))
+                                (path.clone(), Flow::Accept(Some((a, p))))
                             }
                             _ => return Err(unknown()),
                         },
@@ -533,9 +533,9 @@ impl Tracer {
 
 /// Whether a set element's key matches the packet's values (a prefix part matches any
 /// address in it).
-fn key_matches(key: &[Value], values: &[Value]) -> bool {
+fn key_matches(key: &skein_nft::Values, values: &[Value]) -> bool {
     key.len() == values.len()
-        && key.iter().zip(values).all(|(k, v)| match (k, v) {
+        && key.iter().zip(values).all(|(k, v)| match (&k, v) {
             (Value::Net(n), Value::Addr(a)) => n.contains(a),
             (k, v) => k == v,
         })

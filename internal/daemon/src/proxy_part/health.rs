@@ -24,7 +24,7 @@ pub struct Health {
 /// The body kube-proxy's health check answers with.
 pub fn body(h: &Health) -> serde_json::Value {
     serde_json::json!({
-        "service": { "namespace": h.service.namespace, "name": h.service.name },
+        "service": { "namespace": h.service.namespace(), "name": h.service.name() },
         "localEndpoints": h.local_endpoints,
         "serviceProxyHealthy": true,
     })

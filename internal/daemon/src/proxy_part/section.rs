@@ -48,8 +48,8 @@ impl ServiceRow {
     pub fn of(p: &ServicePort) -> ServiceRow {
         let in_use = p.internal_endpoints();
         ServiceRow {
-            namespace: p.service.namespace.clone(),
-            name: p.service.name.clone(),
+            namespace: p.service.namespace().to_owned(),
+            name: p.service.name().to_owned(),
             port_name: p.port_name.clone(),
             protocol: p.protocol.name(),
             port: p.port,
@@ -259,9 +259,9 @@ mod tests {
             external_local: false,
             internal_local: false,
             affinity: None,
-            cluster: all.clone(),
-            local: all[..endpoints.min(1)].to_vec(),
-            all,
+            cluster: all.clone().into(),
+            local: all[..endpoints.min(1)].into(),
+            all: all.into(),
         }
     }
 

@@ -80,11 +80,11 @@ pub fn services(n: usize, per: usize) -> Snapshot {
             .map(|j| {
                 let k = i * per + j;
                 Endpoint {
-                    addresses: vec![
+                    address: Some(
                         format!("10.42.{}.{}", 2 + (k / 250) % 200, 1 + k % 250)
                             .parse()
                             .unwrap(),
-                    ],
+                    ),
                     ready: true,
                     serving: true,
                     terminating: false,
@@ -229,8 +229,8 @@ fn a_restart_that_missed_an_endpoint_change_replaces_that_element_not_the_map() 
         // While skein is away, one endpoint's address changes.
         let mut next = snapshot.clone();
         let key = ObjectKey::new("bench", "svc-7");
-        Arc::make_mut(next.endpoint_slices.get_mut(&key).expect("slice")).endpoints[0].addresses =
-            vec!["10.42.250.1".parse().expect("address")];
+        Arc::make_mut(next.endpoint_slices.get_mut(&key).expect("slice")).endpoints[0].address =
+            Some("10.42.250.1".parse().expect("address"));
         next.reindex();
         let mut again = ProxyState::new(ctx());
         again.adopt(Mirror::from_dump(&nl.dump().expect("dump").expect("table")));
@@ -313,7 +313,7 @@ fn a_dual_stack_service_answers_over_ipv4_and_ipv6_through_the_kernel() {
                     service_name: Some("dual".into()),
                     address_type: family,
                     endpoints: vec![Endpoint {
-                        addresses: vec![address.parse().unwrap()],
+                        address: Some(address.parse().unwrap()),
                         ready: true,
                         serving: true,
                         terminating: false,

@@ -376,7 +376,8 @@ fn after(value: &Value, last: &[u8]) -> Option<Vec<u8>> {
 pub(crate) fn encode_element(shape: Shape, element: &Element) -> Encoded {
     let mut key = Vec::new();
     let mut last = Vec::new();
-    for value in element.key.iter() {
+    let values = element.key.to_vec();
+    for value in &values {
         let (mut first, mut end) = part(value);
         if shape.concat {
             first.resize(super::wire::align4(first.len()), 0);
@@ -385,7 +386,7 @@ pub(crate) fn encode_element(shape: Shape, element: &Element) -> Encoded {
         key.extend_from_slice(&first);
         last.extend_from_slice(&end);
     }
-    let (key_end, closing) = match (shape.interval, shape.concat, &element.key[..]) {
+    let (key_end, closing) = match (shape.interval, shape.concat, &values[..]) {
         (true, true, _) => (Some(last), None),
         (true, false, [value]) => (None, after(value, &last)),
         _ => (None, None),
@@ -393,9 +394,10 @@ pub(crate) fn encode_element(shape: Shape, element: &Element) -> Encoded {
     let data = match &element.value {
         Some(Mapped::Data(values)) => {
             let mut bytes = Vec::new();
+            let several = values.len() > 1;
             for v in values.iter() {
-                let (mut b, _) = part(v);
-                if values.len() > 1 {
+                let (mut b, _) = part(&v);
+                if several {
                     b.resize(super::wire::align4(b.len()), 0);
                 }
                 bytes.extend_from_slice(&b);
@@ -510,7 +512,7 @@ fn elements_messages(
     for (i, element) in elements.iter().enumerate() {
         for value in element.key.iter() {
             if let Value::IfName(n) = value {
-                expr::ifname(n)?;
+                expr::ifname(&n)?;
             }
         }
         if m.len() - header > ELEMENTS_PER_MESSAGE_BYTES {
