@@ -32,7 +32,7 @@ pub use client::client;
 pub use connect::{K3S_KUBELET_KUBECONFIG, client_config};
 pub use health::{ApiHealth, Kind};
 pub use objects::{
-    AddressType, Endpoint, EndpointPort, EndpointSlice, Hints, Namespace, NetworkPolicy, Node, Pod,
+    AddressType, Endpoint, EndpointExtra, EndpointPort, EndpointSlice, Hints, Namespace, NetworkPolicy, Node, Pod,
     PodPhase, Protocol, Service, ServicePort, ServiceType, SessionAffinity, TargetPort,
     TrafficPolicy,
 };

@@ -179,12 +179,33 @@ pub struct Endpoint {
     pub node_name: Option<Box<str>>,
     /// The backing pod, when the target is a pod.
     pub pod_name: Option<Box<str>>,
+    /// The hostname, zone and topology hints, boxed together: many endpoints have none of them,
+    /// and an endpoint is kept for every address a Service reaches. `None` when all are unset.
+    pub extra: Option<Box<EndpointExtra>>,
+}
+
+/// What few endpoints carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointExtra {
     /// Set for pods with `spec.hostname` (StatefulSets), which DNS names individually.
     pub hostname: Option<Box<str>>,
     pub zone: Option<Box<str>>,
-    /// Topology hints (`hints.forZones`, `hints.forNodes`); `None` without hints. Boxed: most
-    /// endpoints have none, and an endpoint is kept for every address a Service reaches.
-    pub hints: Option<Box<Hints>>,
+    /// Topology hints (`hints.forZones`, `hints.forNodes`).
+    pub hints: Option<Hints>,
+}
+
+impl Endpoint {
+    pub fn hostname(&self) -> Option<&str> {
+        self.extra.as_ref()?.hostname.as_deref()
+    }
+
+    pub fn zone(&self) -> Option<&str> {
+        self.extra.as_ref()?.zone.as_deref()
+    }
+
+    pub fn hints(&self) -> Option<&Hints> {
+        self.extra.as_ref()?.hints.as_ref()
+    }
 }
 
 /// Where the EndpointSlice controller wants an endpoint used (topology-aware routing).
@@ -498,10 +519,10 @@ impl Endpoint {
                 .filter(|r| r.kind.as_deref() == Some("Pod"))
                 .and_then(|r| r.name.as_deref())
                 .map(Into::into),
-            hostname: endpoint.hostname.as_deref().map(Into::into),
-            zone: endpoint.zone.as_deref().map(Into::into),
-            hints: endpoint.hints.as_ref().map(|h| {
-                Box::new(Hints {
+            extra: Some(Box::new(EndpointExtra {
+                hostname: endpoint.hostname.as_deref().map(Into::into),
+                zone: endpoint.zone.as_deref().map(Into::into),
+                hints: endpoint.hints.as_ref().map(|h| Hints {
                     for_zones: h
                         .for_zones
                         .iter()
@@ -514,8 +535,9 @@ impl Endpoint {
                         .flatten()
                         .map(|n| n.name.clone())
                         .collect(),
-                })
-            }),
+                }),
+            }))
+            .filter(|e| **e != EndpointExtra::default()),
         }
     }
 }

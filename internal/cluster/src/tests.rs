@@ -441,9 +441,10 @@ fn endpoint_slice_distillation() {
                     terminating: false,
                     node_name: Some("n1".into()),
                     pod_name: Some("web-0".into()),
-                    hostname: Some("web-0".into()),
-                    zone: None,
-                    hints: None,
+                    extra: Some(Box::new(EndpointExtra {
+                        hostname: Some("web-0".into()),
+                        ..EndpointExtra::default()
+                    })),
                 },
                 Endpoint {
                     address: Some(ip("10.42.2.6")),
@@ -452,9 +453,7 @@ fn endpoint_slice_distillation() {
                     terminating: false,
                     node_name: None,
                     pod_name: None,
-                    hostname: None,
-                    zone: None,
-                    hints: None,
+                    extra: None,
                 },
             ],
             ports: vec![

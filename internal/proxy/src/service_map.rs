@@ -333,7 +333,7 @@ fn topology_filter(
     for slice in slices {
         for ep in &slice.endpoints {
             if let Some(addr) = ep.address {
-                hints.insert(addr, ep.hints.clone());
+                hints.insert(addr, ep.hints());
             }
         }
     }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use skein_cluster::{
-    AddressType, Endpoint, EndpointPort, EndpointSlice, Hints, ObjectKey, Protocol, Service,
+    AddressType, Endpoint, EndpointExtra, EndpointPort, EndpointSlice, Hints, ObjectKey, Protocol,
+    Service,
     ServicePort as ApiPort, ServiceType, SessionAffinity, Snapshot, TargetPort, TrafficPolicy,
 };
 use skein_nft::{L4Proto, Op};
@@ -81,7 +82,7 @@ struct Ep {
     ready: bool,
     serving: bool,
     terminating: bool,
-    hints: Option<Box<Hints>>,
+    hints: Option<Hints>,
 }
 
 fn ep(addr: &'static str, node: &'static str) -> Ep {
@@ -121,9 +122,12 @@ fn slice(service: &str, name: &str, eps: &[Ep], ports: &[(&str, Protocol, u16)])
                 terminating: e.terminating,
                 node_name: e.node.map(Into::into),
                 pod_name: Some(format!("pod-{}", e.addr).into()),
-                hostname: None,
-                zone: None,
-                hints: e.hints.clone(),
+                extra: e.hints.clone().map(|hints| {
+                    Box::new(EndpointExtra {
+                        hints: Some(hints),
+                        ..EndpointExtra::default()
+                    })
+                }),
             })
             .collect(),
         ports: ports
@@ -553,10 +557,10 @@ fn a_dual_stack_service_gets_rules_per_family() {
 #[test]
 fn topology_hints_narrow_the_cluster_set_when_every_endpoint_has_them() {
     let hinted = |e: Ep, zone: &str| Ep {
-        hints: Some(Box::new(Hints {
+        hints: Some(Hints {
             for_zones: vec![zone.into()],
             for_nodes: vec![],
-        })),
+        }),
         ..e
     };
     let w = World::new().with(

@@ -90,9 +90,7 @@ pub fn services(n: usize, per: usize) -> Snapshot {
                     terminating: false,
                     node_name: Some("n2".into()),
                     pod_name: Some(format!("pod-{k}").into()),
-                    hostname: None,
-                    zone: None,
-                    hints: None,
+                    extra: None,
                 }
             })
             .collect();
@@ -319,9 +317,7 @@ fn a_dual_stack_service_answers_over_ipv4_and_ipv6_through_the_kernel() {
                         terminating: false,
                         node_name: Some("n1".into()),
                         pod_name: Some(format!("pod-{name}").into()),
-                        hostname: None,
-                        zone: None,
-                        hints: None,
+                        extra: None,
                     }],
                     ports: vec![EndpointPort {
                         name: String::new(),
