@@ -32,9 +32,9 @@ pub use client::client;
 pub use connect::{K3S_KUBELET_KUBECONFIG, client_config};
 pub use health::{ApiHealth, Kind};
 pub use objects::{
-    AddressType, Endpoint, EndpointExtra, EndpointPort, EndpointSlice, Hints, Namespace, NetworkPolicy, Node, Pod,
-    PodPhase, Protocol, Service, ServicePort, ServiceType, SessionAffinity, TargetPort,
-    TrafficPolicy,
+    AddressType, Endpoint, EndpointExtra, EndpointPort, EndpointSlice, Hints, Namespace,
+    NetworkPolicy, Node, Pod, PodPhase, Protocol, Service, ServicePort, ServiceType,
+    SessionAffinity, TargetPort, TrafficPolicy,
 };
 pub use snapshot::{ObjectKey, Snapshot};
 pub use view::{ClusterView, DEFAULT_DEBOUNCE, ViewOptions, watch_cluster};

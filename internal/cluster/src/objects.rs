@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::annotations::ANNOTATION_PREFIX;
+use crate::snapshot::ObjectKey;
 
 /// Label with which the EndpointSlice controller names a slice's Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -125,8 +126,8 @@ pub enum SessionAffinity {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
-    pub namespace: String,
-    pub name: String,
+    /// Its namespace and name: the same shared string as the snapshot's key for it.
+    pub key: ObjectKey,
     pub service_type: ServiceType,
     /// `spec.clusterIPs` (or `spec.clusterIP`), without the headless marker `None`.
     pub cluster_ips: Vec<IpAddr>,
@@ -224,10 +225,11 @@ pub struct EndpointPort {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSlice {
-    pub namespace: String,
-    pub name: String,
-    /// The `kubernetes.io/service-name` label; `None` for slices that belong to no Service.
-    pub service_name: Option<String>,
+    /// Its namespace and name: the same shared string as the snapshot's key for it.
+    pub key: ObjectKey,
+    /// The Service of its `kubernetes.io/service-name` label (in the slice's namespace); `None`
+    /// for slices that belong to no Service.
+    pub service: Option<ObjectKey>,
     pub address_type: AddressType,
     pub endpoints: Vec<Endpoint>,
     /// Ports without a number (meaning "all ports") are left out: nothing can be forwarded to
@@ -412,8 +414,7 @@ impl Service {
             _ => SessionAffinity::None,
         };
         Some(Service {
-            namespace,
-            name,
+            key: ObjectKey::new(namespace, name),
             service_type,
             cluster_ips: exact(listed.iter().filter_map(|ip| ip.parse().ok()).collect()),
             headless,
@@ -471,14 +472,13 @@ impl EndpointSlice {
             _ => return None,
         };
         Some(EndpointSlice {
-            namespace,
-            name,
-            service_name: slice
+            service: slice
                 .metadata
                 .labels
                 .as_ref()
                 .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                .cloned(),
+                .map(|service| ObjectKey::new(&namespace, service)),
+            key: ObjectKey::new(namespace, name),
             address_type,
             endpoints: slice
                 .endpoints

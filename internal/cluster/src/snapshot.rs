@@ -97,8 +97,7 @@ pub struct Snapshot {
 
 /// The Service a slice belongs to (its `kubernetes.io/service-name` label), if any.
 fn slice_service(slice: &EndpointSlice) -> Option<ObjectKey> {
-    let service = slice.service_name.as_ref()?;
-    Some(ObjectKey::new(&slice.namespace, service))
+    slice.service.clone()
 }
 
 impl Snapshot {
@@ -136,7 +135,7 @@ impl Snapshot {
             && let Some(service) = slice_service(old)
         {
             let emptied = index.get_mut(&service).is_some_and(|list| {
-                list.retain(|s| s.name != old.name);
+                list.retain(|s| s.key != old.key);
                 list.is_empty()
             });
             if emptied {
@@ -147,7 +146,7 @@ impl Snapshot {
             && let Some(service) = slice_service(new)
         {
             let list = index.entry(service).or_default();
-            let at = list.partition_point(|s| s.name < new.name);
+            let at = list.partition_point(|s| s.key.name() < new.key.name());
             list.insert(at, new.clone());
         }
     }

@@ -55,11 +55,12 @@ impl<K: Ord + Clone, V: PartialEq + Clone> Table<K, V> {
         }
     }
 
-    /// Applies one event; true when the live objects changed.
+    /// Applies one event; true when the live objects changed. `key` names an object (from the
+    /// distilled value when there is one, so the map's key can share the value's own).
     fn fold<A>(
         &mut self,
         event: Event<A>,
-        key: impl Fn(&A) -> Option<K>,
+        key: impl Fn(&A, Option<&V>) -> Option<K>,
         distill: impl Fn(&A) -> Option<V>,
     ) -> bool {
         match event {
@@ -68,7 +69,9 @@ impl<K: Ord + Clone, V: PartialEq + Clone> Table<K, V> {
                 false
             }
             Event::InitApply(object) => {
-                if let (Some(k), Some(v)) = (key(&object), distill(&object)) {
+                if let Some(v) = distill(&object)
+                    && let Some(k) = key(&object, Some(&v))
+                {
                     self.relist.get_or_insert_default().insert(k, v);
                 }
                 false
@@ -84,8 +87,11 @@ impl<K: Ord + Clone, V: PartialEq + Clone> Table<K, V> {
                 }
             }
             Event::Apply(object) => {
-                let Some(k) = key(&object) else { return false };
-                match distill(&object) {
+                let value = distill(&object);
+                let Some(k) = key(&object, value.as_ref()) else {
+                    return false;
+                };
+                match value {
                     Some(v) if self.live.get(&k) == Some(&v) => false,
                     Some(v) => {
                         self.live.insert(k, v);
@@ -95,18 +101,45 @@ impl<K: Ord + Clone, V: PartialEq + Clone> Table<K, V> {
                     None => self.live.remove(&k).is_some(),
                 }
             }
-            Event::Delete(object) => key(&object).is_some_and(|k| self.live.remove(&k).is_some()),
+            Event::Delete(object) => {
+                key(&object, None).is_some_and(|k| self.live.remove(&k).is_some())
+            }
         }
     }
 }
 
-fn name_key<A: Resource>(object: &A) -> Option<String> {
+fn name_key<A: Resource, V>(object: &A, _: Option<&V>) -> Option<String> {
     object.meta().name.clone()
 }
 
-fn object_key<A: Resource>(object: &A) -> Option<ObjectKey> {
+fn object_key<A: Resource, V>(object: &A, _: Option<&V>) -> Option<ObjectKey> {
     let meta = object.meta();
     Some(ObjectKey::new(meta.namespace.clone()?, meta.name.clone()?))
+}
+
+/// The key of an object whose distilled value carries it: one shared string for both.
+fn own_key<A: Resource, V: Keyed>(object: &A, value: Option<&Arc<V>>) -> Option<ObjectKey> {
+    match value {
+        Some(v) => Some(v.key().clone()),
+        None => object_key::<A, ()>(object, None),
+    }
+}
+
+/// A distilled object that holds its own key.
+trait Keyed {
+    fn key(&self) -> &ObjectKey;
+}
+
+impl Keyed for Service {
+    fn key(&self) -> &ObjectKey {
+        &self.key
+    }
+}
+
+impl Keyed for EndpointSlice {
+    fn key(&self) -> &ObjectKey {
+        &self.key
+    }
 }
 
 /// The cluster as the watches have reported it so far, and the API's health.
@@ -175,13 +208,13 @@ impl ClusterState {
                 Kind::Service,
                 answered(&e),
                 self.services
-                    .fold(e, object_key, |o| Service::from_api(o).map(Arc::new)),
+                    .fold(e, own_key, |o| Service::from_api(o).map(Arc::new)),
             ),
             Report::EndpointSlice(e) => {
                 let answered = answered(&e);
                 let relisted = matches!(e, Event::InitDone);
                 let key = match &e {
-                    Event::Apply(o) | Event::Delete(o) => object_key(o),
+                    Event::Apply(o) | Event::Delete(o) => object_key::<_, ()>(o, None),
                     _ => None,
                 };
                 let before = key
@@ -189,7 +222,7 @@ impl ClusterState {
                     .and_then(|k| self.endpoint_slices.live.get(k).cloned());
                 let changed = self
                     .endpoint_slices
-                    .fold(e, object_key, |o| EndpointSlice::from_api(o).map(Arc::new));
+                    .fold(e, own_key, |o| EndpointSlice::from_api(o).map(Arc::new));
                 if changed && relisted {
                     self.slices_by_service = Snapshot::index_slices(&self.endpoint_slices.live);
                 } else if changed && let Some(k) = key {

@@ -258,8 +258,7 @@ fn service_distillation() {
     assert_eq!(
         Service::from_api(&svc),
         Some(Service {
-            namespace: "default".into(),
-            name: "web".into(),
+            key: ObjectKey::new("default", "web"),
             service_type: ServiceType::NodePort,
             cluster_ips: vec![ip("10.43.0.20"), ip("fd00:43::20")],
             headless: false,
@@ -429,9 +428,8 @@ fn endpoint_slice_distillation() {
     assert_eq!(
         EndpointSlice::from_api(&slice),
         Some(EndpointSlice {
-            namespace: "default".into(),
-            name: "web-abcde".into(),
-            service_name: Some("web".into()),
+            key: ObjectKey::new("default", "web-abcde"),
+            service: Some(ObjectKey::new("default", "web")),
             address_type: AddressType::Ipv4,
             endpoints: vec![
                 Endpoint {
@@ -489,7 +487,7 @@ fn endpoint_slice_address_types() {
         let got = EndpointSlice::from_api(&slice);
         assert_eq!(got.as_ref().map(|s| s.address_type), want, "{address_type}");
         if let Some(got) = got {
-            assert_eq!(got.service_name, None);
+            assert_eq!(got.service, None);
             assert_eq!(got.endpoints[0].address, None, "a name is not an IP");
         }
     }
@@ -1466,7 +1464,7 @@ fn the_slice_index_kept_one_slice_at_a_time_equals_one_built_whole() {
         snapshot
             .slices_of(&ObjectKey::new("default", service))
             .iter()
-            .map(|s| s.name.clone())
+            .map(|s| s.key.name().to_owned())
             .collect()
     };
     assert_eq!(names("web"), ["web-a"]);

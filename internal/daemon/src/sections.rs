@@ -123,8 +123,8 @@ impl ClusterSection {
         endpoints.sort();
         endpoints.dedup();
         ServiceSummary {
-            namespace: s.namespace.clone(),
-            name: s.name.clone(),
+            namespace: s.key.namespace().to_owned(),
+            name: s.key.name().to_owned(),
             cluster_ips: s.cluster_ips.iter().map(ToString::to_string).collect(),
             endpoints,
         }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use skein_cluster::{
     AddressType, Endpoint, EndpointExtra, EndpointPort, EndpointSlice, Hints, ObjectKey, Protocol,
-    Service,
-    ServicePort as ApiPort, ServiceType, SessionAffinity, Snapshot, TargetPort, TrafficPolicy,
+    Service, ServicePort as ApiPort, ServiceType, SessionAffinity, Snapshot, TargetPort,
+    TrafficPolicy,
 };
 use skein_nft::{L4Proto, Op};
 
@@ -47,8 +47,7 @@ fn ctx() -> NodeContext {
 
 fn service(name: &str, cluster_ip: &str, ports: &[(&str, Protocol, u16)]) -> Service {
     Service {
-        namespace: "default".into(),
-        name: name.into(),
+        key: ObjectKey::new("default", name),
         service_type: ServiceType::ClusterIp,
         cluster_ips: cluster_ip.split(',').map(ip).collect(),
         headless: false,
@@ -105,9 +104,8 @@ fn terminating(mut e: Ep) -> Ep {
 fn slice(service: &str, name: &str, eps: &[Ep], ports: &[(&str, Protocol, u16)]) -> EndpointSlice {
     let v6 = eps.first().is_some_and(|e| e.addr.contains(':'));
     EndpointSlice {
-        namespace: "default".into(),
-        name: name.into(),
-        service_name: Some(service.into()),
+        key: ObjectKey::new("default", name),
+        service: Some(ObjectKey::new("default", service)),
         address_type: if v6 {
             AddressType::Ipv6
         } else {
@@ -161,11 +159,9 @@ impl World {
         for sl in slices {
             self.snapshot
                 .endpoint_slices
-                .insert(ObjectKey::new(&sl.namespace, &sl.name), Arc::new(sl));
+                .insert(sl.key.clone(), Arc::new(sl));
         }
-        self.snapshot
-            .services
-            .insert(ObjectKey::new(&s.namespace, &s.name), Arc::new(s));
+        self.snapshot.services.insert(s.key.clone(), Arc::new(s));
         self.snapshot.reindex();
         self
     }

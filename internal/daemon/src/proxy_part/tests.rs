@@ -33,8 +33,7 @@ fn cluster_ip_service(
     port_name: &str,
 ) -> Service {
     Service {
-        namespace: namespace.into(),
-        name: name.into(),
+        key: ObjectKey::new(namespace, name),
         service_type: ServiceType::ClusterIp,
         cluster_ips,
         headless: false,
@@ -97,9 +96,8 @@ pub fn services(n: usize, per: usize) -> Snapshot {
         s.endpoint_slices.insert(
             ObjectKey::new("bench", &name),
             Arc::new(EndpointSlice {
-                namespace: "bench".into(),
-                name: name.clone(),
-                service_name: Some(name),
+                key: ObjectKey::new("bench", &name),
+                service: Some(ObjectKey::new("bench", &name)),
                 address_type: AddressType::Ipv4,
                 endpoints,
                 ports: vec![EndpointPort {
@@ -306,9 +304,8 @@ fn a_dual_stack_service_answers_over_ipv4_and_ipv6_through_the_kernel() {
             snapshot.endpoint_slices.insert(
                 ObjectKey::new("default", name),
                 Arc::new(EndpointSlice {
-                    namespace: "default".into(),
-                    name: name.into(),
-                    service_name: Some("dual".into()),
+                    key: ObjectKey::new("default", name),
+                    service: Some(ObjectKey::new("default", "dual")),
                     address_type: family,
                     endpoints: vec![Endpoint {
                         address: Some(address.parse().unwrap()),

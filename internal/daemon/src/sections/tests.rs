@@ -254,8 +254,7 @@ fn cluster_node(name: &str, ready: Option<bool>) -> skein_cluster::Node {
 
 fn cluster_service(name: &str, ip: &str) -> skein_cluster::Service {
     skein_cluster::Service {
-        namespace: "default".into(),
-        name: name.into(),
+        key: skein_cluster::ObjectKey::new("default", name),
         service_type: skein_cluster::ServiceType::ClusterIp,
         cluster_ips: vec![ip.parse().expect("ip")],
         headless: false,
