@@ -127,8 +127,8 @@ pub enum Value {
     /// A 32-bit number in host byte order (`meta mark`).
     Mark(u32),
     /// An interface name (matched whole, NUL-padded to 16 bytes).
-    /// Boxed rather than a `String`: this keeps every `Value` at 24 bytes, and a proxy holds
-    /// hundreds of thousands of them in its element keys.
+    /// Boxed rather than a `String`: this keeps every `Value` at 24 bytes (an element holds its
+    /// values packed, [`Values`], but a plan unpacks them to encode them).
     IfName(Box<str>),
     AddrType(AddrType),
     /// `ipv4` (`false`) or `ipv6` (`true`) for `meta nfproto`.
