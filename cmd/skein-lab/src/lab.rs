@@ -207,13 +207,20 @@ pub fn spawn_detached(
 }
 
 pub fn alive(pid: u32) -> bool {
-    // A zombie is dead for our purposes: it only waits to be reaped.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(") ")
-                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
-        })
-        .unwrap_or(false)
+    // A zombie is dead for our purposes: it only waits to be reaped. But every thread must be:
+    // after a SIGKILL the main thread can be a zombie while another still finishes a system call
+    // (an fsync), and until the last one exits the process keeps its files open, its state
+    // directory's lock among them, so a successor started then finds the lock held.
+    let running = |stat: &str| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| running(&stat))
+    })
 }
 
 /// SIGTERM, wait up to `grace`, then SIGKILL.
