@@ -176,24 +176,6 @@ impl From<Vec<Value>> for Values {
     }
 }
 
-impl From<&[Value]> for Values {
-    fn from(values: &[Value]) -> Self {
-        Values::new(values)
-    }
-}
-
-impl<const N: usize> From<[Value; N]> for Values {
-    fn from(values: [Value; N]) -> Self {
-        Values::new(&values)
-    }
-}
-
-impl FromIterator<Value> for Values {
-    fn from_iter<I: IntoIterator<Item = Value>>(iter: I) -> Self {
-        Values::new(&iter.into_iter().collect::<Vec<_>>())
-    }
-}
-
 impl fmt::Debug for Values {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.iter()).finish()
