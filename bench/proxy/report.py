@@ -126,6 +126,35 @@ def main():
             out.append('')
             out.append('Raw (connections/s): ' + '; '.join(
                 f'{kind} at {n}: ' + ', '.join(f'{v:.0f}' for v in vals) for (kind, n), vals in sorted(conn.items())))
+    pair = {}
+    for (kind, n), items in by.items():
+        if kind.startswith('pair-') and kind != 'pair-program':
+            _, side, what = kind.split('-')
+            pair[(side, what)] = (n, [d['per_second'] for d in items])
+    if pair:
+        n = pair[('many', 'clusterip')][0]
+        programs = {d['services']: d for (kind, _), items in by.items() if kind == 'pair-program' for d in items}
+        med = {k: statistics.median(v) for k, (_, v) in pair.items()}
+        out.append('')
+        out.append(
+            f'Connection setup with 1 and with {n:,} Services side by side (two routers programmed by skein\'s proxy '
+            'in-process, rounds alternating between them), median of 5 runs of 3 s:')
+        out.append('')
+        out.append('| router | Services | its sync | direct to the server | through the ClusterIP | ClusterIP ÷ direct |')
+        out.append('|---|---|---|---|---|---|')
+        for side, count in (('one', 1), ('many', n + 1)):
+            p = programs.get(count, {})
+            d, c = med.get((side, 'direct')), med.get((side, 'clusterip'))
+            out.append(f"| {side} | {count:,} | {fmt(p.get('sync_ms'), ' ms', 0)} | {fmt(d, '/s', 0)} | {fmt(c, '/s', 0)} | {ratio(c, d)} |")
+        rounds = [m / o for m, o in zip(pair[('many', 'clusterip')][1], pair[('one', 'clusterip')][1])]
+        out.append('')
+        out.append(
+            f"ClusterIP with {n + 1:,} ÷ with 1: **{med[('many', 'clusterip')] / med[('one', 'clusterip')]:.3f}** "
+            f"(round by round: {', '.join(f'{r:.3f}' for r in rounds)}); direct through the two routers: "
+            f"{med[('many', 'direct')] / med[('one', 'direct')]:.3f}")
+        out.append('')
+        out.append('Raw (connections/s): ' + '; '.join(
+            f'{side} {what}: ' + ', '.join(f'{v:.0f}' for v in vals) for (side, what), (_, vals) in sorted(pair.items())))
     ins = sorted((n, d[0]) for (kind, n), d in by.items() if kind == 'insync')
     if ins:
         out.append('')

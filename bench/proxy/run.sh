@@ -19,7 +19,8 @@
 # Connection setup rate through a ClusterIP (skein's rules in the node's namespace, between a
 # client and a server namespace) against a direct connection: with 1 Service before the
 # others exist, and with 10,000 if 10000 is among the Ns; 5 alternating runs of 3 s each.
-# Then skein's proxy driven in-process in a fresh namespace (phases of a full sync, one-endpoint
+# Then the same rate with 1 and with N Services side by side (two routers programmed by skein's
+# proxy in-process, alternating runs), skein's proxy driven in-process in a fresh namespace (phases of a full sync, one-endpoint
 # changes) and the two ClusterIP dispatch shapes (one hash map, 64 interval maps).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -52,8 +53,10 @@ server_ip=10.42.251.2
 kp_pid=
 
 log() { printf '==> [%4ds] %s\n' "$SECONDS" "$*" >&2; }
+pair_pids=()
 cleanup() {
     [[ -n $kp_pid ]] && kill "$kp_pid" 2>/dev/null || true
+    pair_cleanup
     "$skein_lab" --name "$lab" down >/dev/null 2>&1 || true
     for cg in "$cgroups"/*/; do rmdir "$cg" 2>/dev/null || true; done
     rmdir "$cgroups" 2>/dev/null || true
@@ -166,6 +169,72 @@ conn_rounds() {
             record "conn-$kind" "$n" "$out"
         done
     done
+}
+
+# --- connection setup, 1 against N Services side by side -----------------------------------------
+# Two routers, each a namespace with a client and a server namespace of its own, programmed by
+# skein's proxy in-process (`skein-bench-proxy program`: the daemon's planner and netlink
+# writer): one with the target Service alone, one with N others too. Runs alternate between
+# them seconds apart, so a drift of the machine (the rates above, taken minutes apart, moved by
+# up to 5 % with nothing changed) falls on both sizes alike.
+pair_setup() {
+    local side=$1 count=$2 router client server
+    router=skl-$lab-r$side client=skl-$lab-c$side server=skl-$lab-s$side
+    ip netns add "$router"
+    ip -n "$router" link set lo up
+    ip netns exec "$router" sysctl -qw net.ipv4.ip_forward=1
+    local ns dev addr
+    for spec in "$client rc0 10.42.250" "$server rs0 10.42.251"; do
+        read -r ns dev addr <<<"$spec"
+        ip netns add "$ns"
+        ip -n "$ns" link set lo up
+        ip -n "$router" link add "$dev" type veth peer name eth0 netns "$ns"
+        ip -n "$router" addr add "$addr.1/24" dev "$dev"
+        ip -n "$router" link set "$dev" up
+        ip -n "$ns" addr add "$addr.2/24" dev eth0
+        ip -n "$ns" link set eth0 up
+        ip -n "$ns" route add default via "$addr.1"
+    done
+    ip netns exec "$server" sysctl -qw net.core.somaxconn=4096
+    taskset -c 1 chrt -f 10 ip netns exec "$server" "$bench" serve --listen 0.0.0.0:8080 >"$work/server-$side.log" 2>&1 &
+    pair_pids+=($!)
+    record "pair-program" "$count" "$(ip netns exec "$router" "$bench" program --count "$count" --cluster-ip "$cluster_ip" --endpoint "$server_ip")"
+}
+pair_cleanup() {
+    local side
+    for pid in "${pair_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for side in one many; do
+        for ns in r c s; do ip netns del "skl-$lab-$ns$side" 2>/dev/null || true; done
+    done
+}
+# conn_pair N: 5 rounds of (direct, ClusterIP) through the 1-Service router and the same
+# through the N-Service one, 3 s each.
+conn_pair() {
+    local n=$1 r side kind target out client
+    pair_pids=()
+    log "routers with 1 and with $((n + 1)) Services (in-process)"
+    pair_setup one 0
+    pair_setup many "$n"
+    for side in one many; do
+        client=skl-$lab-c$side
+        pair_reaches() { timeout 3 ip netns exec "$client" "$bench" rate "$1" --seconds 0.2 2>/dev/null | grep -q '"connections":[1-9]'; }
+        wait_for 20 pair_reaches "$cluster_ip:80" || { log "the ClusterIP does not answer through router $side"; return 1; }
+    done
+    local order
+    for r in 1 2 3 4 5; do
+        # ABBA: which router goes first alternates, so neither always follows the other.
+        ((r % 2)) && order="one many" || order="many one"
+        for side in $order; do
+            client=skl-$lab-c$side
+            for kind in direct clusterip; do
+                [[ $kind = direct ]] && target=$server_ip:8080 || target=$cluster_ip:80
+                out=$(taskset -c 0 chrt -f 10 ip netns exec "$client" "$bench" rate "$target" --seconds 3)
+                log "paired connections, router $side, $kind, round $r: $out"
+                record "pair-$side-$kind" "$n" "$out"
+            done
+        done
+    done
+    pair_cleanup
 }
 
 # --- kube-proxy ---------------------------------------------------------------------------------
@@ -372,6 +441,12 @@ PY
 }
 
 # --- the run ------------------------------------------------------------------------------------
+# The proxy alone, as kube-proxy is: the node's DNS part off (it would keep an index of the same
+# Services, and its own chains' check wakes on every commit to the table).
+node_stop
+sed -i 's/^\[dns\]$/[dns]\nenabled = false/' "/run/skein-lab/$lab/nodes/node-1/config.toml"
+grep -q '^enabled = false' "/run/skein-lab/$lab/nodes/node-1/config.toml" || { log "cannot turn the node's DNS off"; exit 1; }
+"$skein_lab" --name "$lab" start node-1 2>/dev/null
 log "client and server namespaces, the connection target Service"
 conn_setup
 log "connection setup rate with 1 Service"
@@ -393,6 +468,11 @@ for i in "${!counts[@]}"; do
     log "$n Services: skein"
     skein_run "$n" "$last"
 done
+
+if [[ ${counts[-1]} -ge 10000 ]]; then
+    log "connection setup rate, 1 and ${counts[-1]} Services side by side"
+    conn_pair "${counts[-1]}"
+fi
 
 log "skein's proxy in-process (fresh namespace per N)"
 for n in "${counts[@]}"; do

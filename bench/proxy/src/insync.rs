@@ -5,8 +5,11 @@
 //! sync (dump, plan, apply) and of one-endpoint changes, so a profiler (callgrind) sees
 //! exactly the proxy's work.
 
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use anyhow::Context;
 
 use skein_cluster::{EndpointSlice, ObjectKey, Service, Snapshot};
 use skein_nft::{Backend, Netlink};
@@ -69,6 +72,53 @@ pub fn snapshot(count: usize) -> Snapshot {
     }
     snap.reindex();
     snap
+}
+
+/// `count` bench Services as in [`snapshot`] and the connection target (`conn-target`:
+/// `cluster_ip`:80 to `endpoint`:8080, as `objects::target` makes it through the API),
+/// programmed into this namespace's table by one full sync; the rules stay when the process
+/// exits. Two namespaces programmed so, one with 0 and one with 10,000 others, differ only in
+/// the number of Services, so connection rates measured through them side by side compare
+/// the two sizes with the machine's drift cancelled.
+pub fn program(count: usize, cluster_ip: &str, endpoint: Ipv4Addr) -> anyhow::Result<()> {
+    let mut snap = snapshot(count);
+    let mut target = objects::service("conn-target", Some(cluster_ip));
+    if let Some(spec) = target.spec.as_mut() {
+        spec.cluster_ips = Some(vec![cluster_ip.to_string()]);
+    }
+    snap.services.insert(
+        ObjectKey::new(objects::NAMESPACE, "conn-target"),
+        Arc::new(Service::from_api(&target).context("the target Service")?),
+    );
+    snap.endpoint_slices.insert(
+        ObjectKey::new(objects::NAMESPACE, "conn-target-a"),
+        Arc::new(
+            EndpointSlice::from_api(&objects::slice(
+                "conn-target",
+                "conn-target-a",
+                &[endpoint],
+                None,
+            ))
+            .context("the target's slice")?,
+        ),
+    );
+    snap.reindex();
+    let mut nl = Netlink::new()?;
+    let mut state = ProxyState::new(NodeContext::default());
+    let dump = nl.dump()?;
+    state.adopt(dump.as_ref().map(Mirror::from_dump).unwrap_or_default());
+    let t = Instant::now();
+    let mut plan = state.plan(&snap, &context(), true);
+    for tx in plan.take_transactions(MAX_TRANSACTION) {
+        nl.apply(&tx)?;
+    }
+    let out = serde_json::json!({
+        "services": count + 1,
+        "sync_ms": ms(t.elapsed()),
+        "chains": state.chain_count(),
+    });
+    println!("{out}");
+    Ok(())
 }
 
 fn ms(d: Duration) -> f64 {

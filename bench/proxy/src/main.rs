@@ -83,6 +83,16 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         changes: usize,
     },
+    /// skein's proxy in-process in this network namespace: COUNT Services and the connection
+    /// target programmed by one full sync, left in place.
+    Program {
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        cluster_ip: String,
+        #[arg(long)]
+        endpoint: Ipv4Addr,
+    },
     /// The two ClusterIP dispatch shapes in this network namespace.
     Shapes {
         #[arg(long, default_value_t = 10_000)]
@@ -151,6 +161,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::Serve { listen } => conn::serve(listen),
         Cmd::Rate { target, seconds } => conn::rate(target, Duration::from_secs_f64(seconds)),
         Cmd::Sync { count, changes } => insync::run(count, changes),
+        Cmd::Program {
+            count,
+            cluster_ip,
+            endpoint,
+        } => insync::program(count, &cluster_ip, endpoint),
         Cmd::Shapes {
             count,
             shards,
