@@ -8,7 +8,7 @@
 #
 #   lab             what tests/lab.sh needs: iproute2, nftables, wireguard-tools; Go
 #   tests           the full test run (tests/run.sh, CI): the lab's set, plus Chromium, rpm,
-#                   systemd-analyze, curl, wireguard-go, tcpdump, iperf3, cargo-deb and
+#                   systemd-analyze, curl, wireguard-go, tcpdump, iperf3, dnsutils, cargo-deb and
 #                   cargo-generate-rpm
 #   bench-overlay   bench/overlay/run.sh: iproute2, iperf3, iputils-ping, wireguard-tools,
 #                   wireguard-go, python3, procps
@@ -23,14 +23,16 @@ declare -A package=(
     [ip]=iproute2 [ss]=iproute2 [nft]=nftables [wg]=wireguard-tools
     [chromium]=chromium [rpm]=rpm [systemd-analyze]=systemd [curl]=curl
     [wireguard-go]=wireguard-go [tcpdump]=tcpdump [iperf3]=iperf3 [ping]=iputils-ping
+    [dig]=dnsutils [getent]=libc-bin
     [python3]=python3 [sysctl]=procps [awk]=mawk [bc]=bc [xargs]=findutils [timeout]=coreutils [taskset]=util-linux [chrt]=util-linux
     [/usr/lib/cni/bridge]=containernetworking-plugins
     [/usr/lib/cni/host-local]=containernetworking-plugins
 )
 # What each set runs. The full run adds to the lab's: the overlay tests' hand-configured
-# wireguard-go peer and capture of the underlay, the page test's browser, the packages' checks.
+# wireguard-go peer and capture of the underlay, the page test's browser, the packages' checks,
+# the DNS test's dig.
 lab=(ip nft wg)
-tests=(chromium rpm systemd-analyze curl wireguard-go tcpdump iperf3)
+tests=(chromium rpm systemd-analyze curl wireguard-go tcpdump iperf3 dig getent)
 bench_overlay=(ip ss iperf3 ping wg wireguard-go python3 sysctl awk)
 bench_cni=(ip bc xargs /usr/lib/cni/bridge /usr/lib/cni/host-local)
 # kube-proxy's nftables mode runs nft itself; the script reads metrics with curl and python3.

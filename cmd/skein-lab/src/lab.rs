@@ -19,9 +19,17 @@ pub const LAB_ENV: &str = "SKEIN_LAB";
 /// own copy inside its namespaces.
 pub const UNDERLAY_PREFIX: u8 = 24;
 pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The nodes' DNS upstream (`dns.upstreams`): in the control plane's namespace, inside the lab,
+/// so a name outside the cluster never reaches a resolver of the machine. Nothing answers there
+/// unless a test puts a stub server on it: then such names get SERVFAIL.
+pub const DNS_UPSTREAM: &str = "198.18.0.1:53";
 pub const API_PORT: u16 = 6443;
 pub const POD_CIDR: &str = "10.42.0.0/16";
 pub const SERVICE_CIDR: &str = "10.43.0.0/16";
+/// The nodes' `cluster.domain` and `dns.cluster_ip` (skein's defaults), as a kubelet's
+/// `--cluster-domain` and `--cluster-dns` would give them to pods.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+pub const CLUSTER_DNS: &str = "10.43.0.10";
 pub const NODE_CIDR_MASK: u8 = 24;
 
 pub fn node_ip(index: usize) -> Ipv4Addr {

@@ -4,6 +4,7 @@
 //! The lab is for demos and end-to-end tests; it is not part of the `skein` binary.
 
 mod controlplane;
+mod dns_stub;
 mod forward;
 mod health;
 mod kubelet;
@@ -98,6 +99,20 @@ enum Cmd {
     /// Print one JSON line per change of a kind's objects as it arrives, until killed:
     /// `{"at_ms", "event": "init"|"synced"|"apply"|"delete", "object"}`.
     Watch { kind: String },
+    /// Run a command inside a pod (`namespace/name`, or `name` in `default`), with the pod's
+    /// resolv.conf, as `kubectl exec` would; exits with the command's status.
+    Exec {
+        pod: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// A stub upstream DNS server for tests (names under example.test), logging each question.
+    DnsStub {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        log: PathBuf,
+    },
     /// Stop a node (its skein, and its kubelet heartbeats) or a control-plane process.
     Stop { component: String },
     /// Start again what `stop` stopped.
@@ -219,6 +234,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 health::Want::Healthy
             };
             up(&name, nodes, skein, controlplane_bin.as_deref(), rbac, want)
+        }
+        Cmd::DnsStub { listen, log } => dns_stub::run(listen, &log),
+        Cmd::Exec { pod, command } => {
+            let lab = Lab::load(&name)?;
+            let record = pods::find(&lab, &pod)?;
+            let (program, args) = command.split_first().context("no command")?;
+            let status = skein_lab::netns::command(&name, &record.netns, program)
+                .args(args)
+                .status()
+                .with_context(|| format!("running {program} in {pod}"))?;
+            std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Down { all } => {
             down(if all { None } else { Some(&name) });
@@ -587,6 +613,11 @@ fn up(
         let client = wait_for_api(&mut lab, started).await?;
         progress(started, "RBAC for the nodes' skein");
         objects::apply_yaml(&client, &rbac_text, &rbac_path.display().to_string()).await?;
+        progress(
+            started,
+            "the kube-dns Service (skein answers on its address)",
+        );
+        objects::apply_yaml(&client, KUBE_DNS_YAML, "packaging/kube-dns.yaml").await?;
         progress(started, "starting kube-controller-manager");
         lab.spawn("controller-manager")?;
         lab.save()?;
@@ -647,6 +678,9 @@ fn up(
     Ok(())
 }
 
+/// The cluster DNS Service as shipped; its address is the nodes' default `dns.cluster_ip`.
+const KUBE_DNS_YAML: &str = include_str!("../../../packaging/kube-dns.yaml");
+
 fn node_config(
     node: &str,
     dir: &Path,
@@ -655,10 +689,11 @@ fn node_config(
     overlay_interface: &str,
 ) -> String {
     format!(
-        "# skein on lab node {node}\n[node]\nname = \"{node}\"\n\n[cluster]\nkubeconfig = \"{kc}\"\n\n[cni]\nsocket = \"{d}/cni.sock\"\nconf_dir = \"{d}/net.d\"\nbin_dir = \"{d}/bin\"\n\n[overlay]\nmode = \"userspace\"\ninterface = \"{overlay_interface}\"\n\n[store]\npath = \"{s}/state.db\"\n\n[dashboard]\nlisten = \"127.0.0.1:9610\"\n\n[log]\n# Each watch event and sync in the node's log, to tell a late node's cause from its log.\nlevel = \"info,skein_cluster=debug,skein_daemon=debug\"\n",
+        "# skein on lab node {node}\n[node]\nname = \"{node}\"\n\n[cluster]\nkubeconfig = \"{kc}\"\n\n[cni]\nsocket = \"{d}/cni.sock\"\nconf_dir = \"{d}/net.d\"\nbin_dir = \"{d}/bin\"\n\n[overlay]\nmode = \"userspace\"\ninterface = \"{overlay_interface}\"\n\n[dns]\n# Names outside the cluster go to the lab's own upstream, never to the machine's resolvers.\nupstreams = [\"{upstream}\"]\n\n[store]\npath = \"{s}/state.db\"\n\n[dashboard]\nlisten = \"127.0.0.1:9610\"\n\n[log]\n# Each watch event and sync in the node's log, to tell a late node's cause from its log.\nlevel = \"info,skein_cluster=debug,skein_daemon=debug\"\n",
         kc = kubeconfig.display(),
         d = dir.display(),
         s = state_dir.display(),
+        upstream = lab::DNS_UPSTREAM,
     )
 }
 
@@ -776,6 +811,16 @@ fn down(name: Option<&str>) {
     for ns in &namespaces {
         if let Err(e) = lab::ip(&["netns", "del", ns]) {
             eprintln!("skein-lab: {e}");
+        }
+    }
+    // The pods' resolv.conf files, by the same prefix (also of namespaces already gone).
+    for entry in std::fs::read_dir(pods::ETC_NETNS)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
     for lab_name in labs {

@@ -173,6 +173,36 @@ fn container_ports(pod: &Pod) -> (Vec<u16>, Vec<u16>) {
     (tcp, udp)
 }
 
+/// Where `ip netns exec` finds a namespace's own files: `/etc/netns/<name>/resolv.conf` is
+/// bind-mounted over `/etc/resolv.conf` for every program run in the pod.
+pub const ETC_NETNS: &str = "/etc/netns";
+
+/// The resolv.conf a kubelet writes for a pod of `namespace` (dnsPolicy ClusterFirst): the
+/// cluster DNS address, the search path of the pod's namespace, `ndots:5`.
+pub fn resolv_conf(namespace: &str) -> String {
+    let zone = lab::CLUSTER_DOMAIN;
+    format!(
+        "nameserver {}\nsearch {namespace}.svc.{zone} svc.{zone} {zone}\noptions ndots:5\n",
+        lab::CLUSTER_DNS
+    )
+}
+
+fn write_resolv_conf(netns: &str, namespace: &str) -> anyhow::Result<()> {
+    let dir = Path::new(ETC_NETNS).join(netns);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join("resolv.conf"), resolv_conf(namespace))
+        .with_context(|| format!("writing {}/resolv.conf", dir.display()))
+}
+
+/// The record of pod `namespace/name` (or `name` in `default`).
+pub fn find(lab: &Lab, pod: &str) -> anyhow::Result<PodRecord> {
+    let (namespace, name) = pod.split_once('/').unwrap_or(("default", pod));
+    records(lab)
+        .into_values()
+        .find(|r| r.namespace == namespace && r.name == name)
+        .with_context(|| format!("no pod {namespace}/{name} runs in lab {}", lab.name))
+}
+
 async fn set_up(client: &kube::Client, lab: &Lab, pod: &Pod) -> anyhow::Result<()> {
     let uid = pod.metadata.uid.clone().context("pod without uid")?;
     let namespace = pod
@@ -204,6 +234,7 @@ async fn set_up(client: &kube::Client, lab: &Lab, pod: &Pod) -> anyhow::Result<(
     if !Path::new("/run/netns").join(&record.netns).exists() {
         lab::ip(&["netns", "add", &record.netns])?;
     }
+    write_resolv_conf(&record.netns, &namespace)?;
     // Recorded before the ADD, so a teardown finds the namespace even if the ADD fails.
     save(lab, &record)?;
     let result = tokio::task::block_in_place(|| run_cni(lab, node, "ADD", &record))?;
@@ -301,6 +332,7 @@ fn tear_down(lab: &Lab, record: &PodRecord) -> anyhow::Result<()> {
     if Path::new("/run/netns").join(&record.netns).exists() {
         lab::ip(&["netns", "del", &record.netns])?;
     }
+    let _ = std::fs::remove_dir_all(Path::new(ETC_NETNS).join(&record.netns));
     let _ = std::fs::remove_file(records_dir(lab).join(format!("{}.json", record.uid)));
     Ok(())
 }

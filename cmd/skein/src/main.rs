@@ -76,8 +76,31 @@ enum Command {
         #[command(subcommand)]
         command: OverlayCommand,
     },
+    /// Ask the node's cluster DNS.
+    Dns {
+        #[command(subcommand)]
+        command: DnsCommand,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand, Debug)]
+enum DnsCommand {
+    /// Ask the local DNS server (dns.listen) for NAME's records of TYPE, and print the answer:
+    /// what a pod asking the same would get.
+    Query {
+        name: String,
+        /// A, AAAA, SRV, PTR, TXT, CNAME, SOA, NS, ANY, ...
+        #[arg(default_value = "A")]
+        r#type: String,
+        /// The server to ask (IP or IP:port); default dns.listen from the configuration.
+        #[arg(long, value_name = "ADDR")]
+        server: Option<String>,
+        /// Configuration file, for dns.listen.
+        #[arg(long, short, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -192,6 +215,37 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let answer = skein_daemon::control::request(&state_dir, "rotate-key")
                 .map_err(|e| anyhow::anyhow!(e))?;
             println!("{answer}");
+            Ok(())
+        }
+        Command::Dns {
+            command:
+                DnsCommand::Query {
+                    name,
+                    r#type,
+                    server,
+                    config,
+                },
+        } => {
+            let server = match server {
+                Some(s) => s
+                    .parse::<std::net::SocketAddr>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+                    .map_err(|_| {
+                        anyhow::anyhow!("--server {s:?}: not an address (IP or IP:port)")
+                    })?,
+                None => {
+                    let loaded = skein_config::load(config.as_deref(), std::env::vars())?;
+                    (loaded.settings.dns.listen, 53).into()
+                }
+            };
+            let rtype: skein_dns::RecordType = r#type
+                .to_ascii_uppercase()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{type:?} is not a DNS record type", type = r#type))?;
+            let (answer, tcp) =
+                skein_dns::client::query(server, &name, rtype, std::time::Duration::from_secs(3))
+                    .map_err(|e| anyhow::anyhow!(e))?;
+            print!("{}", skein_dns::client::describe(&answer, tcp));
             Ok(())
         }
         Command::Version => {

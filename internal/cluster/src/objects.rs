@@ -150,6 +150,8 @@ pub struct Service {
     pub load_balancer_source_ranges: Vec<IpNet>,
     /// Where eTP Local's health check answers; `None` unless the API allocated one.
     pub health_check_node_port: Option<u16>,
+    /// `spec.publishNotReadyAddresses`: DNS lists every endpoint, ready or not.
+    pub publish_not_ready_addresses: bool,
     /// Field paths of values that could not be read (an unparseable externalIP, a source
     /// range that is not a CIDR): the proxy reports them instead of silently widening.
     pub problems: Vec<String>,
@@ -434,6 +436,7 @@ impl Service {
             load_balancer_ips,
             load_balancer_source_ranges,
             health_check_node_port: spec.health_check_node_port.and_then(port_number),
+            publish_not_ready_addresses: spec.publish_not_ready_addresses.unwrap_or(false),
             problems,
         })
     }

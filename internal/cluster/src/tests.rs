@@ -297,6 +297,7 @@ fn service_distillation() {
             load_balancer_ips: vec![ip("203.0.113.5")],
             load_balancer_source_ranges: vec!["198.51.100.0/24".parse().unwrap()],
             health_check_node_port: Some(31000),
+            publish_not_ready_addresses: false,
             problems: vec![],
         })
     );

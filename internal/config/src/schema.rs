@@ -133,8 +133,10 @@ impl Default for Proxy {
 pub struct Dns {
     pub enabled: bool,
     pub cluster_ip: String,
+    pub listen: String,
     pub upstreams: Vec<String>,
     pub ttl: String,
+    pub pods: String,
 }
 
 impl Default for Dns {
@@ -142,8 +144,10 @@ impl Default for Dns {
         Self {
             enabled: true,
             cluster_ip: "10.43.0.10".into(),
+            listen: "169.254.20.10".into(),
             upstreams: Vec::new(),
             ttl: "5s".into(),
+            pods: "insecure".into(),
         }
     }
 }

@@ -141,8 +141,20 @@ pub enum NodePortAddresses {
 pub struct DnsSettings {
     pub enabled: bool,
     pub cluster_ip: IpAddr,
+    /// The node-local address the DNS server answers on too (NodeLocal DNSCache's).
+    pub listen: IpAddr,
+    /// Empty: the nameservers of the node's resolv.conf.
     pub upstreams: Vec<SocketAddr>,
     pub ttl: Duration,
+    pub pods: DnsPods,
+}
+
+/// `dns.pods`: which `a-b-c-d.<ns>.pod.<zone>` names answer (CoreDNS's `pods` option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsPods {
+    Insecure,
+    Verified,
+    Disabled,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -388,8 +400,39 @@ fn build(config: &Config, c: &mut Checker) -> Option<Settings> {
         }
         (ip, _) => ip,
     };
+    let dns_listen = c.take(
+        "dns.listen",
+        &dns.listen,
+        match dns.listen.parse::<IpAddr>() {
+            Err(_) => Err("not an IP address"),
+            Ok(ip) if ip.is_loopback() || ip.is_unspecified() => {
+                Err("must be an address pods can reach (not loopback or unspecified)")
+            }
+            Ok(ip) => Ok(ip),
+        },
+    );
     let upstreams = c.list("dns.upstreams", &dns.upstreams, parse_upstream);
-    let ttl = c.take("dns.ttl", &dns.ttl, parse_duration(&dns.ttl));
+    let ttl = c.take(
+        "dns.ttl",
+        &dns.ttl,
+        parse_duration(&dns.ttl).and_then(|d| {
+            if d.as_secs() > 3600 {
+                Err("at most 1h")
+            } else {
+                Ok(d)
+            }
+        }),
+    );
+    let pods = c.take(
+        "dns.pods",
+        &dns.pods,
+        match dns.pods.as_str() {
+            "insecure" => Ok(DnsPods::Insecure),
+            "verified" => Ok(DnsPods::Verified),
+            "disabled" => Ok(DnsPods::Disabled),
+            _ => Err("expected \"insecure\", \"verified\" or \"disabled\""),
+        },
+    );
 
     let db = &config.dashboard;
     let listen = c.take(
@@ -449,8 +492,10 @@ fn build(config: &Config, c: &mut Checker) -> Option<Settings> {
         dns: DnsSettings {
             enabled: dns.enabled,
             cluster_ip: cluster_ip?,
+            listen: dns_listen?,
             upstreams: upstreams?,
             ttl: ttl?,
+            pods: pods?,
         },
         policy: PolicySettings {
             enabled: config.policy.enabled,

@@ -14,6 +14,7 @@ mod cluster_part;
 mod cni_install;
 mod cni_part;
 pub mod control;
+mod dns_part;
 mod overlay_part;
 mod proxy_part;
 mod sections;
@@ -227,6 +228,7 @@ fn spawn_parts(
         resync,
     };
     let proxy_snapshots = snapshots.clone();
+    let dns_snapshots = snapshots.clone();
     // The cni part publishes the node's host ports here, the proxy forwards them; like the
     // snapshots, the channel outlives both parts' restarts.
     let (host_ports_feed, host_ports) =
@@ -243,15 +245,44 @@ fn spawn_parts(
         )
     });
 
+    let dns_addresses = if settings.dns.enabled {
+        vec![settings.dns.listen, settings.dns.cluster_ip]
+    } else {
+        Vec::new()
+    };
+    if settings.dns.enabled {
+        let dns = dns_part::Settings {
+            zone: skein_dns::ZoneConfig {
+                domain: settings.cluster.domain.clone(),
+                ttl: settings.dns.ttl.as_secs().try_into().unwrap_or(u32::MAX),
+                pods: match settings.dns.pods {
+                    skein_config::DnsPods::Insecure => skein_dns::PodRecords::Insecure,
+                    skein_config::DnsPods::Verified => skein_dns::PodRecords::Verified,
+                    skein_config::DnsPods::Disabled => skein_dns::PodRecords::Disabled,
+                },
+                dns_ips: vec![settings.dns.cluster_ip],
+                reverse_cidrs: vec![settings.cluster.pod_cidr, settings.cluster.service_cidr],
+            },
+            addresses: dns_addresses.clone(),
+            upstreams: settings.dns.upstreams.clone(),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            resync,
+        };
+        let dns_report = reporting.clone();
+        parts.spawn("dns", move |part| {
+            dns_part::run(dns.clone(), dns_snapshots.clone(), part, dns_report.clone())
+        });
+    }
+
     if settings.proxy.enabled {
         let proxy = proxy_part::Settings {
             node: node.to_string(),
             cluster_cidrs: vec![settings.cluster.pod_cidr],
             service_cidrs: vec![settings.cluster.service_cidr],
             nodeport_addresses: settings.proxy.nodeport_addresses.clone(),
-            // Until skein answers DNS itself, the DNS address is a Service like any other (a
-            // cluster may still run CoreDNS behind it).
-            exempt_ips: Vec::new(),
+            // skein answers DNS on these addresses itself, on every node: no DNAT, no reject.
+            // With DNS off they are a Service like any other (CoreDNS may sit behind it).
+            exempt_ips: dns_addresses.clone(),
             min_sync_interval: settings.proxy.min_sync_interval,
             resync,
         };

@@ -16,8 +16,8 @@
 //!
 //! | chain              | type   | hook        | priority      | owner    | what |
 //! |--------------------|--------|-------------|---------------|----------|------|
-//! | `dns_raw_pre`      | filter | prerouting  | -300 (raw)    | dns      | *planned*: NOTRACK to and from the DNS addresses |
-//! | `dns_raw_out`      | filter | output      | -300 (raw)    | dns      | *planned*: NOTRACK for the node's own DNS traffic |
+//! | `dns_raw_pre`      | filter | prerouting  | -300 (raw)    | dns      | NOTRACK of DNS traffic to and from the DNS addresses |
+//! | `dns_raw_out`      | filter | output      | -300 (raw)    | dns      | the same for the answers and the node's own queries |
 //! | `overlay_mss`      | filter | forward     | -150 (mangle) | overlay  | clamp TCP MSS to the route MTU through the overlay |
 //! | `proxy_filter_pre` | filter | prerouting  | -110          | proxy    | new connections → `proxy_firewall`: source ranges, reject/drop of dead service ports |
 //! | `proxy_filter_out` | filter | output      | -110          | proxy    | the same for the node's own traffic |
@@ -65,6 +65,8 @@ pub const TABLE: &str = "skein";
 pub const FAMILY: &str = "inet";
 pub const CHAIN_POSTROUTING: &str = "postrouting";
 pub const CHAIN_OVERLAY_MSS: &str = "overlay_mss";
+pub const CHAIN_DNS_RAW_PRE: &str = "dns_raw_pre";
+pub const CHAIN_DNS_RAW_OUT: &str = "dns_raw_out";
 
 /// The packet mark bit with which the service proxy asks the `postrouting` chain to masquerade
 /// a connection (kube-proxy's `0x4000`, the same bit, so people who know one know the other).
@@ -167,6 +169,64 @@ pub fn overlay_mss_clamp(ifname: &IfName) -> Transaction {
         });
     }
     tx
+}
+
+/// DNS traffic to and from the node's DNS addresses (port 53, UDP and TCP) skips connection
+/// tracking, both ways, as NodeLocal DNSCache sets it up: a flood of lookups cannot fill the
+/// conntrack table, and no NAT rule ever sees them. Two transactions, one per chain
+/// (`dns_raw_pre` for what arrives, `dns_raw_out` for what the node sends).
+pub fn dns_notrack(addrs: &[IpAddr]) -> [Transaction; 2] {
+    [
+        (CHAIN_DNS_RAW_PRE, HookPoint::Prerouting),
+        (CHAIN_DNS_RAW_OUT, HookPoint::Output),
+    ]
+    .map(|(chain, hook)| {
+        let mut tx = rebuild_chain(
+            chain,
+            Hook {
+                kind: ChainType::Filter,
+                hook,
+                priority: priority::RAW,
+            },
+        );
+        for addr in addrs {
+            let (saddr, daddr) = match addr {
+                IpAddr::V4(_) => (Field::IpSaddr, Field::IpDaddr),
+                IpAddr::V6(_) => (Field::Ip6Saddr, Field::Ip6Daddr),
+            };
+            for proto in [L4Proto::Udp, L4Proto::Tcp] {
+                // Queries to the address, and its answers.
+                for (addr_field, port_field) in [(daddr, Field::ThDport), (saddr, Field::ThSport)] {
+                    tx.push(Op::AddRule {
+                        chain: chain.into(),
+                        rule: Rule::new(
+                            vec![
+                                Match::Cmp {
+                                    field: addr_field,
+                                    op: CmpOp::Eq,
+                                    value: Value::Addr(*addr),
+                                },
+                                Match::Cmp {
+                                    field: Field::L4Proto,
+                                    op: CmpOp::Eq,
+                                    value: Value::Proto(proto),
+                                },
+                                Match::Cmp {
+                                    field: port_field,
+                                    op: CmpOp::Eq,
+                                    value: Value::Port(53),
+                                },
+                            ],
+                            Action::Continue,
+                        )
+                        .with_statement(Statement::NoTrack)
+                        .with_comment(comment("cluster DNS, untracked")),
+                    });
+                }
+            }
+        }
+        tx
+    })
 }
 
 /// Where the node's masquerading happens, for [`masquerade`].

@@ -187,6 +187,8 @@ pub enum Statement {
     UpdateSet { set: String, key: Vec<Field> },
     /// `counter`.
     Counter,
+    /// `notrack`: the packet skips connection tracking (raw priority hooks only).
+    NoTrack,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

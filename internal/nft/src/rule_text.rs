@@ -36,6 +36,7 @@ impl std::fmt::Display for Rule {
                     format!("update @{set} {{ {} }}", fields(key, l4))
                 }
                 Statement::Counter => "counter".to_string(),
+                Statement::NoTrack => "notrack".to_string(),
             });
         }
         parts.extend(action_text(&self.action, l4));

@@ -16,6 +16,7 @@ use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 mod attach;
 mod bridge;
 mod events;
+mod local_address;
 mod netns;
 mod overlay_link;
 mod sysctl;

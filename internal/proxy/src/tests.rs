@@ -70,6 +70,7 @@ fn service(name: &str, cluster_ip: &str, ports: &[(&str, Protocol, u16)]) -> Ser
         load_balancer_ips: Vec::new(),
         load_balancer_source_ranges: Vec::new(),
         health_check_node_port: None,
+        publish_not_ready_addresses: false,
         problems: Vec::new(),
     }
 }

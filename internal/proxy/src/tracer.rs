@@ -410,7 +410,7 @@ impl Tracer {
             match s {
                 Statement::SetMarkBits(bits) => path.mark |= bits,
                 // Affinity entries are the kernel's business; a trace starts with none.
-                Statement::UpdateSet { .. } | Statement::Counter => {}
+                Statement::UpdateSet { .. } | Statement::Counter | Statement::NoTrack => {}
             }
         }
         let verdict = match &rule.action {

@@ -53,6 +53,7 @@ fn cluster_ip_service(
         load_balancer_ips: vec![],
         load_balancer_source_ranges: vec![],
         health_check_node_port: None,
+        publish_not_ready_addresses: false,
         problems: vec![],
     }
 }

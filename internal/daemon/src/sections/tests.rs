@@ -268,6 +268,7 @@ fn cluster_service(name: &str, ip: &str) -> skein_cluster::Service {
         load_balancer_ips: Vec::new(),
         load_balancer_source_ranges: Vec::new(),
         health_check_node_port: None,
+        publish_not_ready_addresses: false,
         problems: Vec::new(),
     }
 }

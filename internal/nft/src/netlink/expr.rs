@@ -368,6 +368,7 @@ impl Builder<'_> {
             Statement::Counter => self.expr("counter", |m| {
                 m.u64(NFTA_COUNTER_BYTES, 0).u64(NFTA_COUNTER_PACKETS, 0);
             }),
+            Statement::NoTrack => self.expr("notrack", |_| {}),
         }
         Ok(())
     }

@@ -183,6 +183,13 @@ pub(super) fn kinds() -> Vec<(&'static str, Vec<Op>)> {
             }],
         ),
         (
+            "notrack (nft_notrack)",
+            vec![Op::AddRule {
+                chain: "filter".into(),
+                rule: Rule::new(vec![], Action::Continue).with_statement(Statement::NoTrack),
+            }],
+        ),
+        (
             "counter (nft_counter)",
             vec![Op::AddRule {
                 chain: "filter".into(),
