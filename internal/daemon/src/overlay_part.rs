@@ -126,7 +126,10 @@ pub async fn run(
     let mut mss_error: Option<String> = None;
     let mut turn_due = true;
     loop {
-        if mss_due {
+        // Nothing in the kernel's tables before the cluster view is complete: a daemon that
+        // never reaches an API server (a test's, in the machine's own namespace) leaves no
+        // table behind.
+        if mss_due && snapshots.borrow().version > 0 {
             mss_due = false;
             mss_error = match reconcile_mss(&mut mss).await {
                 Ok(Some(what)) => {

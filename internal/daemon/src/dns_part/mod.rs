@@ -1,11 +1,12 @@
 //! The daemon's `dns` part: cluster DNS on every node, in place of CoreDNS.
 //!
-//! At start it makes the DNS addresses (`dns.listen` and `dns.cluster_ip`) local to the node
-//! (`local` routes: nothing else answers for them, and queries to them never leave the node),
-//! exempts DNS traffic to and from them from connection tracking (`dns_raw_pre`,
-//! `dns_raw_out`), and binds UDP (one SO_REUSEPORT socket per worker) and TCP on both. Each new
-//! cluster snapshot rebuilds the index off the async threads and swaps it in whole; queries
-//! go on against the old one meanwhile. The proxy part leaves both addresses alone.
+//! Once the cluster view is complete (the first snapshot), it makes the DNS addresses
+//! (`dns.listen` and `dns.cluster_ip`) local to the node (`local` routes: nothing else answers
+//! for them, and queries to them never leave the node), exempts DNS traffic to and from them
+//! from connection tracking (`dns_raw_pre`, `dns_raw_out`), and binds UDP (one SO_REUSEPORT
+//! socket per worker) and TCP on both. Each new cluster snapshot rebuilds the index off the
+//! async threads and swaps it in whole; queries go on against the old one meanwhile. The proxy
+//! part leaves both addresses alone.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -62,6 +63,24 @@ pub async fn run(
         (settings.upstreams.clone(), "dns.upstreams".to_string())
     };
 
+    // Nothing before the cluster view is complete: an answer now would be NXDOMAIN for every
+    // Service, which clients cache; no answer makes them retry.
+    let mut snapshots = snapshots;
+    if snapshots.borrow().version == 0 {
+        handle.detail("waiting for the cluster view");
+        loop {
+            tokio::select! {
+                () = part.cancel.cancelled() => return Ok(()),
+                changed = snapshots.changed() => {
+                    changed.map_err(|_| PartError::ViewClosed)?;
+                    if snapshots.borrow().version > 0 {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     let net = PodNet::connect()?;
     for ip in &settings.addresses {
         net.ensure_local_address(*ip).await?;
@@ -69,7 +88,6 @@ pub async fn run(
     let mut chains = reconcile_chains(None, &settings.addresses).await?;
 
     let started = Instant::now();
-    let mut snapshots = snapshots;
     let first = snapshots.borrow_and_update().clone();
     let zone = settings.zone.clone();
     let index = tokio::task::spawn_blocking(move || skein_dns::build(&first, &zone))
