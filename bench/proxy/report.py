@@ -126,35 +126,39 @@ def main():
             out.append('')
             out.append('Raw (connections/s): ' + '; '.join(
                 f'{kind} at {n}: ' + ', '.join(f'{v:.0f}' for v in vals) for (kind, n), vals in sorted(conn.items())))
-    pair = {}
-    for (kind, n), items in by.items():
-        if kind.startswith('pair-') and kind != 'pair-program':
-            _, side, what = kind.split('-')
-            pair[(side, what)] = (n, [d['per_second'] for d in items])
+    pair = {(what, way): items for (kind, way), items in by.items() for what in ('clusterip', 'direct') if kind == f'pair-{what}'}
     if pair:
-        n = pair[('many', 'clusterip')][0]
         programs = {d['services']: d for (kind, _), items in by.items() if kind == 'pair-program' for d in items}
-        med = {k: statistics.median(v) for k, (_, v) in pair.items()}
+        n = max(programs) - 1 if programs else 0
         out.append('')
         out.append(
-            f'Connection setup with 1 and with {n:,} Services side by side (two routers programmed by skein\'s proxy '
-            'in-process, rounds alternating between them), median of 5 runs of 3 s:')
+            f'Connection setup with 1 and with {n:,} Services side by side: one client connecting through two routers '
+            'programmed by skein\'s proxy in-process, one connection to each in turn, 5 runs of 6 s; then the routers '
+            'swap tables and again:')
         out.append('')
-        out.append('| router | Services | its sync | direct to the server | through the ClusterIP | ClusterIP ÷ direct |')
+        out.append(f'| | routers | with 1 Service | with {n + 1:,} | {n + 1:,} ÷ 1 per run | median |')
         out.append('|---|---|---|---|---|---|')
-        for side, count in (('one', 1), ('many', n + 1)):
-            p = programs.get(count, {})
-            d, c = med.get((side, 'direct')), med.get((side, 'clusterip'))
-            out.append(f"| {side} | {count:,} | {fmt(p.get('sync_ms'), ' ms', 0)} | {fmt(d, '/s', 0)} | {fmt(c, '/s', 0)} | {ratio(c, d)} |")
-        rounds = [m / o for m, o in zip(pair[('many', 'clusterip')][1], pair[('one', 'clusterip')][1])]
+        both = {}
+        for what, label in (('clusterip', 'through the ClusterIP'), ('direct', 'direct to the same routers\' servers')):
+            for way in (1, 2):
+                runs = pair.get((what, way))
+                if not runs:
+                    continue
+                ratios = [r[1]['per_second'] / r[0]['per_second'] for r in runs]
+                one = statistics.median(r[0]['per_second'] for r in runs)
+                many = statistics.median(r[1]['per_second'] for r in runs)
+                both.setdefault(what, []).append(statistics.median(ratios))
+                routers = '1 Service in router 1' if way == 1 else '1 Service in router 2'
+                out.append(
+                    f"| {label} | {routers} | {one:,.0f}/s | {many:,.0f}/s | {', '.join(f'{x:.3f}' for x in ratios)} | {statistics.median(ratios):.3f} |")
+        for what, label in (('clusterip', 'ClusterIP'), ('direct', 'direct')):
+            if len(both.get(what, [])) == 2:
+                a, b = both[what]
+                out.append('')
+                out.append(f'{label}, {n + 1:,} ÷ 1, both ways (geometric mean of the two medians): **{(a * b) ** 0.5:.3f}**')
+        syncs = ', '.join(f"{c:,} Services {p['sync_ms']:.0f} ms" for c, p in sorted(programs.items()))
         out.append('')
-        out.append(
-            f"ClusterIP with {n + 1:,} ÷ with 1: **{med[('many', 'clusterip')] / med[('one', 'clusterip')]:.3f}** "
-            f"(round by round: {', '.join(f'{r:.3f}' for r in rounds)}); direct through the two routers: "
-            f"{med[('many', 'direct')] / med[('one', 'direct')]:.3f}")
-        out.append('')
-        out.append('Raw (connections/s): ' + '; '.join(
-            f'{side} {what}: ' + ', '.join(f'{v:.0f}' for v in vals) for (side, what), (_, vals) in sorted(pair.items())))
+        out.append(f'The routers\' syncs (last of each size): {syncs}.')
     ins = sorted((n, d[0]) for (kind, n), d in by.items() if kind == 'insync')
     if ins:
         out.append('')

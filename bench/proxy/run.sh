@@ -20,7 +20,7 @@
 # client and a server namespace) against a direct connection: with 1 Service before the
 # others exist, and with 10,000 if 10000 is among the Ns; 5 alternating runs of 3 s each.
 # Then the same rate with 1 and with N Services side by side (two routers programmed by skein's
-# proxy in-process, alternating runs), skein's proxy driven in-process in a fresh namespace (phases of a full sync, one-endpoint
+# proxy in-process, one client connecting through both in turn), skein's proxy driven in-process in a fresh namespace (phases of a full sync, one-endpoint
 # changes) and the two ClusterIP dispatch shapes (one hash map, 64 interval maps).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -132,20 +132,25 @@ change_e2e() {
 }
 
 # --- connection setup: a client and a server namespace routed through the node's ----------------
-conn_setup() {
-    local ns dev addr
-    for spec in "$client_ns bc0 10.42.250" "$server_ns bs0 10.42.251"; do
+# client_server ROUTER CLIENT SERVER: a client (10.42.250.2) and a server (10.42.251.2)
+# namespace, each on a veth of its own into ROUTER, which routes between them.
+client_server() {
+    local router=$1 ns dev addr
+    for spec in "$2 ${4:-b}c0 10.42.250" "$3 ${4:-b}s0 10.42.251"; do
         read -r ns dev addr <<<"$spec"
         ip netns add "$ns"
         ip -n "$ns" link set lo up
-        ip -n "$node_ns" link add "$dev" type veth peer name eth0 netns "$ns"
-        ip -n "$node_ns" addr add "$addr.1/24" dev "$dev"
-        ip -n "$node_ns" link set "$dev" up
+        ip -n "$router" link add "$dev" type veth peer name eth0 netns "$ns"
+        ip -n "$router" addr add "$addr.1/24" dev "$dev"
+        ip -n "$router" link set "$dev" up
         ip -n "$ns" addr add "$addr.2/24" dev eth0
         ip -n "$ns" link set eth0 up
         ip -n "$ns" route add default via "$addr.1"
     done
-    ip netns exec "$node_ns" sysctl -qw net.ipv4.ip_forward=1
+    ip netns exec "$router" sysctl -qw net.ipv4.ip_forward=1
+}
+conn_setup() {
+    client_server "$node_ns" "$client_ns" "$server_ns"
     # Client and server each on a CPU of its own, at a real-time priority: with other work on the
     # same 2 CPUs the rate otherwise swings several-fold between runs, and a server that shares
     # the client's CPU is starved until its accept queue overflows. The client's CPU does the
@@ -172,66 +177,84 @@ conn_rounds() {
 }
 
 # --- connection setup, 1 against N Services side by side -----------------------------------------
-# Two routers, each a namespace with a client and a server namespace of its own, programmed by
-# skein's proxy in-process (`skein-bench-proxy program`: the daemon's planner and netlink
-# writer): one with the target Service alone, one with N others too. Runs alternate between
-# them seconds apart, so a drift of the machine (the rates above, taken minutes apart, moved by
-# up to 5 % with nothing changed) falls on both sizes alike.
+# Two routers, each a namespace with a server behind it, programmed by skein's proxy in-process
+# (`skein-bench-proxy program`: the daemon's planner and netlink writer): one with the target
+# Service alone, one with N others too, each target at a ClusterIP of its own. One client
+# namespace reaches both (a veth into each router) and connects to the two in turn, one
+# connection at a time (`rate A B`): whatever drifts on the machine falls on both sizes alike,
+# where runs seconds apart (the rates above) differ by up to 10 %. Then the routers swap their
+# tables and it is measured again, so that what differs between the two paths themselves
+# (their veths, their namespaces: identical rules give 0.96-1.00 through them) cancels too.
+pair_client=skl-$lab-cpair
+# pair_setup R CLIENT_NET SERVER_NET VIP: router R, its server at SERVER_NET.2, the client's
+# routes to both through it.
 pair_setup() {
-    local side=$1 count=$2 router client server
-    router=skl-$lab-r$side client=skl-$lab-c$side server=skl-$lab-s$side
+    local r=$1 client_net=$2 server_net=$3 vip=$4 router=skl-$lab-r$1 server=skl-$lab-s$1
     ip netns add "$router"
     ip -n "$router" link set lo up
     ip netns exec "$router" sysctl -qw net.ipv4.ip_forward=1
-    local ns dev addr
-    for spec in "$client rc0 10.42.250" "$server rs0 10.42.251"; do
-        read -r ns dev addr <<<"$spec"
-        ip netns add "$ns"
-        ip -n "$ns" link set lo up
-        ip -n "$router" link add "$dev" type veth peer name eth0 netns "$ns"
-        ip -n "$router" addr add "$addr.1/24" dev "$dev"
-        ip -n "$router" link set "$dev" up
-        ip -n "$ns" addr add "$addr.2/24" dev eth0
-        ip -n "$ns" link set eth0 up
-        ip -n "$ns" route add default via "$addr.1"
-    done
+    ip -n "$router" link add c0 type veth peer name "r$r" netns "$pair_client"
+    ip -n "$router" addr add "$client_net.1/24" dev c0
+    ip -n "$router" link set c0 up
+    ip -n "$pair_client" addr add "$client_net.2/24" dev "r$r"
+    ip -n "$pair_client" link set "r$r" up
+    ip -n "$pair_client" route add "$server_net.0/24" via "$client_net.1"
+    ip -n "$pair_client" route add "$vip/32" via "$client_net.1"
+    ip netns add "$server"
+    ip -n "$server" link set lo up
+    ip -n "$router" link add s0 type veth peer name eth0 netns "$server"
+    ip -n "$router" addr add "$server_net.1/24" dev s0
+    ip -n "$router" link set s0 up
+    ip -n "$server" addr add "$server_net.2/24" dev eth0
+    ip -n "$server" link set eth0 up
+    ip -n "$server" route add default via "$server_net.1"
     ip netns exec "$server" sysctl -qw net.core.somaxconn=4096
-    taskset -c 1 chrt -f 10 ip netns exec "$server" "$bench" serve --listen 0.0.0.0:8080 >"$work/server-$side.log" 2>&1 &
+    taskset -c 1 chrt -f 10 ip netns exec "$server" "$bench" serve --listen 0.0.0.0:8080 >"$work/server-$r.log" 2>&1 &
     pair_pids+=($!)
-    record "pair-program" "$count" "$(ip netns exec "$router" "$bench" program --count "$count" --cluster-ip "$cluster_ip" --endpoint "$server_ip")"
+}
+# pair_program R COUNT VIP ENDPOINT: router R's table made that of COUNT Services and the target
+# (a full sync: Services of an earlier program are removed).
+pair_program() {
+    record "pair-program" "$2" "$(ip netns exec "skl-$lab-r$1" "$bench" program --count "$2" --cluster-ip "$3" --endpoint "$4")"
 }
 pair_cleanup() {
-    local side
+    local r
     for pid in "${pair_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for side in one many; do
-        for ns in r c s; do ip netns del "skl-$lab-$ns$side" 2>/dev/null || true; done
+    for r in 1 2; do
+        for ns in r s; do ip netns del "skl-$lab-$ns$r" 2>/dev/null || true; done
     done
+    ip netns del "$pair_client" 2>/dev/null || true
 }
-# conn_pair N: 5 rounds of (direct, ClusterIP) through the 1-Service router and the same
-# through the N-Service one, 3 s each.
+# conn_pair N: with router 1 holding 1 Service and router 2 N, then the other way round: 5 runs
+# of 6 s each way, ClusterIP and direct, every result listed 1-Service side first.
 conn_pair() {
-    local n=$1 r side kind target out client
+    local n=$1 r out vip1=$cluster_ip vip2=10.43.250.251 s1=10.42.251.2 s2=10.42.252.2
     pair_pids=()
-    log "routers with 1 and with $((n + 1)) Services (in-process)"
-    pair_setup one 0
-    pair_setup many "$n"
-    for side in one many; do
-        client=skl-$lab-c$side
-        pair_reaches() { timeout 3 ip netns exec "$client" "$bench" rate "$1" --seconds 0.2 2>/dev/null | grep -q '"connections":[1-9]'; }
-        wait_for 20 pair_reaches "$cluster_ip:80" || { log "the ClusterIP does not answer through router $side"; return 1; }
-    done
-    local order
-    for r in 1 2 3 4 5; do
-        # ABBA: which router goes first alternates, so neither always follows the other.
-        ((r % 2)) && order="one many" || order="many one"
-        for side in $order; do
-            client=skl-$lab-c$side
-            for kind in direct clusterip; do
-                [[ $kind = direct ]] && target=$server_ip:8080 || target=$cluster_ip:80
-                out=$(taskset -c 0 chrt -f 10 ip netns exec "$client" "$bench" rate "$target" --seconds 3)
-                log "paired connections, router $side, $kind, round $r: $out"
-                record "pair-$side-$kind" "$n" "$out"
-            done
+    ip netns add "$pair_client"
+    ip -n "$pair_client" link set lo up
+    pair_setup 1 10.42.250 10.42.251 "$vip1"
+    pair_setup 2 10.42.249 10.42.252 "$vip2"
+    pair_reaches() { timeout 3 ip netns exec "$pair_client" "$bench" rate "$1" --seconds 0.2 2>/dev/null | grep -q '"connections":[1-9]'; }
+    local way one_vip many_vip one_server many_server
+    for way in 1 2; do
+        if ((way == 1)); then
+            pair_program 1 0 "$vip1" "$s1"; pair_program 2 "$n" "$vip2" "$s2"
+            one_vip=$vip1 many_vip=$vip2 one_server=$s1 many_server=$s2
+        else
+            pair_program 1 "$n" "$vip1" "$s1"; pair_program 2 0 "$vip2" "$s2"
+            one_vip=$vip2 many_vip=$vip1 one_server=$s2 many_server=$s1
+        fi
+        log "router $way holds 1 Service, the other $((n + 1))"
+        for target in "$one_vip:80" "$many_vip:80"; do
+            wait_for 20 pair_reaches "$target" || { log "$target does not answer"; return 1; }
+        done
+        for r in 1 2 3 4 5; do
+            out=$(taskset -c 0 chrt -f 10 ip netns exec "$pair_client" "$bench" rate "$one_vip:80" "$many_vip:80" --seconds 6)
+            log "paired ClusterIP connections (1, then $n Services), run $r: $out"
+            record pair-clusterip "$way" "$out"
+            out=$(taskset -c 0 chrt -f 10 ip netns exec "$pair_client" "$bench" rate "$one_server:8080" "$many_server:8080" --seconds 6)
+            log "paired direct connections (the same two routers' servers), run $r: $out"
+            record pair-direct "$way" "$out"
         done
     done
     pair_cleanup

@@ -69,9 +69,11 @@ enum Cmd {
         #[arg(long)]
         listen: SocketAddr,
     },
-    /// Opens connections one after another for SECONDS; prints the rate as JSON.
+    /// Opens connections one after another for SECONDS; prints the rate as JSON. With
+    /// several targets, one connection to each in turn, and each one's rate.
     Rate {
-        target: SocketAddr,
+        #[arg(required = true)]
+        targets: Vec<SocketAddr>,
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
     },
@@ -159,7 +161,10 @@ fn main() -> anyhow::Result<()> {
             .await
         }),
         Cmd::Serve { listen } => conn::serve(listen),
-        Cmd::Rate { target, seconds } => conn::rate(target, Duration::from_secs_f64(seconds)),
+        Cmd::Rate { targets, seconds } => match targets.as_slice() {
+            [one] => conn::rate(*one, Duration::from_secs_f64(seconds)),
+            many => conn::rate_interleaved(many, Duration::from_secs_f64(seconds)),
+        },
         Cmd::Sync { count, changes } => insync::run(count, changes),
         Cmd::Program {
             count,

@@ -191,7 +191,7 @@ fn parse(query: &[u8]) -> Result<Question, (Refusal, Option<Question>)> {
 }
 
 /// The largest answer this transport may carry for this question.
-fn limit(q: &Question, transport: Transport, max_udp: u16) -> usize {
+pub fn limit(q: &Question, transport: Transport, max_udp: u16) -> usize {
     match (transport, q.edns) {
         (Transport::Tcp, _) => u16::MAX as usize,
         (Transport::Udp, None) => PLAIN_UDP,

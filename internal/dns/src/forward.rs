@@ -447,11 +447,7 @@ fn finish(
         .additionals
         .retain(|r| r.record_type() != RecordType::OPT);
     let code = u16::from(message.metadata.response_code);
-    let limit = match (transport, q.edns) {
-        (Transport::Tcp, _) => u16::MAX as usize,
-        (Transport::Udp, None) => answer::PLAIN_UDP,
-        (Transport::Udp, Some(e)) => (e.udp_size.min(max_udp) as usize).max(answer::PLAIN_UDP),
-    };
+    let limit = answer::limit(q, transport, max_udp);
     out.clear();
     match message.to_vec() {
         Ok(bytes) if bytes.len() <= limit => out.extend(bytes),
