@@ -145,12 +145,12 @@ def main():
                 if not runs:
                     continue
                 ratios = [r[1]['per_second'] / r[0]['per_second'] for r in runs]
-                one = statistics.median(r[0]['per_second'] for r in runs)
-                many = statistics.median(r[1]['per_second'] for r in runs)
+                rate_1 = statistics.median(r[0]['per_second'] for r in runs)
+                rate_n = statistics.median(r[1]['per_second'] for r in runs)
                 both.setdefault(what, []).append(statistics.median(ratios))
                 routers = '1 Service in router 1' if way == 1 else '1 Service in router 2'
                 out.append(
-                    f"| {label} | {routers} | {one:,.0f}/s | {many:,.0f}/s | {', '.join(f'{x:.3f}' for x in ratios)} | {statistics.median(ratios):.3f} |")
+                    f"| {label} | {routers} | {rate_1:,.0f}/s | {rate_n:,.0f}/s | {', '.join(f'{x:.3f}' for x in ratios)} | {statistics.median(ratios):.3f} |")
         for what, label in (('clusterip', 'ClusterIP'), ('direct', 'direct')):
             if len(both.get(what, [])) == 2:
                 a, b = both[what]
