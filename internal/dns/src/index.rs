@@ -28,7 +28,7 @@ use ipnet::IpNet;
 use skein_cluster::{Service, ServiceType, Snapshot};
 
 use crate::name;
-use crate::records::{self, Data, RecordSet, TYPE_A, TYPE_AAAA, TYPE_CNAME, TYPE_NS, TYPE_PTR};
+use crate::records::{self, Data, RecordSet, TYPE_CNAME, TYPE_NS, TYPE_PTR};
 
 /// The version the `dns-version` record announces.
 pub const SPEC_VERSION: &str = "1.1.0";
@@ -94,6 +94,14 @@ pub struct Index {
     pub version: u64,
 }
 
+/// The zone of `authorities` that holds `name`, the closest (longest apex) first.
+fn closest<'a>(authorities: &'a [Authority], name: &[u8]) -> Option<&'a Authority> {
+    authorities
+        .iter()
+        .filter(|a| name::is_within(name, &a.apex))
+        .max_by_key(|a| a.apex.len())
+}
+
 /// How a name resolves in the index.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup<'a> {
@@ -110,10 +118,7 @@ pub enum Lookup<'a> {
 impl Index {
     /// The zone answered here that holds `name` (lower-case wire form), the closest first.
     pub fn authority(&self, name: &[u8]) -> Option<&Authority> {
-        self.authorities
-            .iter()
-            .filter(|a| name::is_within(name, &a.apex))
-            .max_by_key(|a| a.apex.len())
+        closest(&self.authorities, name)
     }
 
     /// `name` is lower-case wire form.
@@ -202,6 +207,33 @@ impl Builder {
         let item = (extra_owner.to_vec(), data);
         if !extra.contains(&item) {
             extra.push(item);
+        }
+    }
+
+    /// A port's SRV record to `target`, at `_<port>._<proto>.<owner>` (named ports only) and at
+    /// the Service's own name (CoreDNS), with the target's `addresses` in the additional section.
+    fn add_srv(
+        &mut self,
+        owner: &[u8],
+        (port_name, proto, port): (&str, skein_cluster::Protocol, u16),
+        weight: u16,
+        target: &[u8],
+        addresses: &[IpAddr],
+    ) {
+        let srv = Data::Srv {
+            priority: 0,
+            weight,
+            port,
+            target: target.to_vec(),
+        };
+        let names = srv_name(port_name, proto, owner)
+            .into_iter()
+            .chain(std::iter::once(owner.to_vec()));
+        for at in names {
+            self.add(&at, srv.clone());
+            for ip in addresses {
+                self.add_extra(&at, records::TYPE_SRV, target, Data::Ip(*ip));
+            }
         }
     }
 
@@ -350,12 +382,7 @@ pub fn build(snapshot: &Snapshot, config: &ZoneConfig) -> Index {
     // Every name between a record and its zone's apex exists.
     let owners: Vec<Vec<u8>> = b.names.keys().cloned().collect();
     for owner in owners {
-        let Some(apex) = authorities
-            .iter()
-            .filter(|a| name::is_within(&owner, &a.apex))
-            .max_by_key(|a| a.apex.len())
-            .map(|a| a.apex.clone())
-        else {
+        let Some(apex) = closest(&authorities, &owner).map(|a| a.apex.clone()) else {
             continue;
         };
         let mut at: &[u8] = &owner;
@@ -450,21 +477,13 @@ fn service_records(b: &mut Builder, snapshot: &Snapshot, service: &Service, owne
             b.add(&name::reverse(*ip), Data::Name(TYPE_PTR, owner.to_vec()));
         }
         for port in &service.ports {
-            let srv = Data::Srv {
-                priority: 0,
-                weight: 100,
-                port: port.port,
-                target: owner.to_vec(),
-            };
-            let names = srv_name(&port.name, port.protocol, owner)
-                .into_iter()
-                .chain(std::iter::once(owner.to_vec()));
-            for at in names {
-                b.add(&at, srv.clone());
-                for ip in &service.cluster_ips {
-                    b.add_extra(&at, records::TYPE_SRV, owner, Data::Ip(*ip));
-                }
-            }
+            b.add_srv(
+                owner,
+                (&port.name, port.protocol, port.port),
+                100,
+                owner,
+                &service.cluster_ips,
+            );
         }
         return;
     }
@@ -500,20 +519,13 @@ fn service_records(b: &mut Builder, snapshot: &Snapshot, service: &Service, owne
         b.add(host_name, Data::Ip(*ip));
         b.add(&name::reverse(*ip), Data::Name(TYPE_PTR, host_name.clone()));
         for port in &slice.ports {
-            let srv = Data::Srv {
-                priority: 0,
+            b.add_srv(
+                owner,
+                (&port.name, port.protocol, port.port),
                 weight,
-                port: port.port,
-                target: host_name.clone(),
-            };
-            let names = srv_name(&port.name, port.protocol, owner)
-                .into_iter()
-                .chain(std::iter::once(owner.to_vec()));
-            for at in names {
-                b.add(&at, srv.clone());
-                b.add_extra(&at, records::TYPE_SRV, host_name, Data::Ip(*ip));
-            }
+                host_name,
+                &[*ip],
+            );
         }
     }
-    let _ = (TYPE_A, TYPE_AAAA);
 }
